@@ -1,0 +1,38 @@
+# The two commands a new user runs: `make demo` and `make test`. Everything else is set-up they call.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install kafka-jars demo test test-fast lint bench clean stop
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "recloop needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24"
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+kafka-jars: install
+	$(BIN)/recloop kafka fetch
+
+demo: kafka-jars
+	$(BIN)/recloop demo
+
+test: kafka-jars
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not kafka and not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+stop:
+	-$(BIN)/recloop kafka stop
+
+clean: stop
+	rm -rf .recloop .pytest_cache

@@ -1,0 +1,52 @@
+"""Create the contract's topics, idempotently, with their partitions and configuration."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from streams.settings import KafkaSettings
+from streams.topics import ALL_TOPICS, TopicSpec, partitions_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    name: str
+    partitions: int
+    created: bool
+
+
+def admin_client(settings: KafkaSettings) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=settings.bootstrap.split(","), client_id="recloop-admin",
+                            request_timeout_ms=30_000)
+
+
+def create_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[TopicResult]:
+    """Create every topic that does not exist yet; existing ones are left as they are."""
+    admin = admin_client(settings)
+    try:
+        existing = set(admin.list_topics())
+        results = []
+        for spec in specs:
+            name = settings.topic(spec.name)
+            partitions = partitions_for(spec, settings)
+            if name in existing:
+                results.append(TopicResult(name, partitions, created=False))
+                continue
+            topic = NewTopic(name=name, num_partitions=partitions,
+                             replication_factor=settings.replication_factor, topic_configs=spec.config())
+            try:
+                admin.create_topics([topic])
+                log.info("created topic %s partitions=%d config=%s", name, partitions, spec.config())
+                results.append(TopicResult(name, partitions, created=True))
+            except TopicAlreadyExistsError:
+                results.append(TopicResult(name, partitions, created=False))
+        return results
+    finally:
+        admin.close()

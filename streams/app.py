@@ -1,0 +1,82 @@
+"""The Faust application: one app, its topics and tables, declared in one place.
+
+Agents (in :mod:`streams.agents`) read raw bytes and validate them themselves, so a message
+that is not even JSON still reaches the dead-letter topic with its partition and offset
+instead of failing inside Faust's deserializer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from streams import topics
+from streams.settings import KafkaSettings, WorkerSettings
+from streams.topics import MAX_MESSAGE_BYTES
+
+
+@dataclass
+class RecloopApp:
+    """The Faust app plus the handles the agents need."""
+
+    app: faust.App
+    kafka: KafkaSettings
+    worker: WorkerSettings
+    interactions: faust.TopicT
+    feedback: faust.TopicT
+    catalog: faust.TopicT
+    dlq: faust.TopicT
+    seen_interactions: faust.Table
+    seen_feedback: faust.Table
+
+
+def _raw_topic(app: faust.App, kafka: KafkaSettings, spec: topics.TopicSpec) -> faust.TopicT:
+    return app.topic(kafka.topic(spec.name), key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw", partitions=topics.partitions_for(spec, kafka),
+                     config=spec.config())
+
+
+def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None = None) -> RecloopApp:
+    kafka = kafka or KafkaSettings()
+    worker = worker or WorkerSettings()
+    app = faust.App(
+        f"{worker.app_id}-{kafka.topic_prefix}" if kafka.topic_prefix != "recloop" else worker.app_id,
+        broker=kafka.faust_broker_url,
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        processing_guarantee="at_least_once",
+        producer_max_request_size=MAX_MESSAGE_BYTES,
+        consumer_max_fetch_size=MAX_MESSAGE_BYTES,
+        web_enabled=True,
+        web_host=worker.web_host,
+        web_port=worker.web_port,
+        datadir=str(_ensure_dir(kafka.home / "worker" / kafka.topic_prefix)),
+        # A rebalance should not wait for long: partitions move to the workers that are alive.
+        broker_session_timeout=30,
+        broker_heartbeat_interval=3,
+        stream_wait_empty=False,
+    )
+    # Deduplication state: event_id -> event time. Tables are backed by changelog topics,
+    # so the state is rebuilt when a worker restarts or takes over a partition.
+    partitions = topics.partitions_for(topics.INTERACTIONS, kafka)
+    seen_interactions = app.Table("seen-interactions", default=None, partitions=partitions)
+    seen_feedback = app.Table("seen-explanation-feedback", default=None, partitions=partitions)
+    return RecloopApp(
+        app=app,
+        kafka=kafka,
+        worker=worker,
+        interactions=_raw_topic(app, kafka, topics.INTERACTIONS),
+        feedback=_raw_topic(app, kafka, topics.EXPLANATION_FEEDBACK),
+        catalog=_raw_topic(app, kafka, topics.CATALOG),
+        dlq=_raw_topic(app, kafka, topics.DLQ),
+        seen_interactions=seen_interactions,
+        seen_feedback=seen_feedback,
+    )
+
+
+def _ensure_dir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()

@@ -1,0 +1,64 @@
+"""Where recloop finds its broker and names its topics: one settings object, from env vars.
+
+Every setting is tied to an environment variable ``RECLOOP_<NAME>``; nothing else in the code
+hard-codes a broker address or a topic name.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_LOCAL_BOOTSTRAP = "localhost:9092"
+
+
+class KafkaSettings(BaseSettings):
+    """Broker, topic names and the local state directory."""
+
+    model_config = SettingsConfigDict(env_prefix="RECLOOP_", frozen=True, extra="ignore")
+
+    #: ``host:port[,host:port]`` of an existing cluster. Empty means "the local broker that
+    #: ``recloop kafka start`` runs" on :data:`DEFAULT_LOCAL_BOOTSTRAP`.
+    kafka_bootstrap: str = ""
+    #: Prefix of every topic name (``recloop.interactions`` …). Tests use a unique one each.
+    topic_prefix: str = "recloop"
+    #: Partitions of the event topics; more partitions allow more workers in parallel.
+    partitions: int = Field(default=4, ge=1, le=256)
+    replication_factor: int = Field(default=1, ge=1)
+    #: Where the local broker, worker state and adapters live.
+    home: Path = Path(".recloop")
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or DEFAULT_LOCAL_BOOTSTRAP
+
+    @property
+    def uses_external_cluster(self) -> bool:
+        return bool(self.kafka_bootstrap)
+
+    def topic(self, name: str) -> str:
+        """Full name of a contract topic: ``topic("interactions") == "recloop.interactions"``."""
+        return f"{self.topic_prefix}.{name}"
+
+    @cached_property
+    def faust_broker_url(self) -> str:
+        return ";".join(f"kafka://{host}" for host in self.bootstrap.split(","))
+
+
+class WorkerSettings(BaseSettings):
+    """Settings of ``recloop worker``."""
+
+    model_config = SettingsConfigDict(env_prefix="RECLOOP_WORKER_", frozen=True, extra="ignore")
+
+    #: Faust application id: the consumer group. Workers with the same id share partitions.
+    app_id: str = "recloop-worker"
+    #: Port of the worker's web endpoint (``/counts``, ``/metrics``).
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    web_host: str = "127.0.0.1"
+    #: How many messages an ingest agent takes at once, and how long it waits for them.
+    batch_size: int = Field(default=500, ge=1)
+    batch_within_s: float = Field(default=0.2, gt=0)
+    log_level: str = "info"

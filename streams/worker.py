@@ -1,0 +1,30 @@
+"""``recloop worker``: build the Faust app with every agent and run it until stopped."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from streams.agents import Downstream, register_ingest_agents
+from streams.app import RecloopApp, create_app
+from streams.ingest import IngestStats
+from streams.settings import KafkaSettings, WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def build_worker_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None = None,
+                     downstream: Downstream | None = None) -> tuple[RecloopApp, IngestStats]:
+    recloop = create_app(kafka, worker)
+    stats: IngestStats = IngestStats()
+    register_ingest_agents(recloop, stats, downstream)
+    return recloop, stats
+
+
+def run_worker(kafka: KafkaSettings | None = None, worker: WorkerSettings | None = None) -> None:
+    """Run the worker in this process; SIGINT/SIGTERM stop it cleanly (offsets committed)."""
+    recloop, _ = build_worker_app(kafka, worker)
+    log.info("starting worker app_id=%s broker=%s web=http://%s:%d/counts/", recloop.app.conf.id,
+             recloop.kafka.bootstrap, recloop.worker.web_host, recloop.worker.web_port)
+    faust.Worker(recloop.app, loglevel=recloop.worker.log_level).execute_from_commandline()

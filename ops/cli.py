@@ -1,0 +1,226 @@
+"""The ``recloop`` command line: one entry point for operators and engineers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ops import logs
+from streams.settings import KafkaSettings, WorkerSettings
+
+app = typer.Typer(help="recloop: a streaming recommender that learns while it serves.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+kafka_app = typer.Typer(help="Run the project's own single-node Kafka broker (KRaft).", no_args_is_help=True)
+topics_app = typer.Typer(help="Manage the contract's topics.", no_args_is_help=True)
+bench_app = typer.Typer(help="Performance benchmarks; each prints one JSON object.", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(topics_app, name="topics")
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=1)
+
+
+def local_broker(settings: KafkaSettings):
+    from ops.kafka_broker import LocalKafka
+
+    port = int(settings.bootstrap.rsplit(":", 1)[1]) if not settings.uses_external_cluster else 9092
+    return LocalKafka(settings.home, port=port)
+
+
+def ensure_broker(settings: KafkaSettings) -> None:
+    """Start the local broker unless an external cluster is configured; then check it answers."""
+    from ops.kafka_broker import BrokerError, wait_until_reachable
+
+    try:
+        if settings.uses_external_cluster:
+            wait_until_reachable(settings.bootstrap, timeout_s=30)
+        else:
+            local_broker(settings).start()
+    except BrokerError as exc:
+        _fail(str(exc))
+
+
+# ------------------------------------------------------------------ kafka
+
+
+@kafka_app.command("start")
+def kafka_start() -> None:
+    """Start the local broker (idempotent) and wait until it answers."""
+    settings = KafkaSettings()
+    if settings.uses_external_cluster:
+        console.print(f"RECLOOP_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}: using that cluster, starting nothing")
+        ensure_broker(settings)
+        return
+    from ops.kafka_broker import BrokerError
+
+    try:
+        status = local_broker(settings).start()
+    except BrokerError as exc:
+        _fail(str(exc))
+    console.print(status.describe())
+
+
+@kafka_app.command("stop")
+def kafka_stop() -> None:
+    """Stop the local broker."""
+    stopped = local_broker(KafkaSettings()).stop()
+    console.print("kafka stopped" if stopped else "kafka was not running")
+
+
+@kafka_app.command("status")
+def kafka_status() -> None:
+    """Show whether the local broker runs and answers."""
+    settings = KafkaSettings()
+    if settings.uses_external_cluster:
+        from ops.kafka_broker import broker_reachable
+
+        ok = broker_reachable(settings.bootstrap)
+        console.print(f"external cluster {settings.bootstrap}: {'answers' if ok else 'NOT reachable'}")
+        raise typer.Exit(code=0 if ok else 1)
+    status = local_broker(settings).status()
+    console.print(status.describe())
+    raise typer.Exit(code=0 if status.reachable else 1)
+
+
+@kafka_app.command("fetch")
+def kafka_fetch() -> None:
+    """Download the Kafka jars with Maven (done by `start` too)."""
+    from ops.kafka_broker import BrokerError
+
+    broker = local_broker(KafkaSettings())
+    try:
+        broker.fetch()
+    except BrokerError as exc:
+        _fail(str(exc))
+    console.print(f"Kafka jars ready in {broker.libs}")
+
+
+# ------------------------------------------------------------------ topics
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every contract topic that does not exist yet (idempotent)."""
+    from ops.topic_admin import create_topics
+
+    settings = KafkaSettings()
+    ensure_broker(settings)
+    for result in create_topics(settings):
+        console.print(f"{'created' if result.created else 'exists '} {result.name} ({result.partitions} partitions)")
+
+
+# ------------------------------------------------------------------ replay
+
+
+def _parse_time(value: str | None) -> float | None:
+    if value is None:
+        return None
+    from streams.records import InvalidRecord, _timestamp
+
+    try:
+        return _timestamp(value if not value.replace(".", "", 1).isdigit() else float(value), "time")
+    except InvalidRecord as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def replay(
+    source: Annotated[str, typer.Argument(help="A .parquet/.csv/.jsonl file, or topic:NAME to backfill from a topic")],
+    since: Annotated[str | None, typer.Option(help="Only events at or after this time (ISO-8601 or epoch s)")] = None,
+    until: Annotated[str | None, typer.Option(help="Only events before this time (ISO-8601 or epoch s)")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many events")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Events per second")] = None,
+    speedup: Annotated[float | None, typer.Option(min=0.001, help="Replay event time this many times faster")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Write into this topic instead of the contract topics")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
+) -> None:
+    """Replay history onto the topics in event-time order; safe to run twice (idempotent event ids)."""
+    from ops.progress import event_progress
+    from ops.replay import replay as run_replay
+
+    settings = KafkaSettings()
+    if rate is not None and speedup is not None:
+        raise typer.BadParameter("choose --rate or --speedup, not both")
+    ensure_broker(settings)
+    with event_progress(enabled=not quiet and sys.stderr.isatty(), console=console) as factory:
+        try:
+            summary = asyncio.run(run_replay(source, settings, since=_parse_time(since), until=_parse_time(until),
+                                             limit=limit, rate=rate, speedup=speedup, target=to,
+                                             progress_factory=factory))
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+    print(json.dumps(summary.as_dict(), indent=2))
+
+
+# ------------------------------------------------------------------ worker
+
+
+@app.command()
+def worker(
+    web_port: Annotated[int | None, typer.Option(help="Port of /counts and /metrics (default 6066)")] = None,
+) -> None:
+    """Run the Faust worker (all agents). Start more to process more partitions in parallel."""
+    from streams.worker import run_worker
+
+    logs.configure()
+    kafka = KafkaSettings()
+    ensure_broker(kafka)
+    settings = WorkerSettings() if web_port is None else WorkerSettings(web_port=web_port)
+    sys.argv = [sys.argv[0]]  # faust.Worker parses argv itself
+    run_worker(kafka, settings)
+
+
+# ------------------------------------------------------------------ demo
+
+
+@app.command()
+def demo(
+    limit: Annotated[int | None, typer.Option(min=1, help="Replay at most this many events")] = None,
+    speedup: Annotated[float | None, typer.Option(min=0.001, help="Replay event time this many times faster")] = None,
+    data: Annotated[Path, typer.Option(help="The dataset to replay")] = Path("data/online_retail.parquet"),
+) -> None:
+    """Everything on this machine: broker, topics, worker, and a replay of the bundled data with live counts."""
+    from ops.demo import run_demo
+
+    logs.configure("WARNING")
+    settings = KafkaSettings()
+    ensure_broker(settings)
+    raise typer.Exit(code=run_demo(settings, data=data, limit=limit, speedup=speedup, console=console))
+
+
+# ------------------------------------------------------------------ benchmarks
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    events: Annotated[int, typer.Option(min=1000, help="How many events to push through")] = 100_000,
+) -> None:
+    """Worker ingest throughput vs a plain aiokafka+orjson consumer on the same topic."""
+    from ops.bench_ingest import run_bench_ingest
+
+    logs.configure("WARNING")
+    settings = KafkaSettings()
+    ensure_broker(settings)
+    result = run_bench_ingest(settings, events=events)
+    result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    print(json.dumps(result))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""Replay and backfill: put history on the topics in event-time order, idempotently.
+
+Sources:
+- the Online Retail parquet/CSV (converted by :mod:`ops.retail_events`);
+- parquet, CSV or JSONL files whose rows are already contract records (interactions,
+  explanation feedback or catalog items);
+- ``topic:NAME`` — a time range of an existing topic, copied into another topic (backfill).
+
+Rows that are not valid records are skipped and counted with their reason; they are never sent.
+Every produced event keeps its ``event_id``, so a second replay of the same source is
+recognised as duplicates by the worker and changes no downstream count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from ops.retail_events import looks_like_retail, read_table, retail_events
+from streams import records
+from streams.records import ExplanationFeedback, Interaction, InvalidRecord, Item
+from streams.settings import KafkaSettings
+from streams.topics import CATALOG, EXPLANATION_FEEDBACK, INTERACTIONS, MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    topic: str
+    key: bytes | None
+    value: bytes
+    ts: float  #: event time, seconds; drives --speedup pacing
+    kind: str  #: what it is, for the summary ("purchase", "item", …)
+
+
+@dataclass
+class ReplaySummary:
+    produced: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def total_produced(self) -> int:
+        return sum(self.produced.values())
+
+    def as_dict(self) -> dict:
+        return {"produced": dict(self.produced), "produced_total": self.total_produced,
+                "skipped": dict(self.skipped), "skipped_total": sum(self.skipped.values()),
+                "seconds": round(self.seconds, 3),
+                "events_per_s": round(self.total_produced / self.seconds, 1) if self.seconds else None}
+
+
+class Pacer:
+    """Holds the producer back to ``rate`` events/s, or to event time sped up ``speedup`` times.
+
+    With neither, it never waits (as fast as possible).
+    """
+
+    def __init__(self, *, rate: float | None = None, speedup: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if rate is not None and speedup is not None:
+            raise ValueError("choose --rate or --speedup, not both")
+        if (rate is not None and rate <= 0) or (speedup is not None and speedup <= 0):
+            raise ValueError("--rate and --speedup must be positive")
+        self.rate, self.speedup, self.clock = rate, speedup, clock
+        self._start: float | None = None
+        self._first_ts: float | None = None
+        self._count = 0
+
+    def delay(self, event_ts: float) -> float:
+        """Seconds to wait before sending the next event (and count it as sent).
+
+        >>> t = [0.0]
+        >>> p = Pacer(rate=10, clock=lambda: t[0])
+        >>> [round(p.delay(0), 2) for _ in range(3)]
+        [0.0, 0.1, 0.2]
+        >>> q = Pacer(speedup=60, clock=lambda: t[0])
+        >>> q.delay(1000.0), q.delay(1600.0)
+        (0.0, 10.0)
+        """
+        now = self.clock()
+        if self._start is None:
+            self._start, self._first_ts = now, event_ts
+        self._count += 1
+        if self.rate is not None:
+            due = self._start + (self._count - 1) / self.rate
+        elif self.speedup is not None:
+            due = self._start + max(0.0, event_ts - self._first_ts) / self.speedup
+        else:
+            return 0.0
+        return max(0.0, due - now)
+
+
+# ------------------------------------------------------------------ sources
+
+
+def file_messages(path: Path, settings: KafkaSettings, *, since: float | None = None, until: float | None = None,
+                  limit: int | None = None, skipped: Counter | None = None) -> list[OutgoingMessage]:
+    """All messages of a file, catalog items first, then events in event-time order."""
+    skipped = skipped if skipped is not None else Counter()
+    if not path.exists():
+        raise FileNotFoundError(f"replay source {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".csv"):
+        table = read_table(path) if looks_like_retail(_columns(path)) else None
+        if table is not None:
+            events = retail_events(table, since=since, until=until, limit=limit)
+            skipped.update(events.skipped)
+            return ([_message(settings, item) for item in events.items]
+                    + [_message(settings, event) for event in events.interactions])
+        rows = _table_rows(path)
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        rows = _jsonl_rows(path, skipped)
+    else:
+        raise ValueError(f"unsupported replay source {path.name}: use .parquet, .csv or .jsonl, or topic:NAME")
+    return contract_messages(rows, settings, since=since, until=until, limit=limit, skipped=skipped)
+
+
+def contract_messages(rows: Iterable[dict], settings: KafkaSettings, *, since: float | None, until: float | None,
+                      limit: int | None, skipped: Counter) -> list[OutgoingMessage]:
+    """Validate rows that are already contract records; invalid ones are counted, not sent."""
+    items: list[OutgoingMessage] = []
+    events: list[OutgoingMessage] = []
+    for row in rows:
+        cls = _record_type(row)
+        if cls is None:
+            skipped["unrecognised row (not an interaction, feedback or item)"] += 1
+            continue
+        try:
+            record = records.from_dict(cls, row)
+        except InvalidRecord as exc:
+            skipped[f"invalid {cls.__name__}: {_reason(str(exc))}"] += 1
+            continue
+        if isinstance(record, Item):
+            items.append(_message(settings, record))
+            continue
+        if (since is not None and record.ts < since) or (until is not None and record.ts >= until):
+            continue
+        events.append(_message(settings, record))
+    events.sort(key=lambda m: m.ts)
+    return items + (events[:limit] if limit is not None else events)
+
+
+def _record_type(row: dict) -> type | None:
+    if "explanation_id" in row:
+        return ExplanationFeedback
+    if "event_id" in row or "type" in row:
+        return Interaction
+    if "title" in row:
+        return Item
+    return None
+
+
+def _reason(error: str) -> str:
+    from streams.ingest import error_kind
+
+    return error_kind(error)
+
+
+def _columns(path: Path) -> list[str]:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(path).names
+    with path.open("rb") as handle:
+        return [c.strip().decode() for c in handle.readline().split(b",")]
+
+
+def _table_rows(path: Path) -> list[dict]:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    from pyarrow import csv
+
+    return csv.read_csv(path).to_pylist()
+
+
+def _jsonl_rows(path: Path, skipped: Counter) -> list[dict]:
+    rows = []
+    with path.open("rb") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                rows.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                skipped["invalid json line"] += 1
+    return rows
+
+
+def _message(settings: KafkaSettings, record: Item | Interaction | ExplanationFeedback) -> OutgoingMessage:
+    if isinstance(record, Item):
+        return OutgoingMessage(settings.topic(CATALOG.name), record.item_id.encode(), records.encode(record),
+                               0.0, "item")
+    spec = EXPLANATION_FEEDBACK if isinstance(record, ExplanationFeedback) else INTERACTIONS
+    kind = record.type if isinstance(record, Interaction) else "explanation_feedback"
+    return OutgoingMessage(settings.topic(spec.name), record.user_id.encode(), records.encode(record),
+                           record.ts, kind)
+
+
+async def topic_messages(source: str, target: str, settings: KafkaSettings, *, since: float | None,
+                         until: float | None, limit: int | None, skipped: Counter) -> list[OutgoingMessage]:
+    """Backfill: the messages of ``source`` whose event time is in [since, until), for ``target``.
+
+    The range is read from the records' own ``ts`` (event time), not broker timestamps, so it
+    means the same thing however and whenever the source topic was written.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", group_id=None,
+                                max_partition_fetch_bytes=MAX_MESSAGE_BYTES, fetch_max_bytes=MAX_MESSAGE_BYTES)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(source)
+        if not partitions:
+            raise ValueError(f"topic {source!r} does not exist or has no partitions")
+        from aiokafka import TopicPartition
+
+        assigned = [TopicPartition(source, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        end = await consumer.end_offsets(assigned)
+        remaining = {tp for tp in assigned if end[tp] > 0}
+        out: list[OutgoingMessage] = []
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
+            for tp, messages in batches.items():
+                for message in messages:
+                    if message.offset >= end[tp] - 1:
+                        remaining.discard(tp)
+                    ts = _event_ts(message.value)
+                    if ts is None:
+                        skipped["no event time (not a JSON record with ts)"] += 1
+                        continue
+                    if (since is not None and ts < since) or (until is not None and ts >= until):
+                        continue
+                    out.append(OutgoingMessage(target, message.key, message.value, ts, "backfill"))
+            for tp in list(remaining):
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+        out.sort(key=lambda m: m.ts)
+        return out[:limit] if limit is not None else out
+    finally:
+        await consumer.stop()
+
+
+def _event_ts(value: bytes | None) -> float | None:
+    try:
+        data = orjson.loads(value) if value is not None else None
+        ts = data.get("ts") if isinstance(data, dict) else None
+        return float(records._timestamp(ts)) if ts is not None else None
+    except (orjson.JSONDecodeError, InvalidRecord, TypeError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------ producing
+
+
+async def produce(messages: list[OutgoingMessage], settings: KafkaSettings, *, pacer: Pacer | None = None,
+                  on_progress: Callable[[int], None] | None = None, window: int = 5000) -> ReplaySummary:
+    """Send ``messages`` in order with an idempotent producer; returns what was produced."""
+    pacer = pacer or Pacer()
+    summary = ReplaySummary()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=20, max_batch_size=512 * 1024, max_request_size=MAX_MESSAGE_BYTES,
+                                request_timeout_ms=60_000)
+    await producer.start()
+    started = time.monotonic()
+    try:
+        pending: list[asyncio.Future] = []
+        for message in messages:
+            delay = pacer.delay(message.ts) if message.kind != "item" else 0.0
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(await producer.send(message.topic, message.value, key=message.key))
+            summary.produced[message.kind] += 1
+            if len(pending) >= window or delay > 0:
+                await asyncio.gather(*pending)
+                if on_progress:
+                    on_progress(len(pending))
+                pending = []
+        await producer.flush()
+        if pending:
+            await asyncio.gather(*pending)
+            if on_progress:
+                on_progress(len(pending))
+    finally:
+        await producer.stop()
+        summary.seconds = time.monotonic() - started
+    return summary
+
+
+async def replay(source: str, settings: KafkaSettings, *, since: float | None = None, until: float | None = None,
+                 limit: int | None = None, rate: float | None = None, speedup: float | None = None,
+                 target: str | None = None, progress_factory: Callable[[int], Callable[[int], None]] | None = None,
+                 ) -> ReplaySummary:
+    """Replay ``source`` (a file path or ``topic:NAME``) onto the contract topics (or ``target``)."""
+    pacer = Pacer(rate=rate, speedup=speedup)
+    skipped: Counter = Counter()
+    if source.startswith("topic:"):
+        name = source.removeprefix("topic:")
+        if not target:
+            raise ValueError("backfill from a topic needs --to TOPIC (the topic to write into)")
+        messages = await topic_messages(name, target, settings, since=since, until=until, limit=limit,
+                                        skipped=skipped)
+    else:
+        messages = await asyncio.to_thread(file_messages, Path(source), settings, since=since, until=until,
+                                           limit=limit, skipped=skipped)
+        if target:
+            messages = [OutgoingMessage(target, m.key, m.value, m.ts, m.kind) for m in messages]
+    log.info("replaying %d messages from %s", len(messages), source)
+    on_progress = progress_factory(len(messages)) if progress_factory else None
+    summary = await produce(messages, settings, pacer=pacer, on_progress=on_progress)
+    summary.skipped.update(skipped)
+    return summary

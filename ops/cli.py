@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -214,7 +214,7 @@ def bench_ingest(
     settings = KafkaSettings()
     ensure_broker(settings)
     result = run_bench_ingest(settings, events=events)
-    result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(result))
 
 

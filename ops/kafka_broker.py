@@ -7,6 +7,7 @@ broker and controller, its data under ``.recloop/kafka/data``. No Docker, no moc
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import shutil
@@ -15,7 +16,6 @@ import socket
 import subprocess
 import time
 import uuid
-import base64
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,7 +231,8 @@ class LocalKafka:
             if broker_reachable(self.bootstrap, timeout_s=2.0):
                 return self.status()
             time.sleep(0.5)
-        raise BrokerError(f"Kafka did not answer on {self.bootstrap} within {timeout_s:.0f}s; see {self.logs}/server.log")
+        raise BrokerError(f"Kafka did not answer on {self.bootstrap} within {timeout_s:.0f}s; "
+                          f"see {self.logs}/server.log")
 
     def stop(self, *, timeout_s: float = 30.0) -> bool:
         """Stop the broker gracefully (SIGTERM, then SIGKILL). Returns whether one was running."""

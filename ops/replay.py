@@ -17,13 +17,14 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
+from ops.kafka_io import topic_reader
 from ops.retail_events import looks_like_retail, read_table, retail_events
 from streams import records
 from streams.records import ExplanationFeedback, Interaction, InvalidRecord, Item
@@ -215,22 +216,9 @@ async def topic_messages(source: str, target: str, settings: KafkaSettings, *, s
     The range is read from the records' own ``ts`` (event time), not broker timestamps, so it
     means the same thing however and whenever the source topic was written.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", group_id=None,
-                                max_partition_fetch_bytes=MAX_MESSAGE_BYTES, fetch_max_bytes=MAX_MESSAGE_BYTES)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(source)
-        if not partitions:
-            raise ValueError(f"topic {source!r} does not exist or has no partitions")
-        from aiokafka import TopicPartition
-
-        assigned = [TopicPartition(source, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        end = await consumer.end_offsets(assigned)
-        remaining = {tp for tp in assigned if end[tp] > 0}
-        out: list[OutgoingMessage] = []
+    out: list[OutgoingMessage] = []
+    async with topic_reader(settings.bootstrap, source) as (consumer, end):
+        remaining = {tp for tp, offset in end.items() if offset > 0}
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
             for tp, messages in batches.items():
@@ -247,10 +235,8 @@ async def topic_messages(source: str, target: str, settings: KafkaSettings, *, s
             for tp in list(remaining):
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
-        out.sort(key=lambda m: m.ts)
-        return out[:limit] if limit is not None else out
-    finally:
-        await consumer.stop()
+    out.sort(key=lambda m: m.ts)
+    return out[:limit] if limit is not None else out
 
 
 def _event_ts(value: bytes | None) -> float | None:

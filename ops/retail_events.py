@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 
 import pyarrow as pa
@@ -112,12 +113,12 @@ def _epoch_seconds(column: pa.ChunkedArray) -> list[float]:
     if pa.types.is_timestamp(column.type):
         seconds = pc.divide(pc.cast(pc.cast(column, pa.timestamp("us")), pa.int64()), 1_000_000)
         return [float(s) for s in seconds.to_pylist()]
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     def parse(value: str) -> float:
         for fmt in ("%Y-%m-%d %H:%M:%S", "%m/%d/%Y %H:%M", "%Y-%m-%dT%H:%M:%S"):
             try:
-                return datetime.strptime(value, fmt).replace(tzinfo=timezone.utc).timestamp()
+                return datetime.strptime(value, fmt).replace(tzinfo=UTC).timestamp()
             except ValueError:
                 continue
         raise ValueError(f"unrecognised InvoiceDate {value!r}")

@@ -49,6 +49,9 @@ def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None
         topic_replication_factor=kafka.replication_factor,
         processing_guarantee="at_least_once",
         producer_max_request_size=MAX_MESSAGE_BYTES,
+        # Changelog and dead-letter writes are many and small: batch them instead of one request each.
+        producer_linger=0.02,
+        producer_max_batch_size=512 * 1024,
         consumer_max_fetch_size=MAX_MESSAGE_BYTES,
         web_enabled=True,
         web_host=worker.web_host,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 import orjson
@@ -103,7 +103,7 @@ def _timestamp(value: Any, name: str = "ts") -> float:
         except ValueError:
             raise InvalidRecord(f"field {name!r} is not an ISO-8601 time: {value[:40]!r}") from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         value = parsed.timestamp()
     return _number(value, name, minimum=MIN_TS, maximum=MAX_TS)
 
@@ -395,8 +395,10 @@ class DeadLetter:
         )
 
 
-Record = Item | Interaction | Impression | ExplanationFeedback | AdapterUpdate | DriftAlarm | MetricSnapshot | DeadLetter
-R = TypeVar("R", Item, Interaction, Impression, ExplanationFeedback, AdapterUpdate, DriftAlarm, MetricSnapshot, DeadLetter)
+Record = (Item | Interaction | Impression | ExplanationFeedback | AdapterUpdate | DriftAlarm | MetricSnapshot
+          | DeadLetter)
+R = TypeVar("R", Item, Interaction, Impression, ExplanationFeedback, AdapterUpdate, DriftAlarm, MetricSnapshot,
+            DeadLetter)
 
 
 def _required(d: dict[str, Any], name: str) -> Any:

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+
+from ops.processes import ChildProcess, free_port, get_json, recloop_env, wait_json
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "online_retail.parquet"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], object], *, timeout_s: float, interval_s: float = 0.25,
@@ -76,48 +68,26 @@ class WorkerProcess:
 
     def __init__(self, settings, tmp_path: Path, app_id: str) -> None:
         self.port = free_port()
-        self.env = {**os.environ,
-                    "RECLOOP_KAFKA_BOOTSTRAP": settings.bootstrap,
-                    "RECLOOP_TOPIC_PREFIX": settings.topic_prefix,
-                    "RECLOOP_PARTITIONS": str(settings.partitions),
-                    "RECLOOP_HOME": str(settings.home),
-                    "RECLOOP_WORKER_APP_ID": app_id,
-                    "RECLOOP_WORKER_WEB_PORT": str(self.port)}
-        self.log_path = tmp_path / f"worker-{app_id}-{self.port}.log"
-        self.process: subprocess.Popen | None = None
+        env = recloop_env(settings, RECLOOP_WORKER_APP_ID=app_id, RECLOOP_WORKER_WEB_PORT=str(self.port))
+        self.child = ChildProcess(["worker"], env, tmp_path / f"worker-{app_id}-{self.port}.log")
+        self.url = f"http://127.0.0.1:{self.port}/counts/"
 
     def start(self) -> WorkerProcess:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker"], cwd=REPO, env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        wait_for(lambda: self.counts_or_none() is not None, timeout_s=90, message=f"worker web endpoint (log: {self.log_path})")
+        self.child.start()
+        wait_json(self.url, self.child, timeout_s=90)
         return self
 
-    def counts_or_none(self) -> dict | None:
-        if self.process is not None and self.process.poll() is not None:
-            pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
-        try:
-            response = httpx.get(f"http://127.0.0.1:{self.port}/counts/", timeout=2)
-            return response.json() if response.status_code == 200 else None
-        except httpx.HTTPError:
-            return None
-
     def counts(self) -> dict:
-        return self.counts_or_none() or {}
+        if not self.child.alive:
+            pytest.fail(f"worker exited:\n{self.child.log_tail()}")
+        return get_json(self.url) or {}
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child.alive
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        self.child.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,36 @@
+"""Small helpers for reading whole topics with aiokafka (backfill, benchmarks, tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.topics import MAX_MESSAGE_BYTES
+
+
+@asynccontextmanager
+async def topic_reader(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
+                       ) -> AsyncIterator[tuple[AIOKafkaConsumer, dict[TopicPartition, int]]]:
+    """A group-less consumer holding every partition of ``topic`` from its beginning.
+
+    Yields the consumer and the end offset of each partition at the time it was opened.
+    """
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+                                fetch_max_bytes=MAX_MESSAGE_BYTES)
+    await consumer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not consumer.assignment():
+            if loop.time() > deadline:
+                raise ValueError(f"topic {topic!r} does not exist or has no partitions")
+            await asyncio.sleep(0.05)
+        partitions = sorted(consumer.assignment())
+        await consumer.seek_to_beginning(*partitions)
+        yield consumer, await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()

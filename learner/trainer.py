@@ -1,0 +1,225 @@
+"""Micro-batch training of the LoRA adapter and fusion head on the live stream.
+
+Two guards against forgetting: every micro-batch is mixed with examples replayed from a bounded
+reservoir of older traffic, and an L2 penalty pulls the trainable weights toward the last
+*accepted* (published) adapter, so a burst of odd traffic bends the model rather than rewrites it.
+The base encoder is frozen throughout; only LoRA matrices and the head have gradients.
+
+:meth:`MicroBatchTrainer.train_step` is a plain synchronous function: the Faust worker runs it in
+an executor thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from learner.gate import GateDecision, PublishGate, evaluate
+from learner.model import Batch, Example, RankingModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Hyperparameters of online training; defaults suit CPU micro-batches of ~64 examples."""
+
+    lora_lr: float = 5e-4
+    head_lr: float = 5e-3
+    loss: Literal["softmax", "bpr"] = "softmax"
+    #: Strength of the pull toward the last accepted weights (sum of squared differences).
+    anchor_l2: float = 1e-2
+    #: Older examples kept for replay, and the share of a micro-batch they add.
+    reservoir_size: int = 4096
+    replay_fraction: float = 0.25
+    #: Items re-encoded with gradients per step; the rest use cached vectors. Bounds step time and memory.
+    max_encoded_items: int = 64
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one micro-batch did, for logs and the ops metrics topic."""
+
+    step: int
+    loss: float
+    anchor_penalty: float
+    grad_norm: float
+    n_examples: int
+    n_replayed: int
+    n_encoded: int
+    seconds: float
+
+
+class Reservoir:
+    """A uniform sample of everything offered so far, of bounded size (Vitter's algorithm R).
+
+    >>> r = Reservoir(capacity=3, seed=0)
+    >>> for i in range(100):
+    ...     r.offer(i)
+    >>> len(r), r.seen
+    (3, 100)
+    """
+
+    def __init__(self, capacity: int, seed: int = 0) -> None:
+        self.capacity = capacity
+        self._rng = random.Random(seed)
+        self._items: list = []
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def offer(self, item: object) -> None:
+        self.seen += 1
+        if len(self._items) < self.capacity:
+            self._items.append(item)
+            return
+        slot = self._rng.randrange(self.seen)
+        if slot < self.capacity:
+            self._items[slot] = item
+
+    def sample(self, k: int) -> list:
+        """Up to ``k`` distinct stored items."""
+        return self._rng.sample(self._items, min(k, len(self._items)))
+
+
+def ranking_loss(scores: torch.Tensor, batch: Batch, kind: str) -> torch.Tensor:
+    """Weighted mean over examples of sampled-softmax or BPR loss; the positive is column 0."""
+    if kind == "softmax":
+        logits = scores.masked_fill(~batch.mask, float("-inf"))
+        per_example = -torch.log_softmax(logits, dim=1)[:, 0]
+    elif kind == "bpr":
+        negatives = batch.mask[:, 1:].float()
+        pairwise = -nn.functional.logsigmoid(scores[:, :1] - scores[:, 1:]) * negatives
+        per_example = pairwise.sum(1) / negatives.sum(1).clamp(min=1.0)
+    else:
+        raise ValueError(f"unknown loss {kind!r}")
+    return (per_example * batch.weight).sum() / batch.weight.sum().clamp(min=1e-12)
+
+
+class MicroBatchTrainer:
+    """Trains one :class:`RankingModel` in place, step by step, deterministically for a given seed."""
+
+    def __init__(self, model: RankingModel, config: TrainerConfig | None = None) -> None:
+        self.model = model
+        self.config = config or TrainerConfig()
+        self.reservoir = Reservoir(self.config.reservoir_size, seed=self.config.seed)
+        self.step = 0
+        self._params = model.trainable_parameters()
+        self._anchor = self.snapshot()
+        self._optimizer = self._new_optimizer()
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        lora = [p for name, p in self._params.items() if not name.startswith("head.")]
+        head = [p for name, p in self._params.items() if name.startswith("head.")]
+        return torch.optim.AdamW(
+            [{"params": lora, "lr": self.config.lora_lr}, {"params": head, "lr": self.config.head_lr}],
+            weight_decay=0.0,
+        )
+
+    # ------------------------------------------------------------------ weights
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A detached copy of every trainable tensor."""
+        return {name: p.detach().clone() for name, p in self._params.items()}
+
+    @torch.no_grad()
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back weights from :meth:`snapshot`; optimizer moments are reset, they belonged to other weights."""
+        if state.keys() != self._params.keys():
+            raise KeyError("snapshot does not match this model's trainable parameters")
+        for name, p in self._params.items():
+            p.copy_(state[name])
+        self._optimizer = self._new_optimizer()
+
+    def accept(self) -> None:
+        """The current weights were published: they become the anchor that later steps are pulled toward."""
+        self._anchor = self.snapshot()
+
+    def rollback(self) -> None:
+        """Return to the last accepted weights (after the gate refused the candidate)."""
+        self.restore(self._anchor)
+
+    def anchor_penalty(self) -> torch.Tensor:
+        return sum(((p - self._anchor[name]) ** 2).sum() for name, p in self._params.items())
+
+    # ------------------------------------------------------------------ training
+
+    def _fresh_items(self, examples: Sequence[Example]) -> list[int]:
+        """Which candidates get encoded with gradients: positives first, then negatives, first seen first."""
+        order = dict.fromkeys(e.positive for e in examples)
+        order.update(dict.fromkeys(i for e in examples for i in e.negatives))
+        return list(order)[: self.config.max_encoded_items]
+
+    def train_step(self, examples: Sequence[Example]) -> StepResult:
+        """One optimizer step on ``examples`` plus replayed older ones; then remember ``examples``."""
+        started = time.perf_counter()
+        replayed = self.reservoir.sample(round(self.config.replay_fraction * len(examples)))
+        mixed = [*examples, *replayed]
+        fresh = self._fresh_items(mixed)
+        batch = self.model.batch(mixed)
+
+        self._optimizer.zero_grad(set_to_none=True)
+        table = self.model.item_table(fresh)
+        loss = ranking_loss(self.model(batch, table).float(), batch, self.config.loss)
+        penalty = self.anchor_penalty()
+        total = loss + self.config.anchor_l2 * penalty
+        if not torch.isfinite(total):  # one poisoned batch must not wreck the adapter
+            log.warning("train step %d skipped: loss is %s", self.step + 1, float(total.detach()))
+            return self._result(loss, penalty, math.nan, mixed, replayed, [], started)
+        total.backward()
+        grad_norm = nn.utils.clip_grad_norm_(list(self._params.values()), self.config.grad_clip)
+        self._optimizer.step()
+        with torch.no_grad():  # keep the cache roughly current for history vectors (one step behind)
+            index = torch.tensor(fresh, dtype=torch.long, device=self.model.device)
+            self.model.item_vectors[index] = table[index].detach()
+
+        for example in examples:
+            self.reservoir.offer(example)
+        self.step += 1
+        return self._result(loss, penalty, float(grad_norm), mixed, replayed, fresh, started)
+
+    def _result(self, loss: torch.Tensor, penalty: torch.Tensor, grad_norm: float, mixed: list, replayed: list,
+                fresh: list[int], started: float) -> StepResult:
+        result = StepResult(
+            step=self.step,
+            loss=float(loss.detach()),
+            anchor_penalty=float(penalty.detach()),
+            grad_norm=grad_norm,
+            n_examples=len(mixed),
+            n_replayed=len(replayed),
+            n_encoded=len(fresh),
+            seconds=time.perf_counter() - started,
+        )
+        log.debug("train step %d: loss %.4f, %d examples (%d replayed), %.2fs", result.step, result.loss,
+                  result.n_examples, result.n_replayed, result.seconds)
+        return result
+
+    # ------------------------------------------------------------------ gating
+
+    def propose(self, window: Sequence[Example], gate: PublishGate) -> GateDecision:
+        """Compare the current weights with the last accepted ones on a held-out ``window``.
+
+        One model serves both sides by swapping trainable weights, so the worker needs no second
+        copy of the encoder. The current weights (and optimizer state) are back in place afterwards.
+        """
+        current = self.snapshot()
+        optimizer_state = self._optimizer.state_dict()
+        self.restore(self._anchor)
+        serving = evaluate(self.model, window)
+        self.restore(current)
+        self._optimizer.load_state_dict(optimizer_state)
+        candidate = evaluate(self.model, window)
+        decision = gate.decide(candidate, serving)
+        log.info("gate: %s (%s)", "publish" if decision.publish else "refuse", decision.reason)
+        return decision

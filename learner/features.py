@@ -1,0 +1,167 @@
+"""Behavioural features from the live stream: what a shopper bought, what is bought together, what is popular.
+
+The same object serves three places — the worker's example builder, every serving worker, and
+``recloop eval`` — so a score means the same thing wherever it is computed. It learns from
+single interaction events (the stream carries invoice lines, not baskets) and assembles them
+into baskets itself: a basket is one shopper's purchases at one timestamp, and it is learned
+once event time has moved past that timestamp. Scoring therefore only ever sees baskets from
+strictly earlier timestamps, which is the prequential protocol's rule.
+
+Returns and non-purchase events (views, clicks, add-to-cart) do not change these features;
+the trainer uses them as labels instead.
+
+>>> f = BehaviourFeatures()
+>>> for ts, item in [(0.0, "A"), (0.0, "B"), (86400.0, "A"), (2 * 86400.0, "C")]:
+...     f.learn_interaction("u1", item, "purchase", ts)
+>>> f.history("u1")
+(1, 0)
+>>> f.matrix("u1", np.arange(3)).astype(float).round(3).tolist()
+[[1.096, 0.412, 1.0], [0.689, 1.0, 0.631], [0.0, 0.0, 0.0]]
+>>> [(f.index.code_of(item), round(w, 3)) for item, w in f.evidence("u1", 0)]
+[('A', 1.992), ('B', 0.495)]
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+
+from learner.baselines import CoOccurrence, RecentPopularity, RepeatScorer, ShopperHistory, recency_weights
+from learner.baskets import Basket, ItemIndex
+
+FEATURE_NAMES = ("repeat", "knn", "popularity")
+
+PURCHASE = "purchase"
+
+
+class BehaviourFeatures:
+    """Online repeat, co-purchase and popularity state, and the feature matrix the ranking model reads.
+
+    Columns of :meth:`matrix` (one row per candidate):
+
+    - ``repeat``: ``log1p`` of the shopper's recency-decayed purchase count of the item
+      (half-life ``half_life_days``) — the strongest single signal on this kind of data;
+    - ``knn``: co-purchase kNN score from the shopper's last ``recent_baskets`` baskets, scaled to [0, 1];
+    - ``popularity``: ``log1p`` of baskets buying the item in the last ``window_days``, scaled to [0, 1].
+    """
+
+    def __init__(self, index: ItemIndex | None = None, *, half_life_days: float = 90.0, recent_baskets: int = 3,
+                 basket_decay: float = 0.7, window_days: float = 30.0, history_baskets: int = 20) -> None:
+        self.index = index if index is not None else ItemIndex()
+        self.basket_decay = basket_decay
+        self.repeat = RepeatScorer(half_life_days)
+        self.cooccurrence = CoOccurrence()
+        self.popularity = RecentPopularity(window_days)
+        self.recent = ShopperHistory(recent_baskets)
+        self.long_history = ShopperHistory(history_baskets)
+        self.clock = -math.inf
+        #: baskets still open: timestamp -> shopper -> items in first-seen order
+        self._open: dict[float, dict[str, dict[int, None]]] = defaultdict(dict)
+        self._open_invoice: dict[tuple[float, str], str] = {}
+
+    # ------------------------------------------------------------------ learning
+
+    def add_item(self, item_id: str) -> int:
+        return self.index.add(item_id)
+
+    def learn_interaction(self, user_id: str, item_id: str, type: str, ts: float,
+                          basket_id: str | None = None) -> None:
+        """Learn one event. Purchases join the shopper's basket at ``ts``; earlier baskets are closed."""
+        self.advance_to(ts)
+        if type != PURCHASE:
+            return
+        item = self.index.add(item_id)
+        self._open[ts].setdefault(user_id, {})[item] = None
+        self._open_invoice.setdefault((ts, user_id), basket_id or "")
+
+    def learn(self, baskets: Iterable[Basket]) -> None:
+        """Learn complete baskets directly (the offline evaluation's path)."""
+        baskets = list(baskets)
+        for basket in baskets:
+            self.clock = max(self.clock, basket.ts)
+        self.repeat.learn(baskets)
+        self.cooccurrence.learn(baskets)
+        self.popularity.learn(baskets)
+        self.recent.learn(baskets)
+        self.long_history.learn(baskets)
+
+    def advance_to(self, now: float) -> None:
+        """Event time is now ``now``: every basket of an earlier timestamp is complete and learned."""
+        if now <= self.clock and not any(ts < now for ts in self._open):
+            return
+        self.clock = max(self.clock, now)
+        closed = sorted(ts for ts in self._open if ts < now)
+        for ts in closed:
+            shoppers = self._open.pop(ts)
+            self.learn(Basket(user, ts, tuple(items), self._open_invoice.pop((ts, user), ""))
+                       for user, items in shoppers.items())
+        self.popularity.advance_to(now)
+
+    def flush(self) -> None:
+        """Close every open basket (end of a replay, or before a snapshot)."""
+        if self._open:
+            self.advance_to(max(self._open) + 1e-6)
+
+    # ------------------------------------------------------------------ reading
+
+    def knows(self, user_id: str) -> bool:
+        return self.repeat.knows(user_id)
+
+    def history(self, user_id: str, max_items: int = 50) -> tuple[int, ...]:
+        """Distinct items of the shopper's recent baskets, oldest first, most recent occurrence kept."""
+        ordered: dict[int, None] = {}
+        for basket in self.long_history.recent(user_id):
+            for item in basket:
+                ordered.pop(item, None)
+                ordered[item] = None
+        items = tuple(ordered)
+        return items[-max_items:]
+
+    def matrix(self, user_id: str, candidates: np.ndarray, now: float | None = None) -> np.ndarray:
+        """Feature rows (``FEATURE_NAMES`` columns) for ``candidates``, as float32 ``[n, 3]``."""
+        candidates = np.asarray(candidates, dtype=np.int64)
+        out = np.zeros((len(candidates), len(FEATURE_NAMES)), dtype=np.float32)
+        out[:, 0] = np.log1p(self.repeat.scores(user_id, candidates, now=now))
+        items, weights = recency_weights(self.recent.recent(user_id), self.basket_decay)
+        if len(items):
+            out[:, 1] = _scaled(self.cooccurrence.knn_scores(items, weights, candidates))
+        out[:, 2] = _scaled(np.log1p(self.popularity.scores(candidates)))
+        return out
+
+    def popular(self, k: int, now: float | None = None) -> np.ndarray:
+        """The ``k`` items bought in most baskets in the popularity window, most popular first."""
+        if now is not None:
+            self.popularity.advance_to(now)
+        scores = self.popularity.scores(np.arange(len(self.index)))
+        k = min(k, len(scores))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64)
+        top = np.argpartition(-scores, k - 1)[:k]
+        return top[np.argsort(-scores[top], kind="stable")]
+
+    def evidence(self, user_id: str, item: int, top: int = 3) -> list[tuple[int, float]]:
+        """History items that support recommending ``item``, strongest first, with their weights.
+
+        The item itself (bought before: its repeat weight) and co-purchased history items
+        (recency weight × co-purchase similarity) — exactly the terms of the repeat and kNN columns.
+        """
+        support: dict[int, float] = {}
+        repeat = float(self.repeat.scores(user_id, np.array([item]))[0])
+        if repeat > 0:
+            support[item] = repeat
+        items, weights = recency_weights(self.recent.recent(user_id), self.basket_decay)
+        if len(items):
+            similarity = self.cooccurrence.similarity(items, np.array([item]))[:, 0]
+            for history_item, weight, sim in zip(items.tolist(), weights.tolist(), similarity.tolist(), strict=True):
+                if sim > 0 and history_item != item:
+                    support[history_item] = support.get(history_item, 0.0) + weight * sim
+        ranked = sorted(support.items(), key=lambda pair: -pair[1])
+        return ranked[:top]
+
+
+def _scaled(values: np.ndarray) -> np.ndarray:
+    top = float(values.max(initial=0.0))
+    return values / top if top > 0 else values

@@ -36,9 +36,12 @@ def kafka_bootstrap() -> Iterator[str]:
     if external:
         yield external
         return
-    from ops.kafka_broker import LocalKafka
+    from ops.kafka_broker import LocalKafka, broker_reachable
 
     broker = LocalKafka(REPO / ".recloop")
+    if broker.pid() is None and broker_reachable(broker.bootstrap, timeout_s=3):
+        yield broker.bootstrap  # a broker of another checkout already serves this port: share it
+        return
     was_running = broker.pid() is not None
     broker.start(timeout_s=180)
     yield broker.bootstrap

@@ -22,20 +22,6 @@ KEY = b"test-signing-key"
 TEXTS = [f"{c} {t}" for c in "red blue green pink".split() for t in "heart mug lamp bag card".split()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models are fastest on one thread, and 2 threads stall badly when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_bert(seed=0)
-
-
 @pytest.fixture(scope="module")
 def trained(base) -> RankingModel:
     """A model whose LoRA and head have moved away from version 0."""

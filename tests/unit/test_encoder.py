@@ -19,20 +19,6 @@ from learner.encoder import (
 from learner.model import RankingModel
 
 
-@pytest.fixture(scope="module")
-def base():
-    return tiny_bert(seed=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models are fastest on one thread, and 2 threads stall badly when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_tiny_bert_is_a_function_of_its_seed(base):
     assert tiny_bert(seed=0).fingerprint == base.fingerprint
     assert tiny_bert(seed=1).fingerprint != base.fingerprint

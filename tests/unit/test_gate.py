@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from learner.encoder import tiny_bert
 from learner.gate import PublishGate, WindowMetrics, evaluate, rank_metrics
 from learner.model import Example, RankingModel
 from learner.trainer import MicroBatchTrainer, TrainerConfig
@@ -29,20 +28,6 @@ def examples(n: int, seed: int, *, flip: bool = False) -> list[Example]:
         out.append(Example(history=tuple(rng.choice(N_ITEMS, 2)), positive=int(items[order[0]]),
                            negatives=tuple(int(i) for i in items[order[1:]]), features=features[order]))
     return out
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_bert(seed=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models are fastest on one thread, and 2 threads stall badly when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def trained(base, *, flip: bool) -> MicroBatchTrainer:

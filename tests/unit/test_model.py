@@ -6,25 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from learner.encoder import encode_texts, tiny_bert
+from learner.encoder import encode_texts
 from learner.model import Example, ModelConfig, RankingModel, collate, recency_weights
 
 PAIRS = [(c, t) for c in ("red", "white", "blue", "pink") for t in ("heart", "lantern", "mug", "bag", "card")]
 TEXTS = [f"{colour} {thing} number {i}" for i, (colour, thing) in enumerate(PAIRS)]
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_bert(seed=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models are fastest on one thread, and 2 threads stall badly when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()

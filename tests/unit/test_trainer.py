@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.encoder import base_state, tiny_bert
+from learner.encoder import base_state
 from learner.model import Example, RankingModel
 from learner.trainer import MicroBatchTrainer, Reservoir, TrainerConfig
 
@@ -26,20 +26,6 @@ def examples(n: int, seed: int) -> list[Example]:
         out.append(Example(history=tuple(rng.choice(N_ITEMS, 3)), positive=int(items[order[0]]),
                            negatives=tuple(int(i) for i in items[order[1:]]), features=features[order]))
     return out
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_bert(seed=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models are fastest on one thread, and 2 threads stall badly when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_trainer(base, **overrides) -> MicroBatchTrainer:

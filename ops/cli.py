@@ -182,22 +182,56 @@ def worker(
     run_worker(kafka, settings)
 
 
+# ------------------------------------------------------------------ serve
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="HTTP port (default 8000)")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1)")] = None,
+    model_dir: Annotated[Path | None, typer.Option(
+        help="HF model directory of the base (default $RECLOOP_BASE_MODEL_DIR or the bundled MiniLM)")] = None,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Serve the seeded tiny BERT (tests, quick benchmarks)")] = False,
+) -> None:
+    """Run a serving worker: /recommend, /feedback, /healthz, /metrics; hot-swaps published adapters."""
+    from serving.app import run_server
+    from serving.settings import ServingConfigError, ServingSettings
+
+    logs.configure()
+    options = {"port": port, "host": host, "model_dir": model_dir, "tiny": tiny or None}
+    overrides = {name: value for name, value in options.items() if value is not None}
+    try:
+        settings = ServingSettings(**overrides)
+        settings.signing_key()
+    except ServingConfigError as exc:
+        _fail(str(exc))
+    kafka = KafkaSettings()
+    ensure_broker(kafka)
+    run_server(settings, kafka)
+
+
 # ------------------------------------------------------------------ demo
 
 
 @app.command()
 def demo(
-    limit: Annotated[int | None, typer.Option(min=1, help="Replay at most this many events")] = None,
-    speedup: Annotated[float | None, typer.Option(min=0.001, help="Replay event time this many times faster")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Replay at most this many interactions")] = 60_000,
+    speedup: Annotated[float | None, typer.Option(min=0.001, help="Replay event time this many times faster "
+                                                                  "(default: as fast as the loop runs)")] = None,
     data: Annotated[Path, typer.Option(help="The dataset to replay")] = Path("data/online_retail.parquet"),
+    tiny: Annotated[bool, typer.Option("--tiny", help="A tiny random encoder instead of MiniLM (smoke runs)")] = False,
+    servers: Annotated[int, typer.Option(min=1, max=8, help="Serving workers")] = 2,
+    out: Annotated[Path | None, typer.Option(help="Report directory (default reports/demo-<time>)")] = None,
 ) -> None:
-    """Everything on this machine: broker, topics, worker, and a replay of the bundled data with live counts."""
+    """The whole loop on this machine: broker, worker, serving workers, replay and simulated shoppers."""
     from ops.demo import run_demo
 
     logs.configure("WARNING")
     settings = KafkaSettings()
     ensure_broker(settings)
-    raise typer.Exit(code=run_demo(settings, data=data, limit=limit, speedup=speedup, console=console))
+    out = out or Path("reports") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    raise typer.Exit(code=run_demo(settings, data=data, limit=limit, speedup=speedup, tiny=tiny, servers=servers,
+                                   report_dir=out, console=console))
 
 
 # ------------------------------------------------------------------ benchmarks
@@ -214,6 +248,26 @@ def bench_ingest(
     settings = KafkaSettings()
     ensure_broker(settings)
     result = run_bench_ingest(settings, events=events)
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    print(json.dumps(result))
+
+
+@bench_app.command("serve")
+def bench_serve(
+    duration: Annotated[float, typer.Option(min=5, help="Seconds of measured load")] = 30.0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Clients requesting at once")] = 8,
+    swap_every: Annotated[float, typer.Option(min=0.1, help="Seconds between published adapters")] = 1.0,
+    interactions: Annotated[int, typer.Option(min=1000, help="Most recent purchases the worker learns")] = 100_000,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny BERT instead of MiniLM (quick check)")] = False,
+) -> None:
+    """/recommend k=10 latency over the whole catalogue while a new adapter is swapped in every second."""
+    from ops.bench_serve import run_bench_serve
+
+    logs.configure("WARNING")
+    settings = KafkaSettings()
+    ensure_broker(settings)
+    result = run_bench_serve(settings, duration_s=duration, concurrency=concurrency, swap_every_s=swap_every,
+                             interactions=interactions, tiny=tiny)
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(result))
 

@@ -1,88 +1,199 @@
-"""``recloop demo``: the whole pipeline on this machine, with live counts.
+"""``recloop demo``: the whole loop on this machine, on real data.
 
-Broker (already started by the CLI) → topics → a worker process → a replay of the bundled
-Online Retail data, while a live table shows what the worker accepted, recognised as
-duplicate, or dead-lettered. Ctrl-C stops the worker cleanly.
+Broker (started by the CLI) → topics → a worker (ingest + learning) → two serving workers →
+a replay of the bundled Online Retail data in event time, while a shopper simulator closes the
+loop: before each real basket it asks a serving worker for recommendations, clicks the ones the
+shopper really buys in the following days, and rates the explanations. A live table shows the
+stream, the model versions served and the simulated shoppers' behaviour. Ctrl-C stops everything
+cleanly; at the end a report (PNG plots + summary) is written and its path printed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import itertools
 import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
+import httpx
+import orjson
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from ops.processes import ChildProcess, free_port, get_json, recloop_env, wait_json
-from ops.replay import ReplaySummary, file_messages, produce
+from ops.replay import OutgoingMessage, Pacer, file_messages, produce
+from ops.simulator import ShopperSimulator, ShopperVisit, visits
 from ops.topic_admin import create_topics
+from streams import records
+from streams.records import Interaction
 from streams.settings import KafkaSettings
 
 
-def counts_table(counts: dict, produced: int, total: int, elapsed: float) -> Table:
-    table = Table(title=f"recloop demo — replayed {produced:,}/{total:,} messages in {elapsed:,.0f}s")
-    for column in ("topic", "accepted", "duplicates", "dead-lettered", "by type", "events/s"):
-        table.add_column(column, justify="right" if column not in ("topic", "by type") else "left")
-    for topic, c in counts.items():
-        rate = c["accepted"] / c["busy_s"] if c.get("busy_s") else 0.0
-        by_type = ", ".join(f"{k} {v:,}" for k, v in sorted(c.get("by_type", {}).items()))
-        table.add_row(topic, f"{c['accepted']:,}", f"{c['duplicates']:,}", f"{c['dead_lettered']:,}", by_type,
-                      f"{rate:,.0f}")
-    return table
+@dataclass
+class LoopStats:
+    """What the simulated shoppers saw and did."""
+
+    recommendations: int = 0
+    recommended_items: int = 0
+    clicks: int = 0
+    feedback: int = 0
+    helpful: int = 0
+    errors: int = 0
+    versions: Counter = field(default_factory=Counter)
+    helpful_by_style: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+
+    def row(self) -> dict[str, str]:
+        ctr = self.clicks / self.recommended_items if self.recommended_items else 0.0
+        helpful = self.helpful / self.feedback if self.feedback else 0.0
+        return {"recommendations": f"{self.recommendations:,}", "clicks": f"{self.clicks:,}", "CTR": f"{ctr:.2%}",
+                "feedback": f"{self.feedback:,}", "helpful": f"{helpful:.1%}", "errors": f"{self.errors:,}"}
 
 
-def run_demo(settings: KafkaSettings, *, data: Path, limit: int | None, speedup: float | None,
-             console: Console) -> int:
+class Dashboard:
+    def __init__(self, settings: KafkaSettings, worker_url: str, server_urls: list[str]) -> None:
+        self.settings, self.worker_url, self.server_urls = settings, worker_url, server_urls
+        self.started = time.monotonic()
+
+    def render(self, produced: int, total: int, loop: LoopStats) -> Group:
+        counts = get_json(self.worker_url) or {}
+        stream = Table(title=f"stream — replayed {produced:,}/{total:,} messages, "
+                             f"{time.monotonic() - self.started:,.0f}s")
+        for column in ("topic", "accepted", "duplicates", "dead-lettered", "events/s"):
+            stream.add_column(column, justify="left" if column == "topic" else "right")
+        for topic, c in counts.items():
+            rate = c["accepted"] / c["busy_s"] if c.get("busy_s") else 0.0
+            stream.add_row(topic, f"{c['accepted']:,}", f"{c['duplicates']:,}", f"{c['dead_lettered']:,}",
+                           f"{rate:,.0f}")
+        serving = Table(title="serving workers")
+        for column in ("url", "status", "model version", "swaps", "rejected", "last swap ms", "scoring ms"):
+            serving.add_column(column)
+        for url in self.server_urls:
+            health = get_json(f"{url}/healthz") or {}
+            serving.add_row(url, str(health.get("status", "down")), str(health.get("model_version")),
+                            str(health.get("swaps", "")), str(health.get("rejected_updates", "")),
+                            str(health.get("last_swap_apply_ms", "")), str(health.get("scoring_ms", "")))
+        shoppers = Table(title="simulated shoppers")
+        row = loop.row()
+        for column in row:
+            shoppers.add_column(column, justify="right")
+        shoppers.add_row(*row.values())
+        return Group(stream, serving, shoppers)
+
+
+async def visit_and_react(client: httpx.AsyncClient, url: str, visit: ShopperVisit, simulator: ShopperSimulator,
+                          stats: LoopStats, k: int = 10) -> None:
+    """One simulated shopper visit: ask for recommendations, then click and rate through /feedback."""
+    try:
+        response = await client.get(f"{url}/recommend", params={"user_id": visit.user_id, "k": k})
+        response.raise_for_status()
+        recommendation = response.json()
+    except (httpx.HTTPError, ValueError):
+        stats.errors += 1
+        return
+    stats.recommendations += 1
+    stats.recommended_items += len(recommendation.get("items", []))
+    stats.versions[recommendation.get("model_version")] += 1
+    for event in simulator.react(visit, recommendation):
+        body = orjson.dumps({k: v for k, v in records.to_dict(event).items() if v is not None})
+        try:
+            (await client.post(f"{url}/feedback", content=body,
+                               headers={"content-type": "application/json"})).raise_for_status()
+        except httpx.HTTPError:
+            stats.errors += 1
+            continue
+        if isinstance(event, Interaction):
+            stats.clicks += 1
+        else:
+            stats.feedback += 1
+            stats.helpful += event.helpful
+
+
+def by_timestamp(messages: list[OutgoingMessage]) -> list[tuple[float, list[OutgoingMessage]]]:
+    groups: dict[float, list[OutgoingMessage]] = defaultdict(list)
+    for message in messages:
+        groups[message.ts].append(message)
+    return sorted(groups.items())
+
+
+async def drive(settings: KafkaSettings, messages: list[OutgoingMessage], server_urls: list[str],
+                dashboard: Dashboard, live: Live, *, speedup: float | None, seed: int) -> LoopStats:
+    items = [m for m in messages if m.kind == "item"]
+    events = [m for m in messages if m.kind != "item"]
+    purchases = [records.decode(Interaction, m.value) for m in events]
+    visits_at: dict[float, list[ShopperVisit]] = defaultdict(list)
+    for visit in visits(purchases):
+        visits_at[visit.ts].append(visit)
+    simulator = ShopperSimulator(seed=seed)
+    stats = LoopStats()
+    produced = [0]
+    servers = itertools.cycle(server_urls)
+    pacer = Pacer(speedup=speedup)
+    await produce(items, settings, on_progress=lambda n: produced.__setitem__(0, produced[0] + n))
+    last_frame = 0.0
+    async with httpx.AsyncClient(timeout=30) as client:
+        for ts, group in by_timestamp(events):
+            delay = pacer.delay(ts)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await asyncio.gather(*(visit_and_react(client, next(servers), visit, simulator, stats)
+                                   for visit in visits_at.get(ts, [])))
+            await produce(group, settings, on_progress=lambda n: produced.__setitem__(0, produced[0] + n))
+            if time.monotonic() - last_frame > 1.0:
+                live.update(await asyncio.to_thread(dashboard.render, produced[0], len(messages), stats))
+                last_frame = time.monotonic()
+    live.update(await asyncio.to_thread(dashboard.render, produced[0], len(messages), stats))
+    return stats
+
+
+def run_demo(settings: KafkaSettings, *, data: Path, limit: int | None, speedup: float | None, tiny: bool,
+             servers: int, report_dir: Path, console: Console, seed: int = 0) -> int:
     results = create_topics(settings)
     console.print(f"topics ready: {', '.join(r.name for r in results)}")
     messages = file_messages(data, settings, limit=limit)
-    port = free_port()
-    # The production consumer group: a second demo run resumes where the first stopped, and a
-    # replay of events it already processed shows up as duplicates, not as new counts.
-    worker = ChildProcess(["worker"], recloop_env(settings, RECLOOP_WORKER_WEB_PORT=str(port), RECLOOP_DEMO="1"),
-                          settings.home / "demo" / "worker.log").start()
-    url = f"http://127.0.0.1:{port}/counts/"
-    console.print(f"worker starting (log: {worker.log_path}) …")
-    produced = [0]
-    summary: list[ReplaySummary] = []
-    failure: list[BaseException] = []
-
-    def replay() -> None:
-        from ops.replay import Pacer
-
-        try:
-            summary.append(asyncio.run(produce(messages, settings, pacer=Pacer(speedup=speedup),
-                                               on_progress=lambda n: produced.__setitem__(0, produced[0] + n))))
-        except BaseException as exc:  # reported below; the demo must not hang on a failed replay
-            failure.append(exc)
-
+    home = settings.home / "demo"
+    env = recloop_env(settings, RECLOOP_DEMO="1", **({"RECLOOP_LEARNER_TINY": "1"} if tiny else {}))
+    worker_port = free_port()
+    # The production consumer group: a second demo run resumes where the first stopped.
+    worker = ChildProcess(["worker"], {**env, "RECLOOP_WORKER_WEB_PORT": str(worker_port)}, home / "worker.log")
+    ports = [free_port() for _ in range(servers)]
+    serving = [ChildProcess(["serve", "--port", str(port), *(["--tiny"] if tiny else [])], env,
+                            home / f"serve-{i}.log") for i, port in enumerate(ports)]
+    children = [worker, *serving]
+    worker_url = f"http://127.0.0.1:{worker_port}/counts/"
+    server_urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
-        wait_json(url, worker, timeout_s=120)
-        started = time.monotonic()
-        thread = threading.Thread(target=replay, name="replay", daemon=True)
-        thread.start()
-        events = sum(1 for m in messages if m.kind != "item")
-        with Live(console=console, refresh_per_second=4) as live:
-            while True:
-                counts = get_json(url) or {}
-                live.update(counts_table(counts, produced[0], len(messages), time.monotonic() - started))
-                if failure:
-                    raise failure[0]
-                done = counts.get(settings.topic("interactions"), {})
-                if not thread.is_alive() and done.get("accepted", 0) + done.get("duplicates", 0) >= events:
-                    break
-                if not worker.alive:
-                    console.print(f"[red]the worker exited:[/]\n{worker.log_tail()}")
-                    return 1
-                time.sleep(0.5)
-        console.print(f"replay summary: {summary[0].as_dict() if summary else {}}")
-        console.print("all replayed events were processed by the worker.")
-        return 0
+        for child in children:
+            child.start()
+        console.print(f"starting a worker and {servers} serving workers (logs in {home}) …")
+        wait_json(worker_url, worker, timeout_s=180)
+        for url, child in zip(server_urls, serving, strict=True):
+            wait_json(f"{url}/healthz", child, timeout_s=300)
+        dashboard = Dashboard(settings, worker_url, server_urls)
+        with Live(console=console, refresh_per_second=2) as live:
+            stats = asyncio.run(drive(settings, messages, server_urls, dashboard, live, speedup=speedup, seed=seed))
+        console.print(f"served {stats.recommendations:,} recommendations from versions {dict(stats.versions)}")
+        return write_report(settings, report_dir, console)
     except KeyboardInterrupt:
         console.print("stopping …")
         return 130
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        return 1
     finally:
-        worker.stop()
+        for child in reversed(children):
+            child.stop()
+
+
+def write_report(settings: KafkaSettings, out: Path, console: Console) -> int:
+    """Write the report of what the demo's topics recorded; prints where it is."""
+    report = ChildProcess(["report", "--out", str(out)], recloop_env(settings), settings.home / "demo" / "report.log")
+    report.start()
+    code = report.process.wait(timeout=600)
+    if code != 0:
+        console.print(f"[yellow]report failed (exit {code}):[/]\n{report.log_tail()}")
+        return code
+    console.print(f"report written to {out.resolve()}")
+    return 0

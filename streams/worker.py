@@ -9,6 +9,7 @@ import faust
 from streams.agents import Downstream, register_ingest_agents
 from streams.app import RecloopApp, create_app
 from streams.ingest import IngestStats
+from streams.monitoring import register_monitoring
 from streams.settings import KafkaSettings, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,17 @@ def build_worker_app(kafka: KafkaSettings | None = None, worker: WorkerSettings 
                      downstream: Downstream | None = None) -> tuple[RecloopApp, IngestStats]:
     recloop = create_app(kafka, worker)
     stats: IngestStats = IngestStats()
-    register_ingest_agents(recloop, stats, downstream)
+    downstream = downstream or Downstream()
+    from learner.settings import LearnerSettings
+
+    learner = LearnerSettings()
+    if learner.enabled:  # RECLOOP_LEARNER=off: ingest only
+        from streams.learning import register_learning_agents
+
+        register_learning_agents(recloop, downstream, learner)
+    metrics = register_ingest_agents(recloop, stats, downstream)
+    # Monitoring handlers go first in the Downstream lists: every event is scored before anything learns it.
+    register_monitoring(recloop, downstream, registry=metrics.registry, dead_letter_impressions=not learner.enabled)
     return recloop, stats
 
 

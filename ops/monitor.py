@@ -1,0 +1,393 @@
+"""``recloop monitor``: a live terminal view of what the worker measures, straight from the topics.
+
+It reads ``recloop.ops.metrics``, ``recloop.ops.drift`` and ``recloop.model-updates`` from their
+beginning and follows them, asks the worker for its ``/counts/`` and the broker for the worker
+group's committed offsets, and redraws: throughput, consumer lag, the latest online metrics with a
+sparkline of their history, recent drift alarms, adapter versions and gate decisions.
+``--once`` draws one frame from everything published so far and exits (scripts and tests).
+
+The reading side (:class:`OpsFeed`, :class:`OpsState`) is shared with ``recloop report``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from streams import topics
+from streams.records import AdapterUpdate, DriftAlarm, InvalidRecord, MetricSnapshot, decode, from_dict
+from streams.settings import KafkaSettings, WorkerSettings
+from streams.topics import MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+#: Event topics the worker consumes, whose lag the monitor shows.
+CONSUMED = (topics.INTERACTIONS, topics.EXPLANATION_FEEDBACK, topics.CATALOG, topics.IMPRESSIONS)
+SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
+SPARKS = "▁▂▃▄▅▆▇█"
+
+MetricKey = tuple[str, tuple[tuple[str, str], ...]]
+
+#: Labels that tell one series of a metric from another; other labels (a gate's reason, a training
+#: step's duration) annotate a single value and would otherwise make every snapshot its own series.
+SERIES_LABELS = frozenset({"worker", "source", "style", "segment", "metric"})
+#: The learner's publish-gate decisions (``learner.service``): value 1 publish, 0 refuse.
+GATE_METRIC = "learner.gate"
+
+
+def metric_key(snapshot: MetricSnapshot) -> MetricKey:
+    """The series a snapshot belongs to.
+
+    >>> metric_key(MetricSnapshot("learner.train_loss", 0.3, 64, 1.7e9, {"seconds": "2.1", "worker": "w"}))
+    ('learner.train_loss', (('worker', 'w'),))
+    """
+    return snapshot.name, tuple(sorted((k, v) for k, v in snapshot.labels.items() if k in SERIES_LABELS))
+
+
+def is_gate(name: str) -> bool:
+    return name == GATE_METRIC or name.startswith("gate")
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """An adapter publication without its payload: what operators look at."""
+
+    version: str
+    parent: str | None
+    created_at: float
+    metrics: dict[str, float]
+
+
+def adapter_info(raw: bytes) -> AdapterInfo:
+    """Validate a ``recloop.model-updates`` value without decoding its (large) payload.
+
+    >>> info = adapter_info(b'{"version":"v2","parent":"v1","base_fingerprint":"f","created_at":1.7e9,'
+    ...                     b'"metrics":{"ndcg_at_10":0.3},"sha256":"s","signature":"g","payload":"QUJD"}')
+    >>> info.version, info.parent, info.metrics
+    ('v2', 'v1', {'ndcg_at_10': 0.3})
+    """
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord(f"not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRecord("expected a JSON object")
+    update = from_dict(AdapterUpdate, {**data, "payload": ""})
+    return AdapterInfo(update.version, update.parent, update.created_at, update.metrics)
+
+
+@dataclass
+class OpsState:
+    """Everything read from the ops topics so far, bounded per series."""
+
+    history: int = 500
+    series: dict[MetricKey, deque[MetricSnapshot]] = field(default_factory=dict)
+    gates: deque[MetricSnapshot] = field(default_factory=deque)
+    alarms: deque[DriftAlarm] = field(default_factory=deque)
+    adapters: dict[str, AdapterInfo] = field(default_factory=dict)
+    invalid: int = 0
+
+    def __post_init__(self) -> None:
+        self.gates = deque(self.gates, maxlen=self.history)
+        self.alarms = deque(self.alarms, maxlen=self.history)
+
+    def add_metric(self, snapshot: MetricSnapshot) -> None:
+        if is_gate(snapshot.name):
+            self.gates.append(snapshot)
+            return
+        key = metric_key(snapshot)
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = deque(maxlen=self.history)
+        series.append(snapshot)
+
+    def apply(self, kind: str, raw: bytes | None) -> None:
+        """Add one message of ``kind`` ("metrics", "drift" or "adapters"); invalid ones are counted."""
+        try:
+            if kind == "metrics":
+                self.add_metric(decode(MetricSnapshot, raw))
+            elif kind == "drift":
+                self.alarms.append(decode(DriftAlarm, raw))
+            elif raw is not None:  # a compacted topic's tombstone carries no adapter
+                info = adapter_info(raw)
+                self.adapters[info.version] = info
+        except InvalidRecord as exc:
+            self.invalid += 1
+            log.warning("skipping an invalid %s message: %s", kind, exc)
+
+    @property
+    def workers(self) -> set[str]:
+        return {dict(labels).get("worker", "") for _, labels in self.series}
+
+    def latest(self) -> list[MetricSnapshot]:
+        return [series[-1] for _, series in sorted(self.series.items())]
+
+    def adapter_list(self) -> list[AdapterInfo]:
+        return sorted(self.adapters.values(), key=lambda a: a.created_at)
+
+
+class OpsFeed:
+    """A group-less consumer of the three ops topics, from their beginning; polling adds to an :class:`OpsState`."""
+
+    def __init__(self, kafka: KafkaSettings, *, timeout_s: float = 15.0) -> None:
+        self.kind_of = {kafka.topic(topics.OPS_METRICS.name): "metrics", kafka.topic(topics.OPS_DRIFT.name): "drift",
+                        kafka.topic(topics.MODEL_UPDATES.name): "adapters"}
+        self.consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap.split(","), group_id=None,
+                                      enable_auto_commit=False, auto_offset_reset="earliest",
+                                      max_partition_fetch_bytes=MAX_MESSAGE_BYTES, fetch_max_bytes=MAX_MESSAGE_BYTES,
+                                      request_timeout_ms=int(max(timeout_s, 31) * 1000))
+        partitions = []
+        deadline = time.monotonic() + timeout_s
+        for name in self.kind_of:
+            found = self.consumer.partitions_for_topic(name)
+            while found is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+                found = self.consumer.partitions_for_topic(name)
+            if found is None:
+                log.warning("topic %s does not exist (run `recloop topics create`)", name)
+                continue
+            partitions += [TopicPartition(name, p) for p in sorted(found)]
+        self.partitions = partitions
+        self.consumer.assign(partitions)
+        if partitions:
+            self.consumer.seek_to_beginning(*partitions)
+
+    def poll(self, state: OpsState, timeout_s: float = 0.5) -> int:
+        """Add whatever arrived (waiting up to ``timeout_s`` for the first batch); return how many."""
+        n = 0
+        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
+        while batches:
+            for tp, messages in batches.items():
+                for message in messages:
+                    state.apply(self.kind_of[tp.topic], message.value)
+                    n += 1
+            batches = self.consumer.poll(timeout_ms=0)
+        return n
+
+    def read_to_end(self, state: OpsState, timeout_s: float = 30.0) -> int:
+        """Read every message published before this call; return how many."""
+        if not self.partitions:
+            return 0
+        ends = self.consumer.end_offsets(self.partitions)
+        deadline = time.monotonic() + timeout_s
+        n = 0
+        while any(self.consumer.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read the ops topics to their end within {timeout_s:.0f}s")
+            n += self.poll(state, timeout_s=0.5)
+        return n
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def worker_group_id(kafka: KafkaSettings, worker: WorkerSettings) -> str:
+    """The worker's consumer group: the Faust app id, as :func:`streams.app.create_app` names it."""
+    return f"{worker.app_id}-{kafka.topic_prefix}" if kafka.topic_prefix != "recloop" else worker.app_id
+
+
+class LagReader:
+    """The worker group's committed offsets against the end offsets of the topics it consumes."""
+
+    def __init__(self, kafka: KafkaSettings, group_id: str) -> None:
+        self.kafka = kafka
+        self.group_id = group_id
+        self.names = [kafka.topic(spec.name) for spec in CONSUMED]
+        self._admin = None
+        self._consumer: KafkaConsumer | None = None
+
+    def read(self) -> dict[str, dict[str, int]] | None:
+        """Per topic: committed, end and lag (summed over partitions); None when the broker cannot tell."""
+        from ops.topic_admin import admin_client
+
+        try:
+            if self._admin is None:
+                self._admin = admin_client(self.kafka)
+                self._consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap.split(","), group_id=None,
+                                               enable_auto_commit=False)
+            committed = self._admin.list_group_offsets({self.group_id: None}).get(self.group_id, {})
+            partitions = [TopicPartition(name, p) for name in self.names
+                          for p in sorted(self._consumer.partitions_for_topic(name) or ())]
+            ends = self._consumer.end_offsets(partitions) if partitions else {}
+        except Exception as exc:  # a monitor must keep drawing when the broker hiccups
+            log.warning("could not read consumer lag of group %s: %s", self.group_id, exc)
+            self.close()
+            return None
+        out: dict[str, dict[str, int]] = {}
+        for tp, end in ends.items():
+            row = out.setdefault(tp.topic, {"committed": 0, "end": 0, "lag": 0})
+            meta = committed.get(tp)
+            position = meta.offset if meta is not None and meta.offset >= 0 else 0
+            row["committed"] += position
+            row["end"] += end
+            row["lag"] += max(0, end - position)
+        return out
+
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+        if self._consumer is not None:
+            self._consumer.close()
+        self._admin = self._consumer = None
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def sparkline(values: list[float], width: int = 24) -> str:
+    """The last ``width`` values as block characters, scaled to their own range.
+
+    >>> sparkline([0.0, 0.5, 1.0]), sparkline([2.0, 2.0])
+    ('▁▅█', '▄▄')
+    """
+    values = [v for v in values if math.isfinite(v)][-width:]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    if high == low:
+        return SPARKS[3] * len(values)
+    return "".join(SPARKS[round((v - low) / (high - low) * (len(SPARKS) - 1))] for v in values)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def age(seconds: float) -> str:
+    """A short human age.
+
+    >>> age(42), age(600), age(7200), age(3 * 86400)
+    ('42s', '10m', '2.0h', '3.0d')
+    """
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h" if seconds < 2 * 86400 else f"{seconds / 86400:.1f}d"
+
+
+def _labels(labels: tuple[tuple[str, str], ...], hide_worker: bool) -> str:
+    return ", ".join(f"{k}={v}" for k, v in labels if not (hide_worker and k == "worker"))
+
+
+def render(state: OpsState, *, counts: dict | None, lag: dict | None, title: str,
+           now: float | None = None) -> Group:
+    """One frame of the dashboard."""
+    now = time.time() if now is None else now
+    hide_worker = len(state.workers) <= 1
+    parts: list = [Text(title, style="bold")]
+
+    throughput = Table(title="throughput (worker /counts/)", title_justify="left")
+    for column in ("topic", "accepted", "duplicates", "dead-lettered", "events/s"):
+        throughput.add_column(column, justify="left" if column == "topic" else "right")
+    if counts:
+        for topic, c in sorted(counts.items()):
+            rate = c.get("accepted", 0) / c["busy_s"] if c.get("busy_s") else 0.0
+            throughput.add_row(topic, f"{c.get('accepted', 0):,}", f"{c.get('duplicates', 0):,}",
+                               f"{c.get('dead_lettered', 0):,}", f"{rate:,.0f}")
+    else:
+        throughput.add_row("worker not reachable", "", "", "", "")
+    parts.append(throughput)
+
+    lag_table = Table(title="consumer lag (worker group)", title_justify="left")
+    for column in ("topic", "committed", "end", "lag"):
+        lag_table.add_column(column, justify="left" if column == "topic" else "right")
+    if lag is None:
+        lag_table.add_row("unknown", "", "", "")
+    for topic, row in sorted((lag or {}).items()):
+        lag_table.add_row(topic, f"{row['committed']:,}", f"{row['end']:,}", f"{row['lag']:,}")
+    parts.append(lag_table)
+
+    metrics = Table(title="online metrics (recloop.ops.metrics)", title_justify="left")
+    for column in ("metric", "labels", "value", "window", "history", "age"):
+        metrics.add_column(column, justify="right" if column in ("value", "window", "age") else "left")
+    for (name, labels), series in sorted(state.series.items()):
+        last = series[-1]
+        metrics.add_row(name, _labels(labels, hide_worker), f"{last.value:.4g}", f"{last.window:,}",
+                        sparkline([s.value for s in series]), age(now - last.ts))
+    if not state.series:
+        metrics.add_row("no snapshots yet", "", "", "", "", "")
+    parts.append(metrics)
+
+    alarms = Table(title=f"drift alarms (recloop.ops.drift): {len(state.alarms)} in total", title_justify="left")
+    for column in ("time (UTC)", "signal", "detector", "severity", "value", "window"):
+        alarms.add_column(column, justify="right" if column in ("value", "window") else "left")
+    for alarm in list(state.alarms)[-10:]:
+        alarms.add_row(_when(alarm.ts), alarm.signal, alarm.detector,
+                       Text(alarm.severity, style=SEVERITY_STYLE.get(alarm.severity, "")), f"{alarm.value:.4g}",
+                       f"{alarm.window:,}")
+    parts.append(alarms)
+
+    adapters = Table(title="adapters (recloop.model-updates) and gate decisions", title_justify="left")
+    for column in ("created (UTC)", "version", "parent / vs", "gate", "candidate", "serving", "auc", "reason"):
+        adapters.add_column(column, justify="right" if column in ("candidate", "serving", "auc") else "left")
+
+    def number(info: AdapterInfo, key: str) -> str:
+        value = info.metrics.get(key)
+        return f"{value:.4f}" if value is not None else "–"
+
+    for info in state.adapter_list()[-8:]:
+        adapters.add_row(_when(info.created_at), info.version, info.parent or "–", Text("published", style="green"),
+                         number(info, "ndcg_at_10"), number(info, "serving_ndcg_at_10"), number(info, "auc"), "")
+    for gate in list(state.gates)[-8:]:  # the learner's gate decisions, refusals included
+        tags = gate.labels
+        published = gate.value >= 0.5
+        adapters.add_row(_when(gate.ts), tags.get("version", "–"), tags.get("serving_version", "–"),
+                         Text("published" if published else "refused", style="green" if published else "red"),
+                         tags.get("candidate", ""), tags.get("serving", ""), "", tags.get("reason", ""))
+    if not adapters.row_count:
+        adapters.add_row("no adapter published yet", "", "", "", "", "", "", "")
+    parts.append(adapters)
+    if state.invalid:
+        parts.append(Text(f"{state.invalid} invalid ops messages skipped", style="yellow"))
+    return Group(*parts)
+
+
+def run_monitor(kafka: KafkaSettings, *, worker_url: str, group_id: str, once: bool, interval_s: float,
+                console: Console, get_json: Callable[[str], dict | None] | None = None,
+                max_frames: int | None = None) -> int:
+    """Draw the dashboard until interrupted (or one frame with ``once``); return an exit code."""
+    from ops.processes import get_json as http_json
+
+    get_json = get_json or http_json
+    state = OpsState()
+    feed = OpsFeed(kafka)
+    lag = LagReader(kafka, group_id)
+    title = f"recloop monitor — broker {kafka.bootstrap}, topics {kafka.topic_prefix}.*, worker {worker_url}"
+
+    def frame() -> Group:
+        return render(state, counts=get_json(worker_url.rstrip("/") + "/counts/"), lag=lag.read(),
+                      title=f"{title} — {_when(time.time())} UTC")
+
+    try:
+        if once:
+            feed.read_to_end(state)
+            console.print(frame())
+            return 0
+        from rich.live import Live
+
+        feed.read_to_end(state)
+        frames = 0
+        with Live(frame(), console=console, refresh_per_second=1, screen=False) as live:
+            while max_frames is None or frames < max_frames:
+                feed.poll(state, timeout_s=interval_s)
+                live.update(frame())
+                frames += 1
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        feed.close()
+        lag.close()

@@ -1,0 +1,237 @@
+"""``recloop report --out DIR``: plots (PNG) of the online metrics over time, and a ``summary.md``.
+
+Everything comes from the topics (``recloop.ops.metrics``, ``recloop.ops.drift``,
+``recloop.model-updates``), so a report can be made at any time, from any machine that reaches the
+broker, without touching the worker. Every plot marks adapter publications (dashed vertical lines,
+labelled with the version) and drift alarms (triangles at the top, coloured by severity), so a
+change in a metric can be read against what changed in the model and in the data.
+
+Time on the x axis is processing time (UTC): when the worker measured, which is also when adapters
+were created.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.dates as mdates  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ops.monitor import MetricKey, OpsFeed, OpsState  # noqa: E402
+from streams.settings import KafkaSettings  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SEVERITY_COLOUR = {"info": "tab:blue", "warning": "tab:orange", "critical": "tab:red"}
+
+#: One figure per group; each panel holds the metrics listed (every label set is its own line).
+FIGURES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "ranking": (("hr_at_10", "ndcg_at_10", "mrr"),),
+    "classification": (("roc_auc",), ("log_loss",)),
+    "impressions": (("ctr",),),
+    "explanations": (("explanation_helpful_rate",), ("explanation_style_rate",)),
+    "learner": (("learner.train_loss",),),
+}
+TITLES = {"hr_at_10": "HR@10", "ndcg_at_10": "NDCG@10", "mrr": "MRR", "roc_auc": "ROC AUC (rolling)",
+          "log_loss": "log loss (rolling)", "ctr": "impression CTR",
+          "explanation_helpful_rate": "explanation helpful rate by style",
+          "explanation_style_rate": "bandit: posterior helpful rate (segment, style)",
+          "learner.train_loss": "learner: training loss per micro-batch"}
+
+
+@dataclass
+class ReportResult:
+    out: Path
+    images: list[Path] = field(default_factory=list)
+    snapshots: int = 0
+    alarms: int = 0
+    adapters: int = 0
+
+    def as_dict(self) -> dict:
+        return {"out": str(self.out), "images": [p.name for p in self.images], "summary": "summary.md",
+                "snapshots": self.snapshots, "alarms": self.alarms, "adapters": self.adapters}
+
+
+def write_report(state: OpsState, out: Path) -> ReportResult:
+    """Write the PNGs and ``summary.md`` for everything in ``state`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = ReportResult(out=out, snapshots=sum(len(s) for s in state.series.values()) + len(state.gates),
+                          alarms=len(state.alarms), adapters=len(state.adapters))
+    hide_worker = len(state.workers) <= 1
+    for figure, panels in FIGURES.items():
+        present = [names for names in panels if any(name in names for name, _ in state.series)]
+        if present:
+            result.images.append(_plot(state, figure, present, out / f"{figure}.png", hide_worker))
+    if state.alarms or state.gates:
+        result.images.append(_plot_alarms(state, out / "drift.png"))
+    (out / "summary.md").write_text(summary_markdown(state, result, hide_worker))
+    log.info("report written to %s: %d images", out, len(result.images))
+    return result
+
+
+def run_report(kafka: KafkaSettings, out: Path, *, timeout_s: float = 60.0) -> ReportResult:
+    """Read the ops topics to their current end and write the report."""
+    state = OpsState(history=1_000_000)
+    feed = OpsFeed(kafka)
+    try:
+        feed.read_to_end(state, timeout_s=timeout_s)
+    finally:
+        feed.close()
+    return write_report(state, out)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _label(name: str, labels: tuple[tuple[str, str], ...], hide_worker: bool, with_name: bool) -> str:
+    tags = ", ".join(f"{k}={v}" for k, v in labels if not (hide_worker and k == "worker"))
+    if not tags:
+        return name
+    return f"{name} {tags}" if with_name else tags
+
+
+def _mark_events(ax, state: OpsState) -> None:
+    for info in state.adapter_list():
+        ax.axvline(_dt(info.created_at), color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(info.version, (_dt(info.created_at), 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                    fontsize=7, va="top", ha="right", color="grey")
+    for severity, colour in SEVERITY_COLOUR.items():
+        times = [_dt(a.ts) for a in state.alarms if a.severity == severity]
+        if times:
+            ax.scatter(times, [0.97] * len(times), transform=ax.get_xaxis_transform(), marker="v", s=30,
+                       color=colour, label=f"drift: {severity}", zorder=3)
+
+
+def _plot(state: OpsState, figure: str, panels: Sequence[tuple[str, ...]], path: Path, hide_worker: bool) -> Path:
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), sharex=True, squeeze=False)
+    for ax, names in zip(axes[:, 0], panels, strict=True):
+        keys: list[MetricKey] = sorted(k for k in state.series if k[0] in names)
+        for key in keys:
+            series = state.series[key]
+            ax.plot([_dt(s.ts) for s in series], [s.value for s in series], marker=".", markersize=3,
+                    linewidth=1.2, label=_label(*key, hide_worker, with_name=len(names) > 1))
+        _mark_events(ax, state)
+        ax.set_title(" · ".join(TITLES.get(n, n) for n in names), fontsize=10, loc="left")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left", ncol=2)
+    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    axes[-1, 0].set_xlabel("processing time (UTC); dashed: adapter published; ▼: drift alarm")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_alarms(state: OpsState, path: Path) -> Path:
+    """Drift alarms by signal, and the learner's gate decisions on their own row."""
+    signals = sorted({a.signal for a in state.alarms}) + (["gate decision"] if state.gates else [])
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * len(signals)))
+    for severity, colour in SEVERITY_COLOUR.items():
+        chosen = [a for a in state.alarms if a.severity == severity]
+        if chosen:
+            ax.scatter([_dt(a.ts) for a in chosen], [signals.index(a.signal) for a in chosen], color=colour,
+                       marker="v", s=40, label=severity)
+    for published, colour, marker in ((True, "tab:green", "o"), (False, "tab:red", "x")):
+        chosen = [g for g in state.gates if (g.value >= 0.5) == published]
+        if chosen:
+            ax.scatter([_dt(g.ts) for g in chosen], [signals.index("gate decision")] * len(chosen), color=colour,
+                       marker=marker, s=40, label="gate: publish" if published else "gate: refuse")
+    for info in state.adapter_list():
+        ax.axvline(_dt(info.created_at), color="grey", linestyle="--", linewidth=0.8)
+    ax.set_yticks(range(len(signals)), signals)
+    ax.set_ylim(-0.5, len(signals) - 0.5)
+    ax.set_title("drift alarms by signal, gate decisions (dashed: adapter published)", fontsize=10, loc="left")
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else "–"
+
+
+def summary_markdown(state: OpsState, result: ReportResult, hide_worker: bool) -> str:
+    """The report's text: period covered, each metric's last/min/mean/max, alarms, adapters, images."""
+    times = ([s.ts for series in state.series.values() for s in series] + [a.ts for a in state.alarms]
+             + [g.ts for g in state.gates])
+    lines = ["# recloop report", ""]
+    if times:
+        lines.append(f"Period (processing time, UTC): {_dt(min(times)):%Y-%m-%d %H:%M:%S} – "
+                     f"{_dt(max(times)):%Y-%m-%d %H:%M:%S}. ")
+    lines += [f"{result.snapshots} metric snapshots, {result.alarms} drift alarms, {result.adapters} adapter "
+              "versions read from the ops topics.", ""]
+
+    lines += ["## Metrics", "", "| metric | labels | last | min | mean | max | window (last) | snapshots |",
+              "|---|---|---|---|---|---|---|---|"]
+    for (name, labels), series in sorted(state.series.items()):
+        values = [s.value for s in series]
+        tags = ", ".join(f"{k}={v}" for k, v in labels if not (hide_worker and k == "worker"))
+        lines.append(f"| {name} | {tags} | {_fmt(values[-1])} | {_fmt(min(values))} | "
+                     f"{_fmt(sum(values) / len(values))} | {_fmt(max(values))} | {series[-1].window:,} | "
+                     f"{len(values)} |")
+    if not state.series:
+        lines.append("| (no snapshots) | | | | | | | |")
+
+    lines += ["", "## Drift alarms", ""]
+    if state.alarms:
+        by = Counter((a.signal, a.detector, a.severity) for a in state.alarms)
+        lines += ["| signal | detector | severity | alarms |", "|---|---|---|---|"]
+        lines += [f"| {s} | {d} | {sev} | {n} |" for (s, d, sev), n in sorted(by.items())]
+        lines += ["", "Last alarms:", "", "| time (UTC) | signal | detector | severity | value | window |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {_dt(a.ts):%Y-%m-%d %H:%M:%S} | {a.signal} | {a.detector} | {a.severity} | {_fmt(a.value)} | "
+                  f"{a.window:,} |" for a in list(state.alarms)[-20:]]
+    else:
+        lines.append("No drift alarm.")
+
+    lines += ["", "## Gate decisions", ""]
+    if state.gates:
+        published = sum(g.value >= 0.5 for g in state.gates)
+        lines += [f"{published} published, {len(state.gates) - published} refused.", "",
+                  "| time (UTC) | decision | version | vs serving | metric | candidate | serving | reason |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for g in list(state.gates)[-20:]:
+            t = g.labels
+            lines.append(f"| {_dt(g.ts):%Y-%m-%d %H:%M:%S} | {'publish' if g.value >= 0.5 else 'refuse'} | "
+                         f"{t.get('version', '–')} | {t.get('serving_version', '–')} | {t.get('metric', '')} | "
+                         f"{t.get('candidate', '')} | {t.get('serving', '')} | {t.get('reason', '')} |")
+    else:
+        lines.append("No gate decision reported.")
+
+    lines += ["", "## Adapter versions", ""]
+    adapters = state.adapter_list()
+    if adapters:
+        keys = sorted({k for a in adapters for k in a.metrics})
+        lines += ["| created (UTC) | version | parent | " + " | ".join(keys) + " |",
+                  "|---|---|---|" + "---|" * len(keys)]
+        lines += [f"| {_dt(a.created_at):%Y-%m-%d %H:%M:%S} | {a.version} | {a.parent or '–'} | "
+                  + " | ".join(_fmt(a.metrics[k]) if k in a.metrics else "–" for k in keys) + " |"
+                  for a in adapters]
+    else:
+        lines.append("No adapter published.")
+
+    lines += ["", "## Plots", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in result.images] or ["No data to plot."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,184 @@
+"""The worker's monitoring, wired in: ingest handlers, an impressions agent, a publishing timer, gauges.
+
+All logic lives in :class:`learner.online_metrics.OnlineMonitor`; this module only moves records
+in and out of it:
+
+* accepted interactions, explanation feedback and catalogue items (the ingest agents'
+  :class:`~streams.agents.Downstream` hooks) and impressions (a new agent on ``recloop.impressions``)
+  go to the monitor;
+* drift alarms are sent to ``recloop.ops.drift`` as soon as they are raised;
+* every ``publish_interval_s`` a timer sends the current metric snapshots to ``recloop.ops.metrics``;
+* Prometheus gauges (``recloop_online_<metric>``) and a drift-alarm counter are registered on the
+  worker's registry, so ``/metrics/`` shows them next to the ingest counters.
+
+The handlers are put *first* in the ``Downstream`` lists: the monitor scores an event before any
+learner sees it (test, then train), whichever order the agents were registered in.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections.abc import Iterable
+
+import faust
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learner.online_metrics import OnlineMonitor, PrequentialEvaluator, Scorer
+from streams import topics
+from streams.agents import Downstream
+from streams.app import RecloopApp, _raw_topic
+from streams.ingest import SourcePosition, validate
+from streams.records import (
+    DeadLetter,
+    DriftAlarm,
+    ExplanationFeedback,
+    Impression,
+    Interaction,
+    Item,
+    MetricSnapshot,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+
+class MonitoringSettings(BaseSettings):
+    """Settings of the worker's monitoring (env ``RECLOOP_MONITOR_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RECLOOP_MONITOR_", frozen=True, extra="ignore")
+
+    #: How often metric snapshots go to ``recloop.ops.metrics``.
+    publish_interval_s: float = Field(default=10.0, gt=0)
+    #: Rank 1 basket in this many against the catalogue (measured: 0.10 ms per event at 4, 0.23 ms at 1).
+    rank_every: int = Field(default=4, ge=1)
+    #: Rolling window of the metrics (evaluated purchases, labelled examples, closed impressions).
+    window: int = Field(default=1000, ge=10)
+    #: How long after an impression a click still counts (event time), as for the learner's examples.
+    label_window_s: float = Field(default=1800.0, gt=0)
+    #: Baskets before the new-user and new-item drift signals start (the monitor starts knowing nobody).
+    warmup_baskets: int = Field(default=1000, ge=0)
+
+
+def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: CollectorRegistry | None = None,
+                        settings: MonitoringSettings | None = None, scorer: Scorer | None = None,
+                        dead_letter_impressions: bool = True) -> OnlineMonitor:
+    """Plug the online monitor into the worker ``r``; returns it (tests and other agents may read it).
+
+    ``registry``: the worker's Prometheus registry (``WorkerMetrics.registry``); without one the
+    gauges get their own registry, served at ``/metrics/monitoring/``. ``scorer``: what ranks
+    purchases (default: a private :class:`~learner.online_metrics.FeatureScorer`).
+    ``dead_letter_impressions``: send invalid impressions to the DLQ; pass False when another agent
+    of the same worker (the learner's) already dead-letters them, so each bad message lands once.
+    """
+    settings = settings or MonitoringSettings()
+    evaluator = PrequentialEvaluator(scorer, window=settings.window, rank_every=settings.rank_every,
+                                     label_window_s=settings.label_window_s)
+    monitor = OnlineMonitor(evaluator, warmup_baskets=settings.warmup_baskets)
+    worker_id = f"{socket.gethostname()}:{r.worker.web_port}"
+    metrics_topic = _raw_topic(r.app, r.kafka, topics.OPS_METRICS)
+    drift_topic = _raw_topic(r.app, r.kafka, topics.OPS_DRIFT)
+    impressions = _raw_topic(r.app, r.kafka, topics.IMPRESSIONS)
+    own_registry = registry is None
+    registry = registry if registry is not None else CollectorRegistry()
+    gauges = SnapshotCollector()
+    registry.register(gauges)
+    alarm_counter = Counter("recloop_drift_alarms_total", "Drift alarms raised by this worker",
+                            ["signal", "severity"], registry=registry)
+
+    async def publish(alarms: Iterable[DriftAlarm]) -> None:
+        for alarm in alarms:
+            key, value = alarm_message(alarm)
+            await drift_topic.send(key=key, value=value)
+            alarm_counter.labels(alarm.signal, alarm.severity).inc()
+
+    async def on_interaction(interaction: Interaction) -> None:
+        await publish(monitor.learn_interaction(interaction))
+
+    async def on_feedback(feedback: ExplanationFeedback) -> None:
+        await publish(monitor.learn_feedback(feedback))
+
+    async def on_item(item: Item) -> None:
+        monitor.learn_item(item)
+
+    downstream.interaction.insert(0, on_interaction)
+    downstream.feedback.insert(0, on_feedback)
+    downstream.item.insert(0, on_item)
+
+    @r.app.agent(impressions, name="monitor-impressions")
+    async def monitor_impressions(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            result = validate(Impression, event.value, key=event.key,
+                              source=SourcePosition(message.topic, message.partition, message.offset))
+            if isinstance(result, DeadLetter):
+                if dead_letter_impressions:
+                    await r.dlq.send(key=message.topic.encode(), value=encode(result))
+                log.debug("invalid impression %s[%d]@%d: %s", message.topic, message.partition, message.offset,
+                          result.error)
+                continue
+            await publish(monitor.learn_impression(result))
+
+    @r.app.timer(interval=settings.publish_interval_s, name="publish-metrics")
+    async def publish_metrics() -> None:
+        snapshots = with_label(monitor.snapshot(), worker=worker_id)
+        for snapshot in snapshots:
+            key, value = metric_message(snapshot)
+            await metrics_topic.send(key=key, value=value)
+        gauges.update(snapshots)
+
+    if own_registry:
+        @r.app.page("/metrics/monitoring/")
+        async def prometheus(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+            return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
+
+    return monitor
+
+
+def metric_message(snapshot: MetricSnapshot) -> tuple[bytes, bytes]:
+    """Key and value of a snapshot on ``recloop.ops.metrics`` (keyed by metric name)."""
+    return snapshot.name.encode(), encode(snapshot)
+
+
+def alarm_message(alarm: DriftAlarm) -> tuple[bytes, bytes]:
+    """Key and value of an alarm on ``recloop.ops.drift`` (keyed by detector name)."""
+    return alarm.detector.encode(), encode(alarm)
+
+
+def with_label(snapshots: Iterable[MetricSnapshot], **labels: str) -> list[MetricSnapshot]:
+    """The snapshots with ``labels`` added (which worker saw them: workers split the shoppers)."""
+    return [MetricSnapshot(name=s.name, value=s.value, window=s.window, ts=s.ts, labels={**s.labels, **labels})
+            for s in snapshots]
+
+
+class SnapshotCollector:
+    """Prometheus gauges from the latest snapshots: ``recloop_online_<name>{labels}``.
+
+    >>> c = SnapshotCollector()
+    >>> c.update([MetricSnapshot("hr_at_10", 0.25, 100, 1.7e9, {"worker": "w"})])
+    >>> [(m.name, m.samples[0].labels, m.samples[0].value) for m in c.collect()]
+    [('recloop_online_hr_at_10', {'worker': 'w'}, 0.25)]
+    """
+
+    def __init__(self) -> None:
+        self._latest: list[MetricSnapshot] = []
+
+    def update(self, snapshots: list[MetricSnapshot]) -> None:
+        self._latest = list(snapshots)
+
+    def collect(self):
+        families: dict[tuple[str, tuple[str, ...]], GaugeMetricFamily] = {}
+        for s in self._latest:
+            name = "recloop_online_" + re.sub(r"[^a-zA-Z0-9_]", "_", s.name)
+            keys = tuple(sorted(s.labels))
+            family = families.get((name, keys))
+            if family is None:
+                if any(existing == name for existing, _ in families):
+                    continue  # one label set per metric name, as Prometheus requires
+                family = families[(name, keys)] = GaugeMetricFamily(name, f"online metric {s.name}", labels=keys)
+            family.add_metric([s.labels[k] for k in keys], s.value)
+        yield from families.values()

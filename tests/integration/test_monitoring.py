@@ -1,0 +1,251 @@
+"""Monitoring through the real broker: what the monitoring code publishes, `recloop report` plots and
+`recloop monitor --once` shows.
+
+The first test publishes with the monitoring code itself (no worker: fast, runs everywhere); the
+second runs `recloop worker` and checks the metrics it publishes from events it consumed. The
+report/monitor rendering is also checked without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+import subprocess
+import sys
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from rich.console import Console
+
+from learner.online_metrics import OnlineMonitor, PrequentialEvaluator
+from ops.monitor import OpsFeed, OpsState, render, run_monitor
+from ops.report import write_report
+from streams.monitoring import alarm_message, metric_message, with_label
+from streams.records import (
+    AdapterUpdate,
+    DriftAlarm,
+    ExplanationFeedback,
+    Impression,
+    Interaction,
+    MetricSnapshot,
+    RecommendedItem,
+    encode,
+)
+from tests.conftest import REPO, wait_for
+
+T0 = 1.7e9  # event time of the synthetic shop
+
+
+def shop_events() -> list[Interaction]:
+    """600 hourly baskets of 3 lines before T0: 20 regulars re-buying their items, then only newcomers."""
+    events = []
+    for b in range(600):
+        user = f"regular-{b % 20}" if b < 300 else f"newcomer-{b}"
+        for line in range(3):
+            events.append(Interaction(f"ev-{b}-{line}", user, f"item-{(b % 20 + 7 * line) % 40}", "purchase",
+                                      T0 - 3600 * (600 - b), price=2.0 + line))
+    return events
+
+
+#: A later event: event time passes the impressions' label window and grace, so they close.
+CLOSER = Interaction("closer", "regular-2", "item-3", "view", T0 + 10_000)
+
+
+def impressions_and_responses() -> tuple[list[Impression], list[Interaction], list[ExplanationFeedback]]:
+    """Three impressions at T0, two answered (a click, an add-to-cart), and explanation feedback."""
+    def shown(rec_id: str, ts: float) -> Impression:
+        items = tuple(RecommendedItem(f"item-{k}", 1.0 - k / 10, {"style": "history"}) for k in range(3))
+        return Impression(rec_id, "regular-1", ts, "v1", items)
+
+    impressions = [shown("r1", T0), shown("r2", T0 + 10), shown("r3", T0 + 20)]
+    responses = [Interaction("click-1", "regular-1", "item-1", "click", T0 + 60, rec_id="r1"),
+                 Interaction("cart-2", "regular-1", "item-2", "add_to_cart", T0 + 70, rec_id="r2")]
+    verdicts = [("history", True), ("history", True), ("history", True), ("history", False),
+                ("popular", True), ("popular", False)]
+    feedback = [ExplanationFeedback(f"fb-{i}", "regular-1", "r1", "item-1", f"x{i}", style, helpful, T0 + 100 + i,
+                                    None if helpful else "irrelevant")
+                for i, (style, helpful) in enumerate(verdicts)]
+    return impressions, responses, feedback
+
+
+def adapter_update(version: str, parent: str | None, created_at: float) -> AdapterUpdate:
+    return AdapterUpdate(version=version, parent=parent, base_fingerprint="tiny", created_at=created_at,
+                         metrics={"ndcg_at_10": 0.31, "serving_ndcg_at_10": 0.29, "auc": 0.8}, sha256="0" * 64,
+                         signature="test", payload=b"not a real adapter")
+
+
+async def send(settings, messages: list[tuple[str, bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    try:
+        for topic, key, value in messages:
+            await producer.send(settings.topic(topic), key=key, value=value)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def cli(settings, *args: str, timeout_s: float = 90) -> subprocess.CompletedProcess:
+    env = {"RECLOOP_KAFKA_BOOTSTRAP": settings.bootstrap, "RECLOOP_TOPIC_PREFIX": settings.topic_prefix,
+           "PATH": "/usr/bin:/bin", "MPLCONFIGDIR": str(settings.home / "mpl")}
+    result = subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=timeout_s)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_report_and_monitor_show_what_the_monitoring_code_published(kafka_settings, tmp_path):
+    clock = [T0]
+    monitor = OnlineMonitor(PrequentialEvaluator(), clock=lambda: clock[0], warmup_baskets=0)
+    messages, alarms = [], []
+
+    def snapshot() -> None:
+        messages.extend(("ops.metrics", *metric_message(s)) for s in with_label(monitor.snapshot(), worker="w1"))
+
+    for i, event in enumerate(shop_events()):
+        clock[0] = T0 + i  # one second of processing time per event
+        alarms += monitor.learn_interaction(event)
+        if i % 150 == 149:
+            snapshot()
+    impressions, responses, feedback = impressions_and_responses()
+    for shown in impressions:
+        alarms += monitor.learn_impression(shown)
+    for event in [*responses, CLOSER]:
+        alarms += monitor.learn_interaction(event)
+    for verdict in feedback:
+        alarms += monitor.learn_feedback(verdict)
+    alarms += monitor.flush()
+    snapshot()
+    messages += [("ops.drift", *alarm_message(a)) for a in alarms]
+    messages += [("model-updates", b"adapter", encode(adapter_update("v1", None, T0 + 400))),
+                 ("model-updates", b"adapter", encode(adapter_update("v2", "v1", T0 + 1200)))]
+    assert any(a.signal == "miss@10" and a.severity == "critical" for a in alarms)  # the newcomers arrived
+    asyncio.run(send(kafka_settings, messages))
+
+    out = tmp_path / "report"
+    summary = orjson.loads(cli(kafka_settings, "report", "--out", str(out)).stdout)
+    assert summary["snapshots"] == sum(1 for topic, *_ in messages if topic == "ops.metrics")
+    assert summary["alarms"] == len(alarms) and summary["adapters"] == 2
+    for image in ("ranking.png", "classification.png", "impressions.png", "explanations.png", "drift.png"):
+        assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+    text = (out / "summary.md").read_text()
+    assert "| ctr |" in text and "| 0.6667 |" in text  # r1 and r2 answered, r3 not
+    assert "| explanation_helpful_rate | style=history | 0.75 |" in text
+    assert "| miss@10 | adwin | critical |" in text and "| v2 | v1 |" in text
+    assert "![ranking](ranking.png)" in text
+
+    frame = cli(kafka_settings, "monitor", "--once", "--worker-url", "http://127.0.0.1:9").stdout
+    last_hr = [s for s in monitor.snapshot() if s.name == "hr_at_10"][0].value
+    assert "hr_at_10" in frame and f"{last_hr:.4g}" in frame
+    assert "miss@10" in frame and "critical" in frame
+    assert "v2" in frame and "published" in frame
+    assert "worker not reachable" in frame
+
+    # The live view (what an operator's terminal shows) redraws from the same topics.
+    screen = io.StringIO()
+    code = run_monitor(kafka_settings, worker_url="http://127.0.0.1:9", group_id="nobody", once=False,
+                       interval_s=0.2, console=Console(file=screen, force_terminal=True, width=160), max_frames=2)
+    assert code == 0 and "hr_at_10" in screen.getvalue() and "miss@10" in screen.getvalue()
+
+
+def monitoring_is_wired() -> bool:
+    import streams.worker
+
+    return "register_monitoring" in inspect.getsource(streams.worker)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.skipif(not monitoring_is_wired(), reason="register_monitoring is not wired into streams/worker.py yet")
+def test_the_worker_publishes_metrics_and_alarms_from_what_it_consumed(kafka_settings, worker_factory, monkeypatch):
+    monkeypatch.setenv("RECLOOP_MONITOR_PUBLISH_INTERVAL_S", "1")
+    monkeypatch.setenv("RECLOOP_MONITOR_RANK_EVERY", "1")
+    monkeypatch.setenv("RECLOOP_MONITOR_WARMUP_BASKETS", "0")
+    monkeypatch.setenv("RECLOOP_LEARNER", "off")  # this test is about monitoring; learning has its own
+    worker = worker_factory()
+    impressions, responses, feedback = impressions_and_responses()
+    events = shop_events()
+    messages = [("impressions", s.user_id.encode(), encode(s)) for s in impressions]
+    messages += [("interactions", e.user_id.encode(), encode(e)) for e in events + responses]
+    messages += [("explanation-feedback", f.user_id.encode(), encode(f)) for f in feedback]
+    asyncio.run(send(kafka_settings, messages))
+
+    state, feed = OpsState(), OpsFeed(kafka_settings)
+
+    def latest_when(condition) -> dict:
+        def check():
+            feed.poll(state, timeout_s=0.5)
+            latest = {name: s.value for s in state.latest() if len(s.labels) == 1 for name in [s.name]}
+            return condition(latest) and latest
+        return check
+
+    try:
+        # Everything consumed (topics and partitions are read at their own pace) …
+        wait_for(latest_when(lambda m: m.get("purchases_evaluated") == len(events) and m.get("impressions") == 3
+                             and m.get("impressions_responded") == 2), timeout_s=120, message="every event measured")
+        # … then event time moves on, and the impressions close.
+        asyncio.run(send(kafka_settings, [("interactions", CLOSER.user_id.encode(), encode(CLOSER))]))
+        latest = wait_for(latest_when(lambda m: "ctr" in m), timeout_s=30, message="the CTR of closed impressions")
+        alarms = wait_for(lambda: feed.poll(state, 0.5) >= 0 and state.alarms, timeout_s=30, message="a drift alarm")
+    finally:
+        feed.close()
+    assert latest["ctr"] == pytest.approx(2 / 3) and latest["impressions_late_responses"] == 0
+    assert 0 < latest["hr_at_10"] < 1
+    assert any(a.signal == "miss@10" for a in alarms)
+    prometheus = wait_for(lambda: _get(f"http://127.0.0.1:{worker.port}/metrics/"), timeout_s=10, message="/metrics")
+    assert "recloop_online_hr_at_10" in prometheus and "recloop_drift_alarms_total" in prometheus
+
+    frame = cli(kafka_settings, "monitor", "--once", "--worker-url", f"http://127.0.0.1:{worker.port}").stdout
+    assert "purchases_evaluated" in frame and f"{len(events) + len(responses) + 1:,}" in frame  # accepted (/counts)
+    assert kafka_settings.topic("interactions") in frame and "lag" in frame
+
+
+def _get(url: str) -> str | None:
+    import httpx
+
+    try:
+        response = httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response.text if response.status_code == 200 else None
+
+
+def test_report_and_dashboard_render_without_a_broker(tmp_path):
+    """The drawing code on a hand-made state: every section, gate decisions reported as metrics too."""
+    state = OpsState()
+    for i in range(5):
+        state.add_metric(MetricSnapshot("hr_at_10", 0.1 * i, 100, 1.7e9 + 60 * i))
+        state.add_metric(MetricSnapshot("explanation_helpful_rate", 0.5, 10, 1.7e9 + 60 * i, {"style": "popular"}))
+    state.add_metric(MetricSnapshot("learner.gate", 0.0, 64, 1.7e9 + 200,
+                                    {"decision": "refuse", "serving_version": "v1", "reason": "worse"}))
+    state.add_metric(MetricSnapshot("learner.gate", 1.0, 64, 1.7e9 + 250, {"decision": "publish", "version": "v3"}))
+    for i, seconds in enumerate(("1.5", "2.5")):  # annotation labels do not split a series
+        state.add_metric(MetricSnapshot("learner.train_loss", 2.0 - i, 64, 1.7e9 + 60 * i, {"seconds": seconds}))
+    state.alarms.append(DriftAlarm("kswin", "score", 0.9, 120, "warning", 1.7e9 + 100))
+    state.apply("adapters", encode(adapter_update("v1", None, 1.7e9 + 30)))
+    state.apply("drift", b"{not json")
+    result = write_report(state, tmp_path)
+    assert [p.name for p in result.images] == ["ranking.png", "explanations.png", "learner.png", "drift.png"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "No adapter published." not in summary and "1 published, 1 refused." in summary
+    assert summary.count("| learner.train_loss |") == 1
+
+    console = Console(width=160, record=True)
+    console.print(render(state, counts={"t.interactions": {"accepted": 10, "busy_s": 2.0}}, lag=None, title="t",
+                         now=1.7e9 + 300))
+    text = console.export_text()
+    assert "▁▃▅▆█" in text  # hr_at_10's history 0.0 … 0.4
+    assert "refused" in text and "worse" in text and "v3" in text and "published" in text and "v1" in text
+    assert "1 invalid ops messages skipped" in text
+    assert "t.interactions" in text and "worker not reachable" not in text
+
+
+def test_adapter_history_is_read_in_creation_order():
+    state = OpsState()
+    for version, created in (("v2", 2.0e9), ("v1", 1.9e9)):
+        state.apply("adapters", encode(adapter_update(version, None, created)))
+    assert [a.version for a in state.adapter_list()] == ["v1", "v2"]

@@ -1,0 +1,250 @@
+"""Faithful explanations: name the reason that actually moved the score, and the history items behind it.
+
+The ranking score is ``head(features, cosine)`` with feature columns ``repeat``, ``knn`` and
+``popularity`` and the text cosine between the shopper's vector and the item's. For each
+recommended item the explainer
+
+1. measures how much each of those four terms adds to the score by occlusion (score minus the
+   score with that term set to zero; exact for the linear head, and it includes the MLP's share);
+2. picks the term that adds most as the style: ``repeat`` → ``history``, ``knn`` → ``co_purchase``,
+   ``text`` → ``similar_text``, ``popularity`` → ``popular``;
+3. cites the history items that make up that term, with their share of it: the item itself for a
+   repeat purchase, ``recency weight × co-purchase similarity`` for kNN (the same terms
+   :meth:`learner.features.BehaviourFeatures.evidence` returns), and for text how much the cosine
+   falls when the item is left out of the shopper's vector.
+
+``confidence`` is the chosen term's share of all positive contributions. Removing a cited item from
+the shopper's history therefore removes the term the explanation names, which is what
+``tests/integration/test_explanation_fidelity.py`` checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner.baselines import recency_weights as basket_recency_weights
+from learner.features import FEATURE_NAMES, BehaviourFeatures
+from learner.model import FusionHead
+from serving.state import ServingState
+
+#: One explanation style per scoring term, in the order of :func:`term_contributions`' columns.
+TERMS = (*FEATURE_NAMES, "text")
+STYLE_OF_TERM = {"repeat": "history", "knn": "co_purchase", "popularity": "popular", "text": "similar_text"}
+MAX_CITED = 3
+
+_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
+_STOPWORDS = frozenset("and the for with set of in on to a an x".split())
+
+
+@dataclass(frozen=True)
+class Cited:
+    item: int
+    item_id: str
+    title: str
+    weight: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "title": self.title, "weight": round(self.weight, 4)}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    explanation_id: str
+    style: str
+    cited: tuple[Cited, ...]
+    matching_words: tuple[str, ...]
+    confidence: float
+    text: str
+    contributions: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"explanation_id": self.explanation_id, "style": self.style,
+                "cited": [c.to_dict() for c in self.cited], "matching_words": list(self.matching_words),
+                "confidence": round(self.confidence, 3), "text": self.text}
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+@torch.inference_mode()
+def term_contributions(head: FusionHead, features: np.ndarray, cosine: np.ndarray) -> np.ndarray:
+    """``[k, len(TERMS)]``: how much each term adds to each item's score (score minus score without it).
+
+    >>> from learner.model import ModelConfig
+    >>> head = FusionHead(ModelConfig())
+    >>> term_contributions(head, np.array([[2.0, 1.0, 0.0]]), np.array([0.5])).round(3).tolist()
+    [[2.0, 0.05, 0.0, 0.025]]
+    """
+    feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    cos = torch.as_tensor(np.asarray(cosine, dtype=np.float32))
+    k, n_features = feats.shape
+    variants_f = feats.repeat(n_features + 2, 1, 1)  # [variant, k, F]; variant 0 is the full input
+    variants_c = cos.repeat(n_features + 2, 1)
+    for term in range(n_features):
+        variants_f[term + 1, :, term] = 0.0
+    variants_c[n_features + 1] = 0.0
+    scores = head(variants_f, variants_c)
+    return (scores[0].unsqueeze(0) - scores[1:]).T.numpy().astype(np.float64)
+
+
+def co_purchase_support(features: BehaviourFeatures, user_id: str, items: Sequence[int],
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The kNN column's terms: history items of the recent baskets and ``weight × similarity`` to each item.
+
+    Returns ``(history_items [h], support [h, k])``; an item never supports itself.
+    """
+    history, weights = basket_recency_weights(features.recent.recent(user_id), features.basket_decay)
+    if len(history) == 0:
+        return history, np.zeros((0, len(items)))
+    similarity = features.cooccurrence.similarity(history, np.asarray(items, dtype=np.int64))
+    support = weights[:, None] * np.maximum(similarity, 0.0)
+    support[history[:, None] == np.asarray(items)[None, :]] = 0.0
+    return history, support
+
+
+@torch.inference_mode()
+def text_support(state: ServingState, history: Sequence[int], items: Sequence[int]) -> np.ndarray:
+    """``[h, k]``: how much each history item adds to the text cosine with each item, by leaving it out.
+
+    Exactly ``cosine(history) - cosine(history without h)``, with the recency weights recomputed as
+    :meth:`ServingState.user_vector` would for the shorter history: the shopper vector is a
+    normalised mean, so a linear split of the cosine would not say what removing an item does.
+    """
+    n = len(history)
+    if n == 0:
+        return np.zeros((0, len(items)))
+    vectors = state.item_vectors[torch.as_tensor(list(history), dtype=torch.long)]
+    targets = state.item_vectors[torch.as_tensor(list(items), dtype=torch.long)]
+    full = targets @ state.user_vector(history)
+    ages = torch.arange(n - 1, -1, -1, dtype=torch.float32)
+    older = torch.arange(n).unsqueeze(1) > torch.arange(n).unsqueeze(0)  # [left out, j]: j is older than it
+    weights = torch.pow(0.5, (ages.unsqueeze(0) - older.float()) / state.config.history_half_life)
+    weights.fill_diagonal_(0.0)
+    without = torch.nn.functional.normalize(weights @ vectors, dim=-1) @ targets.T
+    return (full.unsqueeze(0) - without).numpy().astype(np.float64)
+
+
+def words(title: str) -> list[str]:
+    """Content words of a product title, lower case, in order.
+
+    >>> words("SET OF 3 HEART T-LIGHT HOLDERS, white")
+    ['3', 'heart', 't-light', 'holders', 'white']
+    """
+    return [w for w in _WORD.findall(title.lower()) if w not in _STOPWORDS]
+
+
+def matching_words(title: str, others: Sequence[str]) -> tuple[str, ...]:
+    """Words of ``title`` that also occur in any of ``others`` (numbers left out), in ``title``'s order.
+
+    >>> matching_words("RED HEART MUG", ["WHITE HEART T-LIGHT HOLDER", "RED SPOTTY BAG"])
+    ('red', 'heart')
+    """
+    theirs = {w for other in others for w in words(other)}
+    return tuple(dict.fromkeys(w for w in words(title) if w in theirs and not w.isdigit()))
+
+
+def explanation_id(version: str, user_id: str, item_id: str, style: str, cited: Sequence[str]) -> str:
+    """Stable id: the same reasons for the same shopper, item and model version give the same id.
+
+    >>> explanation_id("v1", "u1", "85123A", "history", ["85123A"])
+    'd55431a3b2d047e5'
+    """
+    digest = hashlib.sha256("|".join([version, user_id, item_id, style, *cited]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _list(titles: Sequence[str]) -> str:
+    return titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
+
+
+def _share(values: np.ndarray) -> np.ndarray:
+    positive = np.maximum(values, 0.0)
+    total = positive.sum()
+    return positive / total if total > 0 else positive
+
+
+# --------------------------------------------------------------------------- the explainer
+
+
+class Explainer:
+    """Turns a ranking's terms into explanations a shopper can read and a test can check."""
+
+    def __init__(self, item_id: Callable[[int], str], title: Callable[[int], str]) -> None:
+        self.item_id = item_id
+        self.title = title
+
+    def explain(self, state: ServingState, features: BehaviourFeatures, user_id: str, history: Sequence[int],
+                items: Sequence[int], feature_rows: np.ndarray, cosine: np.ndarray) -> list[Explanation]:
+        """Explanations of ``items`` ranked for a known shopper, given the inputs their scores came from."""
+        items = [int(i) for i in items]
+        contributions = term_contributions(state.head, feature_rows, cosine)
+        best = contributions.argmax(axis=1)
+        styles = [STYLE_OF_TERM[TERMS[b]] if contributions[n, b] > 0 else "popular" for n, b in enumerate(best)]
+        # the supporting items are only worked out for the items whose style needs them
+        knn = [n for n, style in enumerate(styles) if style == "co_purchase"]
+        if knn:
+            knn_history, knn_support = co_purchase_support(features, user_id, [items[n] for n in knn])
+        text = [n for n, style in enumerate(styles) if style == "similar_text"]
+        if text:
+            text_shares = text_support(state, history, [items[n] for n in text])
+        out = []
+        for n, item in enumerate(items):
+            terms, style = contributions[n], styles[n]
+            total = np.maximum(terms, 0.0).sum()
+            confidence = float(terms[best[n]] / total) if total > 0 else 0.0
+            if style == "history":
+                cited = [(item, 1.0)]
+            elif style == "co_purchase":
+                cited = self._top(knn_history, knn_support[:, knn.index(n)])
+            elif style == "similar_text":
+                cited = self._top(np.asarray(history, dtype=np.int64), text_shares[:, text.index(n)])
+            else:
+                cited = []
+            if not cited and style != "popular":  # nothing to cite after all: say so rather than invent
+                style = "popular"
+                confidence = float(max(terms[TERMS.index("popularity")], 0.0) / total) if total > 0 else 0.0
+            named = {TERMS[t]: round(float(terms[t]), 6) for t in range(len(TERMS))}
+            out.append(self._explanation(state.version, user_id, item, style, cited, confidence, named, features))
+        return out
+
+    def popular(self, state: ServingState, features: BehaviourFeatures, user_id: str,
+                items: Sequence[int]) -> list[Explanation]:
+        """Explanations for a shopper we know nothing about: the ranking is recent popularity alone."""
+        return [self._explanation(state.version, user_id, int(item), "popular", [], 1.0, {}, features,
+                                  unknown_user=True) for item in items]
+
+    @staticmethod
+    def _top(history: np.ndarray, support: np.ndarray) -> list[tuple[int, float]]:
+        shares = _share(support)
+        order = np.argsort(-shares, kind="stable")[:MAX_CITED]
+        return [(int(history[i]), float(shares[i])) for i in order if shares[i] > 0]
+
+    def _explanation(self, version: str, user_id: str, item: int, style: str, cited: list[tuple[int, float]],
+                     confidence: float, contributions: dict[str, float], features: BehaviourFeatures, *,
+                     unknown_user: bool = False) -> Explanation:
+        item_id, title = self.item_id(item), self.title(item)
+        cites = tuple(Cited(i, self.item_id(i), self.title(i), w) for i, w in cited)
+        titles = [c.title for c in cites]
+        matching = matching_words(title, titles) if style in ("co_purchase", "similar_text") else ()
+        if style == "history":
+            text = f"Because you bought {title} before"
+        elif style == "co_purchase":
+            text = f"Because you bought {_list(titles)}: shoppers often buy them together with this"
+        elif style == "similar_text":
+            text = f"Because you bought {_list(titles)}: " + (
+                f"similar products ({', '.join(matching)})" if matching else "a similar kind of product")
+        else:
+            baskets = int(features.popularity.scores(np.array([item]))[0])
+            days = f"{features.popularity.window_days:g}"
+            text = f"Popular: bought in {baskets} baskets in the last {days} days"
+            if unknown_user:
+                text += "; we do not know your purchases yet"
+        eid = explanation_id(version, user_id, item_id, style, [c.item_id for c in cites])
+        return Explanation(eid, style, cites, matching, confidence, text, contributions)

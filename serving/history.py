@@ -1,0 +1,184 @@
+"""What every serving worker knows about shoppers and the catalogue, kept current from the stream.
+
+Each worker follows ``recloop.interactions`` and ``recloop.catalog`` whole, with a group-less
+consumer from the beginning: workers do not share partitions, because any worker may be asked
+about any shopper. The state lives in :class:`LiveBehaviour` (plain, testable without a broker);
+:class:`HistoryFollower` only feeds it.
+
+Everything here runs on the event loop; request handlers read it on the same loop, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from learner.features import BehaviourFeatures
+from serving.state import CatalogueSnapshot
+from streams.records import Interaction, InvalidRecord, Item, decode
+from streams.settings import KafkaSettings
+from streams.topics import CATALOG, INTERACTIONS
+
+log = logging.getLogger(__name__)
+
+
+class LiveBehaviour:
+    """Behavioural features plus item titles, aligned on one append-only item index.
+
+    >>> live = LiveBehaviour()
+    >>> live.learn_item(Item(item_id="85123A", title="WHITE HANGING HEART T-LIGHT HOLDER"))
+    >>> live.learn_interaction(Interaction("e1", "u1", "22423", "purchase", 1291191960.0))
+    >>> snap = live.snapshot()
+    >>> snap.texts, snap.recommendable.tolist()
+    (('WHITE HANGING HEART T-LIGHT HOLDER', '22423'), [True, False])
+    """
+
+    def __init__(self, features: BehaviourFeatures | None = None) -> None:
+        self.features = features if features is not None else BehaviourFeatures()
+        self._texts: list[str] = []
+        self._titled: list[bool] = []
+        self._recommendable = np.zeros(0, dtype=bool)
+        self.generation = 0
+        self.counts: Counter[str] = Counter()
+        self._snapshot: CatalogueSnapshot | None = None
+        self._sync_index()
+
+    # ------------------------------------------------------------------ learning
+
+    def learn_item(self, item: Item) -> None:
+        index = self.features.add_item(item.item_id)
+        self._sync_index()
+        title = item.title.strip() or item.item_id
+        if self._texts[index] != title or not self._titled[index]:
+            self._texts[index] = title
+            self._titled[index] = True
+            self.generation += 1
+        if not self._recommendable[index]:
+            self._recommendable[index] = True
+            self.generation += 1
+        self.counts["items"] += 1
+
+    def forget_item(self, item_id: str) -> None:
+        """A catalogue tombstone: the item is no longer recommended (its history stays)."""
+        index = self.features.index.index_of(item_id)
+        if index >= 0 and self._recommendable[index]:
+            self._recommendable[index] = False
+            self.generation += 1
+
+    def learn_interaction(self, event: Interaction) -> None:
+        self.features.learn_interaction(event.user_id, event.item_id, event.type, event.ts,
+                                        basket_id=event.session_id)
+        self._sync_index()
+        self.counts["interactions"] += 1
+
+    def _sync_index(self) -> None:
+        """Items first seen in interactions get their id as text until the catalogue names them."""
+        codes = self.features.index
+        if len(codes) == len(self._texts):
+            return
+        for index in range(len(self._texts), len(codes)):
+            self._texts.append(codes.code_of(index))
+            self._titled.append(False)
+        grown = np.zeros(len(self._texts), dtype=bool)
+        grown[: len(self._recommendable)] = self._recommendable
+        self._recommendable = grown
+        self.generation += 1
+
+    # ------------------------------------------------------------------ reading
+
+    def title(self, index: int) -> str:
+        return self._texts[index]
+
+    def item_id(self, index: int) -> str:
+        return self.features.index.code_of(index)
+
+    def snapshot(self) -> CatalogueSnapshot:
+        """An immutable copy for building a state in another thread (cached until something changes)."""
+        if self._snapshot is None or self._snapshot.generation != self.generation:
+            self._snapshot = CatalogueSnapshot(tuple(self._texts), self._recommendable.copy(), self.generation)
+        return self._snapshot
+
+    # ------------------------------------------------------------------ raw messages
+
+    def apply(self, topic_name: str, key: bytes | None, value: bytes | None) -> None:
+        """Learn one raw message of the catalog or interactions topic; invalid ones are counted and skipped.
+
+        The worker's ingest agents send invalid messages to the dead-letter topic; a serving worker
+        only needs not to trip over them.
+        """
+        try:
+            if topic_name == CATALOG.name:
+                if value is None and key:
+                    self.forget_item(key.decode("utf-8", "replace"))
+                else:
+                    self.learn_item(decode(Item, value))
+            else:
+                self.learn_interaction(decode(Interaction, value))
+        except InvalidRecord as exc:
+            self.counts["invalid"] += 1
+            log.debug("skipped invalid %s message: %s", topic_name, exc)
+
+
+class HistoryFollower:
+    """Feeds every catalog and interaction message to :class:`LiveBehaviour`, from the beginning, forever."""
+
+    def __init__(self, kafka: KafkaSettings, live: LiveBehaviour, *, chunk: int = 500) -> None:
+        self.kafka = kafka
+        self.live = live
+        self.chunk = chunk
+        self.caught_up = asyncio.Event()
+        self._names = {kafka.topic(spec.name): spec.name for spec in (CATALOG, INTERACTIONS)}
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(*self._names, bootstrap_servers=self.kafka.bootstrap, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            partitions = await self._assign(consumer)
+            ends = await consumer.end_offsets(partitions)
+            pending = {tp: end for tp, end in ends.items() if end > 0}
+            if not pending:
+                self._mark_caught_up()
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=self.chunk)
+                for tp, messages in batches.items():
+                    name = self._names[tp.topic]
+                    for message in messages:
+                        self.live.apply(name, message.key, message.value)
+                if pending:
+                    for tp in list(pending):
+                        if await consumer.position(tp) >= pending[tp]:
+                            del pending[tp]
+                    if not pending:
+                        self._mark_caught_up()
+                await asyncio.sleep(0)  # let requests in between chunks during a long catch-up
+        finally:
+            await consumer.stop()
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        """Wait until every partition of both topics is assigned (group-less: all of them), then rewind."""
+        partitions = await wait_for_assignment(consumer, set(self._names))
+        await consumer.seek_to_beginning(*partitions)
+        return partitions
+
+    def _mark_caught_up(self) -> None:
+        if not self.caught_up.is_set():
+            log.info("caught up with catalogue and interactions: %s", dict(self.live.counts))
+            self.caught_up.set()
+
+
+async def wait_for_assignment(consumer: AIOKafkaConsumer, topics: set[str], timeout_s: float = 60.0,
+                              ) -> list[TopicPartition]:
+    """The partitions a group-less, subscribed consumer holds once it holds some of every topic."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while {tp.topic for tp in consumer.assignment()} != topics:
+        if loop.time() > deadline:
+            missing = topics - {tp.topic for tp in consumer.assignment()}
+            raise RuntimeError(f"topics {sorted(missing)} do not exist; run `recloop topics create`")
+        await asyncio.sleep(0.1)
+    return sorted(consumer.assignment())

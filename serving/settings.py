@@ -1,0 +1,66 @@
+"""Settings of ``recloop serve``: one frozen object, every field tied to an environment variable.
+
+The adapter signing key is the one secret a serving worker holds: without it a worker could not
+tell a published adapter from a forged one, so outside demo mode a missing key stops start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learner.settings import DEMO_KEY  # the key RECLOOP_DEMO=1 signs with: public, demo mode only
+
+log = logging.getLogger(__name__)
+
+#: Largest ``k`` a client may ask for; an impression carries at most this many items.
+MAX_K = 1000
+
+
+class ServingConfigError(RuntimeError):
+    """The worker cannot start with this configuration; the message says what to set."""
+
+
+class ServingSettings(BaseSettings):
+    """HTTP, model and limits of one serving worker (``RECLOOP_SERVE_<NAME>``, key ``RECLOOP_ADAPTER_KEY``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RECLOOP_SERVE_", frozen=True, extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    #: HF model directory of the frozen base; empty: ``$RECLOOP_BASE_MODEL_DIR`` or the bundled MiniLM.
+    model_dir: Path | None = Field(default=None, validation_alias=AliasChoices("RECLOOP_SERVE_MODEL_DIR",
+                                                                              "RECLOOP_BASE_MODEL_DIR"))
+    #: Serve the seeded tiny BERT instead of MiniLM (tests, quick benchmarks); adapters must match it.
+    tiny: bool = False
+    #: HMAC key adapters are signed with (shared with the publishing worker).
+    adapter_key: SecretStr | None = Field(default=None, validation_alias="RECLOOP_ADAPTER_KEY")
+    #: Demo mode (``RECLOOP_DEMO=1``): fall back to the public demo key when no key is set.
+    demo: bool = Field(default=False, validation_alias=AliasChoices("RECLOOP_SERVE_DEMO", "RECLOOP_DEMO"))
+    default_k: int = Field(default=10, ge=1, le=MAX_K)
+    #: History items (most recent) that shape the shopper's text vector.
+    max_history: int = Field(default=50, ge=1)
+    #: Scoring above this many ms (moving average) moves off the event loop into a thread.
+    inline_scoring_ms: float = Field(default=5.0, ge=0)
+    #: Impressions waiting to be produced before new ones are dropped (and counted).
+    max_pending_impressions: int = Field(default=2000, ge=1)
+    #: How often new or retitled catalogue items are folded into the serving state.
+    catalogue_refresh_s: float = Field(default=1.0, gt=0)
+    #: How long start-up may spend catching up with the catalogue and interactions before serving.
+    catch_up_timeout_s: float = Field(default=300.0, gt=0)
+    log_level: str = "info"
+
+    def signing_key(self) -> bytes:
+        """The adapter key, the demo key in demo mode, or a :class:`ServingConfigError` that says what to set."""
+        if self.adapter_key is not None and self.adapter_key.get_secret_value():
+            return self.adapter_key.get_secret_value().encode()
+        if self.demo:
+            log.warning("RECLOOP_ADAPTER_KEY is not set: verifying adapters with the public demo key (demo mode)")
+            return DEMO_KEY
+        raise ServingConfigError(
+            "RECLOOP_ADAPTER_KEY is not set: a serving worker needs the key adapters are signed with to "
+            "verify them. Set it to the same value as the publishing worker (or RECLOOP_DEMO=1 for a local demo)."
+        )

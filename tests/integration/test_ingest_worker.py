@@ -19,6 +19,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 N_EVENTS = 10_000
 
 
+@pytest.fixture(autouse=True)
+def ingest_only(monkeypatch):
+    """These tests are about ingest; learning has its own tests (test_learning_worker.py)."""
+    monkeypatch.setenv("RECLOOP_LEARNER", "off")
+
+
 def interaction_counts(worker, settings) -> dict:
     return worker.counts().get(settings.topic("interactions"), {})
 

@@ -210,6 +210,53 @@ def serve(
     run_server(settings, kafka)
 
 
+# ------------------------------------------------------------------ adapters
+
+adapters_app = typer.Typer(help="Adapters the learner published: list, inspect, roll back.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
+
+
+@adapters_app.command("list")
+def adapters_list(
+    local: Annotated[bool, typer.Option(help="Do not ask the broker which adapter is current")] = False,
+) -> None:
+    """Every adapter under RECLOOP_HOME/adapters, oldest first, with its parent and gate metrics (JSON lines)."""
+    from ops.adapters import latest_update, list_adapters
+
+    settings = KafkaSettings()
+    latest = None if local else asyncio.run(latest_update(settings))
+    for row in list_adapters(settings.home, latest.version if latest is not None else None):
+        print(json.dumps(row))
+
+
+@adapters_app.command("show")
+def adapters_show(version: Annotated[str, typer.Argument(help="Adapter version, e.g. v000012")]) -> None:
+    """Manifest, configs, files and payload digest of one adapter (JSON)."""
+    from ops.adapters import AdapterNotFound, show_adapter
+
+    try:
+        print(json.dumps(show_adapter(KafkaSettings().home, version), indent=2))
+    except AdapterNotFound as exc:
+        _fail(str(exc))
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(version: Annotated[str, typer.Argument(help="The older adapter to put back in service")]) -> None:
+    """Republish VERSION's weights as the newest adapter (new id, parent = current, freshly signed)."""
+    from learner.settings import LearnerConfigError, LearnerSettings
+    from ops.adapters import AdapterNotFound, rollback
+
+    logs.configure("WARNING")
+    settings = KafkaSettings()
+    ensure_broker(settings)
+    try:
+        update = rollback(settings, version, LearnerSettings().signing_key())
+    except (AdapterNotFound, LearnerConfigError, ValueError) as exc:
+        _fail(str(exc))
+    print(json.dumps({"published": update.version, "parent": update.parent, "weights_of": version,
+                      "sha256": update.sha256}))
+
+
 # ------------------------------------------------------------------ demo
 
 
@@ -232,6 +279,32 @@ def demo(
     out = out or Path("reports") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     raise typer.Exit(code=run_demo(settings, data=data, limit=limit, speedup=speedup, tiny=tiny, servers=servers,
                                    report_dir=out, console=console))
+
+
+# ------------------------------------------------------------------ eval
+
+
+@app.command("eval")
+def eval_command(
+    quick: Annotated[bool, typer.Option("--quick", help="Score every 4th eligible basket (all are still learned)")
+                     ] = False,
+    out: Annotated[Path, typer.Option(help="Directory for eval.md, eval.json and eval.png")] = Path("reports/eval"),
+    tiny: Annotated[bool, typer.Option("--tiny", help="A seeded tiny BERT instead of MiniLM (fast, for CI)")] = False,
+    model_dir: Annotated[Path | None, typer.Option(
+        help="HF model directory of the base (default $RECLOOP_BASE_MODEL_DIR or the bundled MiniLM)")] = None,
+    data: Annotated[Path | None, typer.Option(help="The Online Retail parquet file (default: the bundled copy)")
+                    ] = None,
+) -> None:
+    """Offline prequential evaluation of the baselines, the frozen base, recloop and a full fine-tune; prints JSON."""
+    from learner.baskets import DEFAULT_DATA_PATH
+    from ops.eval_cli import run_full_eval
+
+    logs.configure("WARNING")
+    data = data or DEFAULT_DATA_PATH
+    if not data.is_file():
+        _fail(f"no dataset at {data}")
+    result = run_full_eval(quick=quick, out_dir=out, model_dir=model_dir, tiny=tiny, data_path=data)
+    print(json.dumps(result, indent=2))
 
 
 # ------------------------------------------------------------------ benchmarks
@@ -268,6 +341,89 @@ def bench_serve(
     ensure_broker(settings)
     result = run_bench_serve(settings, duration_s=duration, concurrency=concurrency, swap_every_s=swap_every,
                              interactions=interactions, tiny=tiny)
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    print(json.dumps(result))
+
+
+# ------------------------------------------------------------------ monitor, report (online metrics and drift)
+
+
+@app.command()
+def monitor(
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit")] = False,
+    worker_url: Annotated[str | None, typer.Option(help="The worker's web address (default from RECLOOP_WORKER_*)")]
+    = None,
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between redraws")] = 2.0,
+) -> None:
+    """Live terminal view: throughput, consumer lag, online metrics, drift alarms, adapters and gate decisions."""
+    import logging
+
+    from ops.monitor import run_monitor, worker_group_id
+
+    logs.configure("WARNING")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # client chatter would scroll the dashboard away
+    kafka, worker_settings = KafkaSettings(), WorkerSettings()
+    ensure_broker(kafka)
+    url = worker_url or f"http://{worker_settings.web_host}:{worker_settings.web_port}"
+    out = Console(width=160) if once else Console()
+    raise typer.Exit(code=run_monitor(kafka, worker_url=url, group_id=worker_group_id(kafka, worker_settings),
+                                      once=once, interval_s=interval, console=out))
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the PNG plots and summary.md")],
+) -> None:
+    """Plots of the online metrics over time (adapter versions and drift alarms marked) and a summary.md."""
+    from ops.report import run_report
+
+    logs.configure("WARNING")
+    kafka = KafkaSettings()
+    ensure_broker(kafka)
+    try:
+        result = run_report(kafka, out)
+    except TimeoutError as exc:
+        _fail(str(exc))
+    print(json.dumps(result.as_dict(), indent=2))
+
+
+@bench_app.command("feedback")
+def bench_feedback(
+    events: Annotated[int, typer.Option(min=100, help="Simulated feedback events")] = 5000,
+    seeds: Annotated[int, typer.Option(min=1, help="Independent simulated shops")] = 20,
+) -> None:
+    """Explanation bandit vs oracle and random styles on a simulated shop (helpfulness curve)."""
+    from ops.bench_feedback import run_bench_feedback
+
+    result = run_bench_feedback(events=events, seeds=seeds)
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    print(json.dumps(result))
+
+
+@bench_app.command("train")
+def bench_train(
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    random_weights: Annotated[bool, typer.Option(help="MiniLM's config with random weights (no model package)")]
+    = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Examples per optimizer step")] = 32,
+    steps: Annotated[int, typer.Option(min=1, help="Timed recloop steps")] = 6,
+    baseline_steps: Annotated[int, typer.Option(min=1, help="Timed baseline steps (it is much slower)")] = 2,
+    threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0: torch's default)")] = 1,
+    bucket_size: Annotated[int, typer.Option(min=0, help="Items per length bucket (0: no bucketing)")] = 16,
+    compile: Annotated[bool, typer.Option(help="torch.compile the encoder on the recloop path")] = False,
+) -> None:
+    """Learner training throughput vs a plain PEFT LoRA loop, same model and batches, same run."""
+    from ops.bench_train import TrainBenchConfig, run_bench_train
+
+    logs.configure("WARNING")
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter("--device must be cpu or cuda")
+    try:
+        result = run_bench_train(TrainBenchConfig(device=device, random_weights=random_weights,
+                                                  batch_size=batch_size, steps=steps, baseline_steps=baseline_steps,
+                                                  threads=threads, bucket_size=bucket_size, compile=compile))
+    except ValueError as exc:
+        _fail(str(exc))
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(result))
 

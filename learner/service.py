@@ -1,0 +1,490 @@
+"""The learner a worker runs: events in; signed adapters (or refusals) out. Plain, synchronous, testable.
+
+:class:`LearnerService` owns the behavioural features, the example builder, the ranking model,
+its micro-batch trainer and the publish gate. The Faust side (:mod:`streams.learning`) hands it
+batches of records from one thread and sends what it returns; it never touches Kafka itself.
+
+One call to :meth:`LearnerService.process` is one step of the prequential loop:
+
+1. catalogue items update the item index and texts; impressions are snapshotted for the label join;
+2. interactions become examples *before* they are learned into the features (test, then train);
+3. the new examples are held out. Once at least ``min_examples_per_publish`` are held out, the
+   candidate (the weights trained since the last decision, which has never seen these examples)
+   and the serving adapter are both scored on them, and the gate decides: **publish** (saved and
+   fsynced under ``<home>/adapters/<version>/``, signed, returned as an ``AdapterUpdate``) or
+   **refuse** (rolled back to the serving weights, a ``MetricSnapshot`` says why);
+4. then, and only then, the model trains on the held-out examples.
+
+:attr:`StepOutcome.settled_through` tells the caller which steps' events are fully accounted for:
+trained *and* covered by a durable decision. The worker acknowledges (commits) their offsets and
+no others, so a crash re-delivers exactly the events whose training had not been decided yet —
+the same thing a refusal would have discarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learner import artifacts
+from learner.encoder import Base, load_base, tiny_bert
+from learner.examples import ExampleBuilder
+from learner.features import FEATURE_NAMES, BehaviourFeatures
+from learner.gate import GateDecision
+from learner.model import Example, ModelConfig, RankingModel, pick_device
+from learner.settings import LearnerSettings
+from learner.trainer import MicroBatchTrainer, StepResult
+from streams.records import AdapterUpdate, Impression, Interaction, Item, MetricSnapshot
+
+log = logging.getLogger(__name__)
+
+#: Names of the snapshots the learner writes to ``recloop.ops.metrics``.
+GATE_METRIC = "learner.gate"
+LOSS_METRIC = "learner.train_loss"
+
+_SEQUENCE = re.compile(r"^v(\d+)")
+#: Written into an adapter directory once the broker acknowledged its ``AdapterUpdate``.
+PUBLISHED_MARKER = "PUBLISHED"
+#: Prefix of an adapter directory that was saved but never published (moved aside on restart).
+UNPUBLISHED_PREFIX = ".unpublished-"
+
+LearnerRecord = Item | Interaction | Impression
+
+
+# --------------------------------------------------------------------------- local adapter store
+
+
+@dataclass(frozen=True)
+class StoredAdapter:
+    path: Path
+    manifest: artifacts.Manifest
+
+    @property
+    def sequence(self) -> int:
+        return version_sequence(self.manifest.version)
+
+    @property
+    def published(self) -> bool:
+        """Whether the broker acknowledged this adapter's update (see :func:`mark_published`)."""
+        return (self.path / PUBLISHED_MARKER).is_file()
+
+
+def version_sequence(version: str) -> int:
+    """The running number of a version id (``v000012`` and ``v000012-rollback-v000003`` are 12; others 0).
+
+    >>> version_sequence("v000012"), version_sequence("v000012-rollback-v000003"), version_sequence("x")
+    (12, 12, 0)
+    """
+    match = _SEQUENCE.match(version)
+    return int(match.group(1)) if match else 0
+
+
+def stored_adapters(root: str | Path) -> list[StoredAdapter]:
+    """Every complete adapter under ``<root>/adapters/``, oldest first (by running number, then time)."""
+    directory = artifacts.adapters_dir(root)
+    found = []
+    for path in sorted(directory.iterdir()) if directory.is_dir() else ():
+        if path.name.startswith(".") or not (path / artifacts.MANIFEST).is_file():
+            continue  # a .tmp-* directory of an interrupted save, or something else
+        try:
+            found.append(StoredAdapter(path, artifacts.read_manifest(path)))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("skipping unreadable adapter %s: %s", path, exc)
+    return sorted(found, key=lambda a: (a.sequence, a.manifest.created_at, a.manifest.version))
+
+
+def next_version(root: str | Path, suffix: str = "") -> str:
+    """A new version id after every one ever saved here (published or not): ``v000001``, ``v000002``, …
+
+    >>> import tempfile
+    >>> next_version(tempfile.mkdtemp()), next_version(tempfile.mkdtemp(), "-rollback-v000003")
+    ('v000001', 'v000001-rollback-v000003')
+    """
+    directory = artifacts.adapters_dir(root)
+    names = [p.name.removeprefix(UNPUBLISHED_PREFIX) for p in directory.iterdir()] if directory.is_dir() else []
+    sequence = max((version_sequence(name) for name in names), default=0) + 1
+    return f"v{sequence:06d}{suffix}"
+
+
+def mark_published(root: str | Path, version: str) -> None:
+    """Record durably that ``version`` reached the updates topic; only such adapters are resumed from."""
+    path = artifacts.adapters_dir(root) / version / PUBLISHED_MARKER
+    with open(path, "w") as handle:
+        handle.write(f"{time.time():.3f}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one :meth:`LearnerService.process` call did and what the caller must send."""
+
+    step: int
+    #: Every step up to this one is trained and covered by a durable decision: its events may be committed.
+    settled_through: int
+    n_examples: int
+    n_trained: int
+    decision: GateDecision | None = None
+    update: AdapterUpdate | None = None
+    metrics: tuple[MetricSnapshot, ...] = ()
+    #: The service's counters after the step, for the worker's ``/learner/`` page.
+    status: dict = field(default_factory=dict)
+
+    @property
+    def published(self) -> str | None:
+        return self.update.version if self.update is not None else None
+
+
+@dataclass
+class LearnerStatus:
+    """Counters for the worker's ``/learner/`` page and the logs."""
+
+    steps: int = 0
+    events: int = 0
+    examples: int = 0
+    trained: int = 0
+    train_steps: int = 0
+    published: list[str] = field(default_factory=list)
+    refused: int = 0
+    current_version: str | None = None
+    adopted: str | None = None  # the last version taken over from the updates topic (a rollback)
+    last_decision: str | None = None
+    items: int = 0
+    held_out: int = 0
+    first_published_after_s: float | None = None
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "published": list(self.published[-20:]), "n_published": len(self.published)}
+
+
+class StreamingRankingModel(RankingModel):
+    """The ranking model as the learner trains it: its item tower encodes each distinct text once, in length buckets.
+
+    Product titles are short and uneven (3–15 WordPiece tokens on the UCI data, mean 7.4), so
+    padding the items of a step to the longest of them wastes about half the encoder's work.
+    Distinct texts are sorted by token count and encoded ``bucket_size`` at a time, each bucket
+    padded only to its own longest text; rows come back in the caller's order (items sharing a
+    text share its row). Padding is masked, so vectors equal :class:`RankingModel`'s up to float
+    rounding and adapters are interchangeable between the two.
+    """
+
+    def __init__(self, *args: Any, bucket_size: int = 16, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bucket_size = bucket_size
+        self._token_counts: dict[str, int] = {}
+
+    def encode_items(self, indices: Sequence[int]) -> torch.Tensor:
+        indices = list(indices)
+        texts = [self.item_texts[i] for i in indices]
+        position = {text: k for k, text in enumerate(dict.fromkeys(texts))}  # distinct text -> its slot
+        if len(position) == len(texts) and (self.bucket_size <= 0 or len(texts) <= self.bucket_size):
+            return super().encode_items(indices)
+        representative = list({text: i for i, text in zip(reversed(indices), reversed(texts), strict=True)}.items())
+        representative.sort(key=lambda pair: position[pair[0]])  # slot order
+        order = sorted(range(len(representative)), key=lambda k: self._tokens(representative[k][0]))
+        step = self.bucket_size if self.bucket_size > 0 else len(order)
+        encoded = torch.cat([super(StreamingRankingModel, self).encode_items(
+            [representative[k][1] for k in order[s:s + step]]) for s in range(0, len(order), step)])
+        row_of_slot = torch.empty(len(order), dtype=torch.long, device=encoded.device)
+        row_of_slot[torch.tensor(order, device=encoded.device)] = torch.arange(len(order), device=encoded.device)
+        return encoded[row_of_slot[torch.tensor([position[t] for t in texts], device=encoded.device)]]
+
+    def _tokens(self, text: str) -> int:
+        count = self._token_counts.get(text)
+        if count is None:
+            ids = self.tokenizer(text, truncation=True, max_length=self.config.max_length)["input_ids"]
+            count = self._token_counts[text] = len(ids)
+        return count
+
+
+def load_configured_base(settings: LearnerSettings) -> Base:
+    """The base encoder the settings ask for (a tiny random BERT when ``tiny``)."""
+    return tiny_bert(seed=settings.seed) if settings.tiny else load_base(settings.model_dir)
+
+
+def item_text(item: Item) -> str:
+    """The text the item tower encodes: title, then category when there is one.
+
+    >>> item_text(Item("1", "WHITE MUG", category="kitchen")), item_text(Item("2", "LANTERN"))
+    ('WHITE MUG. kitchen', 'LANTERN')
+    """
+    return f"{item.title}. {item.category}" if item.category else item.title
+
+
+class LearnerService:
+    """Features + model + trainer + gate behind one lock; every public method is safe from one thread at a time."""
+
+    def __init__(self, settings: LearnerSettings, home: str | Path, *, key: bytes, base: Base | None = None,
+                 clock: Callable[[], float] = time.time, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.home = Path(home)
+        self.clock = clock
+        self._key = key
+        self._lock = threading.RLock()
+        device = pick_device(settings.device)
+        if device.type == "cpu" and settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.base = base if base is not None else load_configured_base(settings)
+        self.features = BehaviourFeatures()
+        self.builder = ExampleBuilder(self.features, settings.example_config())
+        self.model = StreamingRankingModel(self.base, ModelConfig(feature_names=FEATURE_NAMES), device=str(device),
+                                           seed=settings.seed, bucket_size=settings.encode_bucket_size)
+        self.status = LearnerStatus()
+        self._resume()
+        self.trainer = MicroBatchTrainer(self.model, settings.trainer_config())  # anchor = the resumed weights
+        self.gate = settings.gate()
+        self._titles: dict[str, str] = {}
+        self._retitled: set[int] = set()
+        self._held_out: list[Example] = []
+        self._step = 0
+        self._trained_through = 0
+        self._settled_through = 0
+        self._undecided_training = False
+        #: event ids learned recently: a redelivered event (crash between forward and commit upstream)
+        #: must not be learned twice
+        self._recent_events: OrderedDict[str, None] = OrderedDict()
+        #: set from another thread (or process) when the worker shuts down
+        self._stop = stop if stop is not None else threading.Event()
+        self._started = time.monotonic()
+        log.info("learner ready: base %s (%s…) on %s, resuming from %s", self.base.name,
+                 self.base.fingerprint[:12], device, self.current_version or "version 0")
+
+    @property
+    def current_version(self) -> str | None:
+        """The last adapter this learner accepted (``None``: the untrained version 0)."""
+        return self.status.current_version
+
+    def _resume(self) -> None:
+        """Start from the newest *published* local adapter trained on this base, if there is one.
+
+        An adapter saved but never acknowledged by the broker (a crash between the two) is moved aside:
+        its training events were not committed, so they come back and are trained again on top of the
+        adapter serving workers actually have.
+        """
+        for stored in reversed(stored_adapters(self.home)):
+            if not stored.published:
+                aside = stored.path.with_name(UNPUBLISHED_PREFIX + stored.path.name)
+                log.warning("adapter %s was saved but never published: moved aside to %s", stored.manifest.version,
+                            aside)
+                os.rename(stored.path, aside)
+                continue
+            if stored.manifest.base_fingerprint != self.base.fingerprint:
+                continue
+            try:
+                artifacts.load_adapter_into(self.model, stored.path, refresh=False)
+            except artifacts.AdapterRejected as exc:
+                log.warning("cannot resume from %s: %s", stored.path, exc.reason)
+                continue
+            self.status.current_version = stored.manifest.version
+            return
+
+    # ------------------------------------------------------------------ the loop
+
+    def request_stop(self) -> None:
+        """Make a running :meth:`process` return at its next optimizer step (the worker is shutting down).
+
+        The step it was in stays unsettled, so its events are not committed and come back after a restart.
+        """
+        self._stop.set()
+
+    def process(self, records: Sequence[LearnerRecord]) -> StepOutcome:
+        """One prequential step over a micro-batch of records (see the module docstring)."""
+        with self._lock:
+            self._step += 1
+            if self._stop.is_set():
+                return StepOutcome(self._step, self._settled_through, 0, 0)
+            examples = self.observe(records)
+            self._held_out.extend(examples)
+            decision = update = None
+            metrics: list[MetricSnapshot] = []
+            trained = 0
+            if len(self._held_out) >= self.gate.min_examples and not self._stop.is_set():
+                if self._undecided_training:
+                    window = self._held_out[-self.settings.max_gate_window:]
+                    decision, update, snapshot = self.decide(window)
+                    metrics.append(snapshot)
+                    self._settled_through = self._trained_through
+                results = self.train_on(self._held_out)
+                trained = len(self._held_out)
+                self._held_out = []
+                self._trained_through = self._step
+                if results:
+                    metrics.append(self._loss_snapshot(results))
+            if not self._undecided_training and not self._held_out:
+                self._settled_through = self._step  # nothing trained or pending: nothing to decide
+            self.status.steps = self._step
+            self.status.events += len(records)
+            self.status.examples += len(examples)
+            self.status.held_out = len(self._held_out)
+            return StepOutcome(step=self._step, settled_through=self._settled_through, n_examples=len(examples),
+                               n_trained=trained, decision=decision, update=update, metrics=tuple(metrics),
+                               status=self.status.as_dict())
+
+    def observe(self, records: Sequence[LearnerRecord]) -> list[Example]:
+        """Catalogue items, then impressions, then interactions: examples built before the events are learned."""
+        with self._lock:
+            self.add_items([r for r in records if isinstance(r, Item)])
+            examples = self.builder.observe_impressions([r for r in records if isinstance(r, Impression)])
+            examples += self.builder.observe(self._first_seen([r for r in records if isinstance(r, Interaction)]))
+            self._sync_catalogue()
+            return examples
+
+    def add_items(self, items: Iterable[Item]) -> None:
+        """Catalogue records: item ids join the index (so they can be sampled), titles become item texts."""
+        with self._lock:
+            for item in items:
+                text = item_text(item)
+                self._titles[item.item_id] = text
+                index = self.features.add_item(item.item_id)
+                if index < self.model.n_items and self.model.item_texts[index] != text:
+                    self._retitled.add(index)
+
+    def train_on(self, examples: Sequence[Example]) -> list[StepResult]:
+        """Optimizer steps over ``examples`` in chunks of ``train_batch_size``; the result is undecided until
+        the next :meth:`decide`."""
+        with self._lock:
+            self._sync_catalogue()
+            size = self.settings.train_batch_size
+            results = []
+            for start in range(0, len(examples), size):
+                if self._stop.is_set():
+                    break
+                results.append(self.trainer.train_step(examples[start:start + size]))
+            if results:
+                self._undecided_training = True
+                self.status.trained += len(examples)
+                self.status.train_steps += len(results)
+            return results
+
+    def decide(self, window: Sequence[Example]) -> tuple[GateDecision, AdapterUpdate | None, MetricSnapshot]:
+        """Gate the weights trained since the last decision on a held-out ``window``: publish or roll back.
+
+        On publish the adapter directory is written and fsynced before the update is returned, so
+        anything the caller sends refers to an adapter that survives a crash.
+        """
+        with self._lock:
+            self._sync_catalogue()
+            decision = self.trainer.propose(window, self.gate)
+            update = None
+            version = None
+            if decision.publish:
+                version = next_version(self.home)
+                metrics = {**decision.as_metrics(), "examples_trained": float(self.status.trained),
+                           "train_steps": float(self.status.train_steps)}
+                path = artifacts.save_adapter(self.model, self.home, version, parent=self.current_version,
+                                              metrics=metrics)
+                update = artifacts.make_update(path, self._key)
+                self.trainer.accept()
+                self.status.published.append(version)
+                self.status.current_version = version
+                if self.status.first_published_after_s is None:
+                    self.status.first_published_after_s = round(time.monotonic() - self._started, 3)
+                log.info("published adapter %s (parent %s): %s", version, update.parent, decision.reason)
+            else:
+                self.trainer.rollback()
+                self.status.refused += 1
+                log.info("gate refused the candidate, rolled back to %s: %s", self.current_version or "version 0",
+                         decision.reason)
+            self._undecided_training = False
+            self.status.last_decision = decision.reason
+            return decision, update, self._gate_snapshot(decision, version)
+
+    def adopt(self, update: AdapterUpdate) -> bool:
+        """Make a published adapter this learner did not train (an operator's rollback) the serving weights.
+
+        It is verified like a serving worker would (sha256, signature, base, shapes), stored under
+        ``adapters/<version>/`` if it is not there yet, loaded, and becomes the anchor the next updates
+        are trained from and parented to. Training not yet decided is dropped: the operator chose these
+        weights over it. Returns False when ``update`` already is the current version.
+        """
+        with self._lock:
+            if update.version == self.current_version:
+                return False
+            content = artifacts.verify(update, self._key, self.base.fingerprint, model=self.model)
+            dest = artifacts.adapters_dir(self.home) / update.version
+            if not dest.exists():
+                artifacts.unpack(update.payload, dest)
+                mark_published(self.home, update.version)
+            artifacts.load_adapter_into(self.model, content, refresh=False)
+            self.trainer.restore(self.trainer.snapshot())  # fresh optimizer state for the new weights
+            self.trainer.accept()
+            self._undecided_training = False
+            self.status.current_version = update.version
+            self.status.adopted = update.version
+            log.warning("adopted adapter %s published by someone else (parent %s): training continues from it",
+                        update.version, update.parent)
+            return True
+
+    def mark_published(self, version: str) -> None:
+        """The broker acknowledged ``version``: from now on a restart resumes from it."""
+        mark_published(self.home, version)
+
+    def status_dict(self) -> dict:
+        with self._lock:
+            return self.status.as_dict()
+
+    def drain(self) -> list[Example]:
+        """Close the label join now (end of a replay or a test): every pending impression becomes examples."""
+        with self._lock:
+            return self.builder.drain()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _first_seen(self, interactions: list[Interaction]) -> list[Interaction]:
+        fresh = []
+        for event in interactions:
+            if event.event_id in self._recent_events:
+                continue
+            self._recent_events[event.event_id] = None
+            fresh.append(event)
+        while len(self._recent_events) > self.settings.dedup_window:
+            self._recent_events.popitem(last=False)
+        return fresh
+
+    def _sync_catalogue(self) -> None:
+        """Keep the model's item texts aligned with the append-only item index; encode only what changed."""
+        index = self.features.index
+        if len(index) > self.model.n_items:
+            new = range(self.model.n_items, len(index))
+            self.model.add_items([self._titles.get(index.code_of(i), index.code_of(i)) for i in new])
+        if self._retitled:
+            for i in self._retitled:
+                self.model.item_texts[i] = self._titles[index.code_of(i)]
+            self.model.refresh_item_vectors(self._retitled)
+            self._retitled = set()
+        self.status.items = self.model.n_items
+
+    def _gate_snapshot(self, decision: GateDecision, version: str | None) -> MetricSnapshot:
+        labels = {"decision": "publish" if decision.publish else "refuse", "metric": decision.metric,
+                  "reason": decision.reason, "serving_version": self.current_version or "v0",
+                  "candidate": _fmt(decision.candidate.get(decision.metric)),
+                  "serving": _fmt(decision.serving.get(decision.metric))}
+        if version is not None:
+            labels["version"] = version
+        return MetricSnapshot(name=GATE_METRIC, value=1.0 if decision.publish else 0.0,
+                              window=decision.candidate.n, ts=self.clock(), labels=labels)
+
+    def _loss_snapshot(self, results: list[StepResult]) -> MetricSnapshot:
+        losses = [r.loss for r in results if math.isfinite(r.loss)]
+        return MetricSnapshot(name=LOSS_METRIC, value=sum(losses) / len(losses) if losses else 0.0,
+                              window=sum(r.n_examples for r in results), ts=self.clock(),
+                              labels={"train_steps": str(len(results)),
+                                      "seconds": _fmt(sum(r.seconds for r in results))})
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "nan"

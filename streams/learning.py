@@ -1,0 +1,453 @@
+"""The Faust side of online learning: route accepted records to one trainer, run it off the event loop.
+
+Thin on purpose: every decision lives in :class:`learner.service.LearnerService`; these agents
+only move records in, hand them to the service and send what it returns.
+
+Data path::
+
+    ingest agents (validated, deduplicated) ─┐
+    recloop.impressions ─► learner-impressions ─┼─► <app_id>-learner-events (internal, 1 partition)
+                                               ┘        └─► learner-train ─► Inbox ─► micro-batch (n, within s)
+                                                               └─► run_in_executor → LearnerService (own process)
+
+* The ingest ``Downstream`` hooks forward every accepted interaction and catalogue item to an
+  internal topic of **one partition**. However many workers run, exactly one owns that
+  partition and trains, so adapters form one chain of versions; the others only ingest, and
+  every item reaches the trainer whichever worker ingested its catalogue partition.
+* Learning never blocks ingest, for three reasons measured on 2 cores:
+  - ``learner-train`` drains its stream into an :class:`Inbox` and takes micro-batches from that
+    (``n`` events, waiting at most ``within`` seconds — never a bare take). A ``stream.take``
+    buffer stops draining while its batch trains; Faust's single delivery loop then blocks on
+    the full queue and *every* agent stalls (30 s stalls seen). The inbox pauses the internal
+    partition instead when too much is pending;
+  - each batch goes to the service with ``loop.run_in_executor``; by default
+    (``RECLOOP_LEARNER_ISOLATION=process``) the service lives in a child process, because a
+    training *thread* holds the GIL through its Python-heavy parts (example building, PEFT
+    module calls) and starves the event loop. ``thread`` keeps it in-process for small setups;
+  - the learner process runs at a lower CPU priority (``nice``), so training takes the cycles
+    ingest leaves.
+
+Offsets and durability (at-least-once; nothing is committed before its outcome is durable):
+
+1. Upstream, an ingest agent's offset is committed only after Faust flushed its producer, which
+   includes the forward to the internal topic (see :mod:`streams.agents`).
+2. ``learner-train`` iterates with acks off (``stream.noack()``) and acks an event (makes its
+   offset committable) only when the service reports its step as *settled*: its examples are
+   trained **and** the gate has decided on that training. A publish is settled once the adapter directory is written and
+   fsynced (:func:`learner.artifacts.save_adapter`), the ``AdapterUpdate`` is acknowledged by the
+   broker (acks=all), and a ``PUBLISHED`` marker is fsynced next to it; a refusal once its
+   ``MetricSnapshot`` is acknowledged.
+3. A crash re-delivers exactly the events whose training was undecided. The restarted learner
+   resumes from the newest *published* adapter on disk; one saved but never acknowledged is
+   moved aside, so redelivered events are trained once on top of what serving workers have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.types import TP
+
+from learner.artifacts import AdapterRejected
+from learner.settings import LearnerSettings
+from streams import topics
+from streams.agents import Downstream
+from streams.app import RecloopApp
+from streams.ingest import SourcePosition, dead_letter, validate
+from streams.records import AdapterUpdate, DeadLetter, Impression, Interaction, InvalidRecord, Item, decode, encode
+from streams.topics import MAX_MESSAGE_BYTES
+
+if TYPE_CHECKING:
+    from learner.service import LearnerService, StepOutcome
+
+log = logging.getLogger(__name__)
+
+LearnerRecord = Item | Interaction | Impression
+
+#: Record kind in the key of the internal topic: ``b"interaction:<user_id>"`` etc.
+KINDS: dict[bytes, type] = {b"interaction": Interaction, b"item": Item, b"impression": Impression}
+_KIND_OF = {cls: kind for kind, cls in KINDS.items()}
+
+
+def learner_topic_name(app_id: str) -> str:
+    """The internal topic is owned by one app (consumer group), like Faust's changelog topics."""
+    return f"{app_id}-learner-events"
+
+
+def envelope(record: LearnerRecord) -> tuple[bytes, bytes]:
+    """Key and value of a record on the internal topic.
+
+    >>> envelope(Item("85123A", "WHITE HEART"))[0]
+    b'item:85123A'
+    """
+    kind = _KIND_OF[type(record)]
+    ident = record.item_id if isinstance(record, Item) else record.user_id
+    return kind + b":" + ident.encode(), encode(record)
+
+
+def open_envelope(key: bytes | None, value: bytes | None) -> LearnerRecord:
+    """The record back from the internal topic; :class:`InvalidRecord` if it is not one.
+
+    >>> open_envelope(*envelope(Item("85123A", "WHITE HEART"))).title
+    'WHITE HEART'
+    """
+    kind = (key or b"").partition(b":")[0]
+    cls = KINDS.get(kind)
+    if cls is None:
+        raise InvalidRecord(f"unknown learner record kind {kind[:20]!r}")
+    return decode(cls, value)
+
+
+class AckLedger:
+    """Events held back until the learner step that consumed them is settled.
+
+    >>> ledger = AckLedger()
+    >>> ledger.hold(1, ["a", "b"]); ledger.hold(2, ["c"])
+    >>> ledger.release(settled_through=1), len(ledger)
+    (['a', 'b'], 1)
+    """
+
+    def __init__(self) -> None:
+        self._held: deque[tuple[int, Sequence[Any]]] = deque()
+
+    def hold(self, step: int, events: Sequence[Any]) -> None:
+        self._held.append((step, events))
+
+    def release(self, settled_through: int) -> list[Any]:
+        released: list[Any] = []
+        while self._held and self._held[0][0] <= settled_through:
+            released.extend(self._held.popleft()[1])
+        return released
+
+    def __len__(self) -> int:
+        return sum(len(events) for _, events in self._held)
+
+
+class Inbox:
+    """Events waiting for the learner, taken in micro-batches of up to ``n`` within ``within`` seconds.
+
+    Why not ``stream.take``: Faust delivers every topic from one consumer loop, and when an agent's
+    queue is full that loop *waits*, stalling every other agent. A take buffer stops draining its
+    queue while the batch trains, so a slow step froze ingest (measured: a 30 s stall on 2 cores).
+    The inbox is drained as fast as events arrive; instead of blocking, it asks for the partition
+    to be paused past ``high_water`` pending events and resumed below ``low_water``.
+
+    >>> async def demo():
+    ...     calls = []
+    ...     inbox = Inbox(high_water=3, low_water=1, on_high=lambda: calls.append("pause"),
+    ...                   on_low=lambda: calls.append("resume"))
+    ...     for event in "abcd":
+    ...         inbox.put(event)
+    ...     return await inbox.take(3, within=0.01), await inbox.take(3, within=0.01), calls
+    >>> asyncio.run(demo())
+    (['a', 'b', 'c'], ['d'], ['pause', 'resume'])
+    """
+
+    def __init__(self, *, high_water: int, low_water: int, on_high: Callable[[], None],
+                 on_low: Callable[[], None]) -> None:
+        self.high_water, self.low_water = high_water, low_water
+        self._on_high, self._on_low = on_high, on_low
+        self._events: deque[Any] = deque()
+        self._arrived = asyncio.Event()
+        self.paused = False
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def put(self, event: Any) -> None:
+        self._events.append(event)
+        self._arrived.set()
+        if not self.paused and len(self._events) >= self.high_water:
+            self.paused = True
+            self._on_high()
+
+    async def take(self, n: int, within: float) -> list[Any]:
+        """Wait for a first event, then up to ``within`` seconds for ``n``; never returns an empty batch."""
+        while not self._events:
+            self._arrived.clear()
+            await self._arrived.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while len(self._events) < n and (remaining := deadline - loop.time()) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        batch = [self._events.popleft() for _ in range(min(n, len(self._events)))]
+        if self.paused and len(self._events) <= self.low_water:
+            self.paused = False
+            self._on_low()
+        return batch
+
+
+class UpdatesWatcher:
+    """Reads ``recloop.model-updates`` outside the consumer group: the newest record at start, then each new one.
+
+    The learner adopts an adapter it did not publish itself (``recloop adapters rollback``), so its
+    next update continues from what serving workers run instead of silently undoing a rollback.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self._consumer: Any = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                          enable_auto_commit=False, max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+                                          fetch_max_bytes=MAX_MESSAGE_BYTES)
+        await self._consumer.start()
+        partition = TopicPartition(self.topic, 0)
+        self._consumer.assign([partition])
+        end = (await self._consumer.end_offsets([partition]))[partition]
+        self._consumer.seek(partition, max(0, end - 1))
+
+    async def poll(self) -> list[bytes]:
+        batches = await self._consumer.getmany(timeout_ms=0)
+        return [message.value for messages in batches.values() for message in messages if message.value]
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+# --------------------------------------------------------------------------- the service's executor
+
+_service: LearnerService | None = None
+
+
+def _start_service(settings: LearnerSettings, home: str, key: bytes, stop: Any, log_level: int) -> None:
+    """Executor initializer: build the one :class:`LearnerService` of this executor (in its process)."""
+    global _service
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # a child process: log like the worker, and never outlive it
+        logging.basicConfig(level=log_level, format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), name="parent-watch", daemon=True).start()
+    from learner.service import LearnerService
+
+    _service = LearnerService(settings, Path(home), key=key, stop=stop)
+    if settings.nice:  # loaded at full speed; from now on ingest first, training gets the cycles left over
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0 if parent is not None else threading.get_native_id(),
+                           min(19, os.getpriority(os.PRIO_PROCESS, 0) + settings.nice))
+        except OSError as exc:
+            logging.getLogger(__name__).warning("could not lower the learner's priority: %s", exc)
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    """If the worker dies without shutting the executor down (SIGKILL), its learner process goes too."""
+    multiprocessing.connection.wait([sentinel])
+    logging.getLogger(__name__).warning("the worker process is gone: learner process exits")
+    os._exit(0)
+
+
+def call_service(method: str, *args: Any) -> Any:
+    """Run one method of the executor's service (pickled across when the executor is a process)."""
+    if _service is None:
+        raise RuntimeError("the learner service failed to start; see the log above")
+    return getattr(_service, method)(*args)
+
+
+def service_executor(settings: LearnerSettings, home: Path, key: bytes) -> tuple[Executor, Any]:
+    """A one-worker executor that owns a :class:`LearnerService`, and the event that asks it to stop."""
+    level = logging.getLogger().getEffectiveLevel()
+    if settings.isolation == "process":
+        context = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
+        stop = context.Event()
+        executor: Executor = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_start_service,
+                                                 initargs=(settings, str(home), key, stop, level))
+    else:
+        stop = threading.Event()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recloop-learner",
+                                      initializer=_start_service, initargs=(settings, str(home), key, stop, level))
+    return executor, stop
+
+
+# --------------------------------------------------------------------------- agents
+
+
+@dataclass
+class LearningHandles:
+    """What the worker (and tests) can reach of the learning agents."""
+
+    settings: LearnerSettings
+    topic: faust.TopicT
+    ledger: AckLedger = field(default_factory=AckLedger)
+    status: dict = field(default_factory=lambda: {"state": "loading"})
+    inbox: Inbox | None = None
+    dead_lettered: int = 0
+
+
+def _raw_topic(r: RecloopApp, name: str, *, partitions: int | None = None, internal: bool = False,
+               config: dict[str, str] | None = None) -> faust.TopicT:
+    return r.app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                       partitions=partitions, internal=internal, config=config)
+
+
+def register_learning_agents(r: RecloopApp, downstream: Downstream,
+                             settings: LearnerSettings | None = None) -> LearningHandles:
+    """Wire the learner into the worker. Fails now, at start-up, if no signing key is configured."""
+    settings = settings or LearnerSettings()
+    key = settings.signing_key()
+    if not settings.tiny:
+        from learner.encoder import base_model_dir
+
+        base_model_dir(settings.model_dir)  # a missing base is a start-up error too, not a crash at batch 1
+
+    learner_topic = _raw_topic(r, learner_topic_name(r.app.conf.id), partitions=1, internal=True,
+                               config={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+    impressions = _raw_topic(r, r.kafka.topic(topics.IMPRESSIONS.name),
+                             partitions=topics.partitions_for(topics.IMPRESSIONS, r.kafka),
+                             config=topics.IMPRESSIONS.config())
+    model_updates = _raw_topic(r, r.kafka.topic(topics.MODEL_UPDATES.name), partitions=1,
+                               config=topics.MODEL_UPDATES.config())
+    ops_metrics = _raw_topic(r, r.kafka.topic(topics.OPS_METRICS.name), partitions=1,
+                             config=topics.OPS_METRICS.config())
+    handles = LearningHandles(settings, learner_topic)
+
+    async def forward(record: LearnerRecord) -> None:
+        key_bytes, value = envelope(record)
+        await learner_topic.send(key=key_bytes, value=value)
+
+    downstream.interaction.append(forward)
+    downstream.item.append(forward)
+
+    async def send_dead_letter(letter: DeadLetter) -> None:
+        handles.dead_lettered += 1
+        await r.dlq.send(key=letter.source_topic.encode(), value=encode(letter))
+
+    @r.app.agent(impressions, name="learner-impressions")
+    async def forward_impressions(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            position = SourcePosition(message.topic, message.partition, message.offset)
+            result = validate(Impression, event.value, key=event.key, source=position)
+            if isinstance(result, DeadLetter):
+                await send_dead_letter(result)
+            else:
+                await forward(result)
+
+    async def publish(outcome: StepOutcome) -> None:
+        """Send what a step produced and wait until the broker has it (acks=all)."""
+        pending = []
+        if outcome.update is not None:
+            pending.append(await model_updates.send(key=b"adapter", value=encode(outcome.update)))
+        for snapshot in outcome.metrics:
+            pending.append(await ops_metrics.send(key=snapshot.name.encode(), value=encode(snapshot)))
+        for future in pending:
+            await future
+
+    async def decode_batch(events: Sequence[faust.EventT]) -> list[LearnerRecord]:
+        batch: list[LearnerRecord] = []
+        for event in events:
+            try:
+                batch.append(open_envelope(event.key, event.value))
+            except InvalidRecord as exc:
+                message = event.message
+                await send_dead_letter(dead_letter(event.value, key=event.key, error=str(exc), source=SourcePosition(
+                    message.topic, message.partition, message.offset)))
+        return batch
+
+    learner_tp = TP(learner_topic_name(r.app.conf.id), 0)
+    inbox = handles.inbox = Inbox(high_water=settings.max_pending_events, low_water=settings.max_pending_events // 2,
+                                  on_high=lambda: r.app.consumer.pause_partitions({learner_tp}),
+                                  on_low=lambda: r.app.consumer.resume_partitions({learner_tp}))
+
+    async def adopt_foreign_updates(watcher: UpdatesWatcher, own: set[str], executor: Executor) -> bool:
+        """Adopt updates someone else published (a rollback); True if the learner's weights changed."""
+        loop = asyncio.get_running_loop()
+        adopted = False
+        for raw in await watcher.poll():
+            try:
+                update = decode(AdapterUpdate, raw)
+            except InvalidRecord as exc:
+                log.warning("ignoring an unreadable record on %s: %s", watcher.topic, exc)
+                continue
+            if update.version in own:
+                continue
+            try:
+                adopted |= await loop.run_in_executor(executor, call_service, "adopt", update)
+            except AdapterRejected as exc:
+                log.error("not adopting adapter %s from %s: %s", update.version, watcher.topic, exc.reason)
+        return adopted
+
+    async def run_trainer(stream: faust.StreamT, executor: Executor) -> None:
+        """Micro-batches from the inbox → the service (in its executor) → publish → ack what is settled."""
+        loop = asyncio.get_running_loop()
+        handles.status = await loop.run_in_executor(executor, call_service, "status_dict")  # loads the model
+        own: set[str] = set()  # versions this learner published
+        watcher = UpdatesWatcher(r.kafka.bootstrap, r.kafka.topic(topics.MODEL_UPDATES.name))
+        await watcher.start()
+        try:
+            while True:
+                events = await inbox.take(settings.batch_size, within=settings.batch_within_s)
+                await adopt_foreign_updates(watcher, own, executor)
+                await train_step(stream, executor, events, own, watcher)
+        finally:
+            await watcher.stop()
+
+    async def train_step(stream: faust.StreamT, executor: Executor, events: list, own: set[str],
+                         watcher: UpdatesWatcher) -> None:
+        loop = asyncio.get_running_loop()
+        batch = await decode_batch(events)
+        outcome = await loop.run_in_executor(executor, call_service, "process", batch)
+        if outcome.update is not None and await adopt_foreign_updates(watcher, own, executor):
+            # a rollback landed while this step ran: publishing now would undo it; its adapter stays unpublished
+            log.warning("not publishing %s: another adapter was published meanwhile", outcome.update.version)
+            outcome = dataclasses.replace(outcome, update=None)
+        await publish(outcome)
+        if outcome.update is not None:
+            own.add(outcome.update.version)
+            await loop.run_in_executor(executor, call_service, "mark_published", outcome.update.version)
+        handles.status = outcome.status
+        handles.ledger.hold(outcome.step, events)
+        for settled in handles.ledger.release(outcome.settled_through):
+            await stream.ack(settled)
+        log.debug("learner step %d: %d events, %d examples, %d trained, settled through %d, published %s",
+                  outcome.step, len(events), outcome.n_examples, outcome.n_trained, outcome.settled_through,
+                  outcome.published)
+
+    def crash_on_failure(task: asyncio.Task) -> None:
+        """A failed trainer stops the worker: a restart re-reads every unsettled event from its committed offset,
+        where a silently restarted agent would leave them unacked forever."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("learner failed; stopping the worker", exc_info=task.exception())
+            asyncio.ensure_future(r.app.crash(task.exception()))
+
+    @r.app.agent(learner_topic, name="learner-train")
+    async def train(stream: faust.StreamT) -> None:
+        manual = stream.noack()  # acks come from the ledger, once a step is settled
+        executor, stop = service_executor(settings, r.kafka.home, key)
+        trainer = asyncio.ensure_future(run_trainer(manual, executor))
+        trainer.add_done_callback(crash_on_failure)
+        try:
+            async for event in manual.events():
+                inbox.put(event)
+        finally:
+            trainer.cancel()
+            stop.set()  # a running step returns at its next optimizer step; its events stay unacked
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    @r.app.page("/learner/")
+    async def learner_status(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+        return web.json({**handles.status, "unacked_events": len(handles.ledger), "pending_events": len(inbox),
+                         "paused": inbox.paused, "dead_lettered": handles.dead_lettered})
+
+    log.info("learner enabled: trainer on %s, batches of %d events within %.1fs, service in a %s",
+             learner_topic_name(r.app.conf.id), settings.batch_size, settings.batch_within_s, settings.isolation)
+    return handles

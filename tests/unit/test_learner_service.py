@@ -1,0 +1,266 @@
+"""The learner service without a broker: replayed history in, a chain of signed adapters (or refusals) out."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from learner import artifacts
+from learner.encoder import tiny_bert
+from learner.features import FEATURE_NAMES
+from learner.model import Example
+from learner.service import GATE_METRIC, LearnerService, next_version, stored_adapters
+from learner.settings import DEMO_KEY, LearnerConfigError, LearnerSettings
+from ops.retail_events import read_table, retail_events
+from streams.records import Interaction, Item
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "online_retail.parquet"
+KEY = b"unit-test-key"
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_bert(seed=0)
+
+
+@pytest.fixture(scope="module")
+def retail() -> tuple[list[Item], list[Interaction]]:
+    events = retail_events(read_table(DATA), limit=2400)
+    return events.items, events.interactions
+
+
+def settings(**overrides) -> LearnerSettings:
+    values = dict(enabled=True, tiny=True, device="cpu", torch_threads=1, adapter_key="unused", demo=False,
+                  negatives=9, min_examples_per_publish=64, max_gate_window=128, head_lr=0.05, seed=0)
+    return LearnerSettings(**{**values, **overrides})
+
+
+def make_service(base, home: Path, **overrides) -> LearnerService:
+    return LearnerService(settings(**overrides), home, key=KEY, base=base)
+
+
+def batches(items, interactions, size: int = 400) -> list[list]:
+    return [items] + [interactions[i:i + size] for i in range(0, len(interactions), size)]
+
+
+def test_replayed_history_publishes_a_chain_of_verified_adapters(base, retail, tmp_path):
+    service = make_service(base, tmp_path)
+    outcomes = [service.process(batch) for batch in batches(*retail)]
+    updates = [o.update for o in outcomes if o.update is not None]
+    assert len(updates) >= 2, [o.decision.reason for o in outcomes if o.decision]
+    parent = None
+    for update in updates:
+        content = artifacts.verify(update, KEY, base.fingerprint, model=service.model)
+        assert content.manifest.parent == parent == update.parent
+        assert (tmp_path / "adapters" / update.version / artifacts.ADAPTER_WEIGHTS).is_file()
+        parent = update.version
+    assert [a.manifest.version for a in stored_adapters(tmp_path)] == [u.version for u in updates]
+    assert service.current_version == updates[-1].version
+    gate_snapshots = [m for o in outcomes for m in o.metrics if m.name == GATE_METRIC]
+    assert len(gate_snapshots) == sum(1 for o in outcomes if o.decision is not None)
+    assert service.model.current_base_fingerprint() == base.fingerprint
+
+
+def test_events_settle_only_once_a_decision_covers_their_training(base, retail, tmp_path):
+    items, interactions = retail
+    service = make_service(base, tmp_path)
+    assert service.process(items).settled_through == 1  # nothing to learn: settled at once
+    trained = service.process(interactions[:300])
+    assert trained.n_trained > 64 and trained.decision is None and trained.settled_through == 1
+    small = service.process(interactions[300:310])  # too few examples to judge anything: held out
+    assert small.n_trained == 0 and small.settled_through == 1
+    decided = service.process(interactions[310:600])
+    assert decided.decision is not None and decided.settled_through == 2  # covers step 2's training only
+    assert decided.n_trained == small.n_examples + decided.n_examples
+
+
+def test_the_gate_refuses_a_model_trained_on_flipped_labels(base, tmp_path):
+    service = make_service(base, tmp_path, min_examples_per_publish=50, max_gate_window=200)
+    texts = [f"{c} {t}" for c in "red blue green pink ivory".split() for t in "heart mug lamp bag card tin".split()]
+    service.add_items([Item(f"i{k}", text) for k, text in enumerate(texts)])
+    serving = service.trainer.snapshot()
+
+    def examples(n: int, seed: int, *, flip: bool) -> list[Example]:
+        """Shoppers pick the candidate with the highest repeat feature (the lowest, if flipped)."""
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n):
+            items = rng.choice(len(texts), 10, replace=False)
+            features = rng.random((10, 3)).astype(np.float32)
+            order = np.argsort(features[:, 0] if flip else -features[:, 0])
+            out.append(Example(history=tuple(rng.choice(len(texts), 2)), positive=int(items[order[0]]),
+                               negatives=tuple(int(i) for i in items[order[1:]]), features=features[order]))
+        return out
+
+    for step in range(20):
+        service.train_on(examples(32, seed=step, flip=True))
+    decision, update, snapshot = service.decide(examples(200, seed=999, flip=False))
+    assert not decision.publish and update is None
+    assert "< serving" in decision.reason
+    assert snapshot.name == GATE_METRIC and snapshot.value == 0.0 and snapshot.labels["decision"] == "refuse"
+    assert snapshot.window == 200 and float(snapshot.labels["candidate"]) < float(snapshot.labels["serving"])
+    assert all(torch.equal(p, serving[n]) for n, p in service.model.trainable_parameters().items())  # rolled back
+    assert stored_adapters(tmp_path) == [] and service.current_version is None
+
+
+def test_a_restarted_service_resumes_from_the_newest_published_adapter(base, retail, tmp_path):
+    first = make_service(base, tmp_path)
+    for batch in batches(*retail)[:5]:
+        if (outcome := first.process(batch)).update is not None:
+            first.mark_published(outcome.update.version)  # what the worker does once the broker has it
+    assert first.current_version is not None
+    published = first.trainer._anchor  # the weights of the last accepted adapter
+    second = make_service(base, tmp_path)
+    assert second.current_version == first.current_version
+    assert all(torch.equal(p, published[n]) for n, p in second.model.trainable_parameters().items())
+    assert next_version(tmp_path) == f"v{len(first.status.published) + 1:06d}"
+
+
+def test_an_adapter_saved_but_never_published_is_not_resumed_from(base, retail, tmp_path):
+    first = make_service(base, tmp_path)
+    updates = [o.update for batch in batches(*retail) if (o := first.process(batch)).update is not None]
+    assert len(updates) >= 2
+    for update in updates[:-1]:
+        first.mark_published(update.version)
+    # the worker died after saving the last adapter, before the broker acknowledged it
+    second = make_service(base, tmp_path)
+    assert second.current_version == updates[-2].version
+    assert [a.manifest.version for a in stored_adapters(tmp_path)] == [u.version for u in updates[:-1]]
+    assert (tmp_path / "adapters" / f".unpublished-{updates[-1].version}").is_dir()
+    assert next_version(tmp_path) == f"v{len(updates) + 1:06d}"  # version ids are never reused
+
+
+def test_catalogue_titles_may_arrive_after_the_interactions(base, tmp_path):
+    service = make_service(base, tmp_path)
+    service.process([Interaction("e1", "u1", "85123A", "purchase", 1.3e9)])
+    index = service.features.index.index_of("85123A")
+    assert service.model.item_texts[index] == "85123A"
+    before = service.model.item_vectors[index].clone()
+    service.process([Item("85123A", "WHITE HANGING HEART T-LIGHT HOLDER")])
+    assert service.model.item_texts[index] == "WHITE HANGING HEART T-LIGHT HOLDER"
+    assert not torch.equal(service.model.item_vectors[index], before)  # re-encoded
+
+
+def test_a_redelivered_event_is_learned_once(base, retail, tmp_path):
+    items, interactions = retail
+    service = make_service(base, tmp_path)
+    service.process(items)
+    assert service.process(interactions[:200]).n_examples > 0
+    assert service.process(interactions[:200]).n_examples == 0
+
+
+def test_a_stop_request_leaves_the_step_unsettled(base, retail, tmp_path):
+    items, interactions = retail
+    service = make_service(base, tmp_path)
+    service.process(items)
+    service.process(interactions[:300])
+    service.request_stop()
+    outcome = service.process(interactions[300:600])
+    assert outcome.n_trained == 0 and outcome.settled_through == 1
+
+
+def test_a_missing_signing_key_is_a_start_up_error_unless_demo(caplog):
+    with pytest.raises(LearnerConfigError, match="RECLOOP_ADAPTER_KEY"):
+        settings(adapter_key=None).signing_key()
+    with caplog.at_level(logging.WARNING, logger="learner.settings"):
+        assert settings(adapter_key=None, demo=True).signing_key() == DEMO_KEY
+    assert "DEMO key" in caplog.text
+    assert settings(adapter_key="s3cret").signing_key() == b"s3cret"
+
+
+def test_the_worker_refuses_to_start_learning_without_a_key(tmp_path):
+    from streams.agents import Downstream
+    from streams.app import create_app
+    from streams.learning import register_learning_agents
+    from streams.settings import KafkaSettings, WorkerSettings
+
+    app = create_app(KafkaSettings(topic_prefix="tkeytest.recloop", home=tmp_path), WorkerSettings(app_id="keytest"))
+    with pytest.raises(LearnerConfigError):
+        register_learning_agents(app, Downstream(), settings(adapter_key=None))
+
+
+@pytest.mark.parametrize("isolation", ["thread", pytest.param("process", marks=pytest.mark.slow)])
+def test_the_service_runs_in_its_own_executor(isolation, retail, tmp_path):
+    from streams.learning import call_service, service_executor
+
+    items, interactions = retail
+    executor, stop = service_executor(settings(isolation=isolation), tmp_path, KEY)
+    try:
+        assert executor.submit(call_service, "status_dict").result(timeout=120)["steps"] == 0
+        outcomes = [executor.submit(call_service, "process", batch).result(timeout=120)
+                    for batch in batches(items, interactions[:1200])]
+        assert outcomes[-1].status["steps"] == len(outcomes) and outcomes[-1].status["trained"] > 0
+        assert any(o.update is not None for o in outcomes)
+    finally:
+        stop.set()
+        executor.shutdown(wait=True)
+
+
+def test_settings_read_the_deployment_wide_variables(monkeypatch):
+    monkeypatch.setenv("RECLOOP_LEARNER", "off")
+    monkeypatch.setenv("RECLOOP_ADAPTER_KEY", "from-env")
+    monkeypatch.setenv("RECLOOP_LEARNER_BATCH_SIZE", "32")
+    loaded = LearnerSettings()
+    assert not loaded.enabled and loaded.signing_key() == b"from-env" and loaded.batch_size == 32
+
+
+def test_bucketed_encoding_equals_the_plain_item_tower(base):
+    from learner.model import ModelConfig, RankingModel
+    from learner.service import StreamingRankingModel
+
+    texts = ["MUG", "WHITE HANGING HEART T-LIGHT HOLDER", "MUG", "SET OF 3 CAKE TINS PANTRY DESIGN", "LANTERN",
+             "JUMBO BAG RED RETROSPOT", "PACK OF 72 RETROSPOT CAKE CASES", "CARD"] * 3
+    plain = RankingModel(base, ModelConfig(), seed=1)
+    bucketed = StreamingRankingModel(base, ModelConfig(), seed=1, bucket_size=4)
+    for model in (plain, bucketed):
+        model.set_catalogue(texts, encode=False)
+    indices = [5, 0, 2, 1, 7, 3, 4, 6, 10, 13, 0]
+    expected = plain.encode_items(indices)
+    with torch.enable_grad():
+        got = bucketed.encode_items(indices)
+        got.sum().backward()
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(got[1], got[2])  # "MUG" twice: one row
+    assert all(p.grad is not None for n, p in bucketed.encoder.named_parameters() if "lora_A" in n)
+
+
+def test_an_adapter_published_elsewhere_is_adopted_and_trained_on(base, retail, tmp_path):
+    first = make_service(base, tmp_path / "a")
+    updates = [o.update for batch in batches(*retail) if (o := first.process(batch)).update is not None]
+    other = make_service(base, tmp_path / "b")
+    other.process(retail[0])
+    assert other.adopt(updates[0]) and not other.adopt(updates[0])
+    assert other.current_version == updates[0].version
+    expected = artifacts.parse(updates[0].payload).head
+    assert all(torch.equal(other.model.head.state_dict()[k], v) for k, v in expected.items())
+    later = [o.update for batch in batches(*retail)[1:] if (o := other.process(batch)).update is not None]
+    assert later and later[0].parent == updates[0].version
+    forged = artifacts.make_update(tmp_path / "a" / "adapters" / updates[1].version, b"not-the-key")
+    with pytest.raises(artifacts.AdapterRejected, match="bad signature"):
+        other.adopt(forged)
+
+
+def test_adapter_store_lists_shows_and_copies_a_version_for_rollback(base, retail, tmp_path):
+    from ops.adapters import copy_as_new_version, list_adapters, show_adapter
+
+    service = make_service(base, tmp_path)
+    for batch in batches(*retail):
+        if (outcome := service.process(batch)).update is not None:
+            service.mark_published(outcome.update.version)
+    rows = list_adapters(tmp_path)
+    assert [r["version"] for r in rows] == service.status.published and rows[-1]["current"]
+    assert all(r["published"] for r in rows) and rows[1]["parent"] == rows[0]["version"]
+    shown = show_adapter(tmp_path, rows[0]["version"])
+    assert tuple(shown["model_config"]["feature_names"]) == FEATURE_NAMES and shown["payload_bytes"] > 0
+    copied = copy_as_new_version(tmp_path, rows[0]["version"], parent=rows[-1]["version"])
+    assert copied.name == f"v{len(rows) + 1:06d}-rollback-{rows[0]['version']}"
+    manifest = artifacts.read_manifest(copied)
+    assert manifest.parent == rows[-1]["version"] and manifest.base_fingerprint == base.fingerprint
+    for name in (artifacts.ADAPTER_WEIGHTS, artifacts.HEAD_WEIGHTS):
+        original = tmp_path / "adapters" / rows[0]["version"] / name
+        assert (copied / name).read_bytes() == original.read_bytes()
+    assert artifacts.verify(artifacts.make_update(copied, KEY), KEY, base.fingerprint).manifest.version == copied.name

@@ -62,7 +62,7 @@ import faust
 from faust.types import TP
 
 from learner.artifacts import AdapterRejected
-from learner.settings import LearnerSettings
+from learner.settings import LearnerConfigError, LearnerSettings
 from streams import topics
 from streams.agents import Downstream
 from streams.app import RecloopApp
@@ -308,6 +308,11 @@ def register_learning_agents(r: RecloopApp, downstream: Downstream,
         from learner.encoder import base_model_dir
 
         base_model_dir(settings.model_dir)  # a missing base is a start-up error too, not a crash at batch 1
+    if settings.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LearnerConfigError("RECLOOP_LEARNER_DEVICE=cuda, but torch sees no CUDA device (use auto or cpu)")
 
     learner_topic = _raw_topic(r, learner_topic_name(r.app.conf.id), partitions=1, internal=True,
                                config={"max.message.bytes": str(MAX_MESSAGE_BYTES)})

@@ -50,6 +50,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 import numpy as np
 import torch
@@ -98,6 +99,10 @@ class RecloopConfig:
     lora_lr: float = 5e-4
     full_finetune_lr: float = 5e-5
     anchor_l2: float = 1e-2
+    #: What the trainer's L2 anchor pulls the encoder toward: ``"accepted"``, the last accepted version (the
+    #: live worker's rule), or ``"base"``, the pretrained encoder itself (L2-SP: drift cannot accumulate
+    #: from version to version).
+    text_anchor: Literal["accepted", "base"] = "accepted"
     #: Gate: candidate NDCG@10 on the window may trail the accepted version's by this much.
     gate_tolerance: float = 0.005
     #: Nothing is learned before the catalogue has this many items.
@@ -400,7 +405,8 @@ class RecloopRecommender:
         decision = self.gate.decide(candidate, serving)
         self.timings["gate"] += time.perf_counter() - started
         if decision.publish:
-            self.trainer.accept()
+            if self.config.text_anchor == "accepted":
+                self.trainer.accept()
             self._accepted = self.trainer.snapshot()
             self.version += 1
             self._encoder_moved = False
@@ -409,7 +415,7 @@ class RecloopRecommender:
         else:
             self.refused += 1
             log.info("%s: window %d refused (%s)", self.name, self.windows, decision.reason)
-            self.trainer.rollback()
+            self.trainer.restore(self._accepted)
             self._head_optimizer = self._new_head_optimizer()
             if self._encoder_moved:
                 self._refresh()

@@ -253,6 +253,10 @@ class LearnerService:
         self._step = 0
         self._trained_through = 0
         self._settled_through = 0
+        #: event-time watermarks: the newest interaction ``ts`` observed, and the newest whose examples are
+        #: in the weights being trained (published as ``trained_through_ts``; ``recloop bench freshness``)
+        self._observed_ts: float | None = None
+        self._trained_ts: float | None = None
         self._undecided_training = False
         #: event ids learned recently: a redelivered event (crash between forward and commit upstream)
         #: must not be learned twice
@@ -339,7 +343,11 @@ class LearnerService:
         with self._lock:
             self.add_items([r for r in records if isinstance(r, Item)])
             examples = self.builder.observe_impressions([r for r in records if isinstance(r, Impression)])
-            examples += self.builder.observe(self._first_seen([r for r in records if isinstance(r, Interaction)]))
+            interactions = self._first_seen([r for r in records if isinstance(r, Interaction)])
+            examples += self.builder.observe(interactions)
+            if interactions:
+                newest = max(event.ts for event in interactions)
+                self._observed_ts = newest if self._observed_ts is None else max(self._observed_ts, newest)
             self._sync_catalogue()
             return examples
 
@@ -364,6 +372,8 @@ class LearnerService:
                 if self._stop.is_set():
                     break
                 results.append(self.trainer.train_step(examples[start:start + size]))
+            if results and len(results) * size >= len(examples):  # everything observed so far is in the weights
+                self._trained_ts = self._observed_ts
             if results:
                 self._undecided_training = True
                 self.status.trained += len(examples)
@@ -385,6 +395,8 @@ class LearnerService:
                 version = next_version(self.home)
                 metrics = {**decision.as_metrics(), "examples_trained": float(self.status.trained),
                            "train_steps": float(self.status.train_steps)}
+                if self._trained_ts is not None:
+                    metrics["trained_through_ts"] = self._trained_ts
                 path = artifacts.save_adapter(self.model, self.home, version, parent=self.current_version,
                                               metrics=metrics)
                 update = artifacts.make_update(path, self._key)

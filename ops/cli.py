@@ -345,6 +345,25 @@ def bench_serve(
     print(json.dumps(result))
 
 
+@bench_app.command("freshness")
+def bench_freshness(
+    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny BERT instead of MiniLM (quick check)")] = False,
+    device: Annotated[str, typer.Option(help="Where the learner trains: cpu, cuda or auto")] = "cpu",
+    rate: Annotated[float, typer.Option(min=0.1, help="Live events produced per second")] = 10.0,
+    duration: Annotated[float, typer.Option(min=5, help="Seconds of live events")] = 120.0,
+    warmup: Annotated[int, typer.Option(min=100, help="History events learned before the live phase")] = 3000,
+) -> None:
+    """Seconds from an event's produce until a serving worker answers with an adapter trained on it."""
+    from ops.bench_freshness import run_bench_freshness
+
+    logs.configure("WARNING")
+    settings = KafkaSettings()
+    ensure_broker(settings)
+    result = run_bench_freshness(settings, tiny=tiny, device=device, rate=rate, duration_s=duration, warmup=warmup)
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    print(json.dumps(result))
+
+
 # ------------------------------------------------------------------ monitor, report (online metrics and drift)
 
 

@@ -17,7 +17,7 @@ DATA = REPO / "data" / "online_retail.parquet"
 
 
 def wait_for(predicate: Callable[[], object], *, timeout_s: float, interval_s: float = 0.25,
-              message: str = "condition") -> object:
+              message: str | Callable[[], str] = "condition") -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last = None
@@ -26,7 +26,8 @@ def wait_for(predicate: Callable[[], object], *, timeout_s: float, interval_s: f
         if last:
             return last
         time.sleep(interval_s)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {message} (last: {last!r})")
+    pytest.fail(f"timed out after {timeout_s}s waiting for {message() if callable(message) else message} "
+                f"(last: {last!r})")
 
 
 @pytest.fixture(scope="session")
@@ -93,8 +94,16 @@ class WorkerProcess:
         self.child.stop()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell in teardown whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def worker_factory(kafka_settings, tmp_path: Path) -> Iterator[Callable[[], WorkerProcess]]:
+def worker_factory(kafka_settings, tmp_path: Path, request) -> Iterator[Callable[[], WorkerProcess]]:
     app_id = f"worker-{uuid.uuid4().hex[:8]}"
     started: list[WorkerProcess] = []
 
@@ -104,5 +113,8 @@ def worker_factory(kafka_settings, tmp_path: Path) -> Iterator[Callable[[], Work
         return worker
 
     yield make
+    failed = getattr(request.node, "report_call", None) is not None and request.node.report_call.failed
     for worker in started:
+        if failed:  # the worker's own log is the first thing to read when an integration test fails
+            print(f"--- log of worker {worker.child.log_path} ---\n{worker.child.log_tail(20_000)}")
         worker.stop()

@@ -56,7 +56,8 @@ def replay_and_collect(kafka_settings, worker, messages, *, timeout_s: float
                        ) -> tuple[list[records.AdapterUpdate], dict]:
     asyncio.run(produce(messages, kafka_settings))
     updates = wait_for(lambda: u if len(u := published_updates(kafka_settings)) >= 2 else None,
-                       timeout_s=timeout_s, interval_s=2.0, message="two published adapters")
+                       timeout_s=timeout_s, interval_s=2.0,
+                       message=lambda: f"two published adapters; learner status {learner_status(worker)}")
     status = wait_for(lambda: (s := learner_status(worker)).get("n_published", 0) >= 2 and s, timeout_s=30,
                       message="the worker's /learner/ page to count the adapters")
     counts = worker.counts().get(kafka_settings.topic("interactions"), {})
@@ -89,7 +90,7 @@ def test_worker_learns_from_replayed_history_and_publishes_verified_adapters(kaf
     messages = file_messages(DATA, kafka_settings, limit=4000)
     first, rest = messages[:-1200], messages[-1200:]
     worker = worker_factory()
-    updates, status = replay_and_collect(kafka_settings, worker, first, timeout_s=180)
+    updates, status = replay_and_collect(kafka_settings, worker, first, timeout_s=300)
     check_chain(updates, tiny_bert(seed=0).fingerprint)
     assert status["items"] > 0 and status["trained"] > 0
     local = kafka_settings.home / "adapters" / updates[0].version

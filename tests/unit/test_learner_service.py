@@ -78,6 +78,20 @@ def test_events_settle_only_once_a_decision_covers_their_training(base, retail, 
     assert decided.n_trained == small.n_examples + decided.n_examples
 
 
+def test_a_published_adapter_carries_the_event_time_its_training_reached(base, retail, tmp_path):
+    items, interactions = retail
+    service = make_service(base, tmp_path, gate_tolerance=1.0)  # publish whatever the window says
+    service.process(items)
+    trained = service.process(interactions[:300])  # trained, undecided
+    decided = service.process(interactions[300:600])  # judges step 2's training, then trains on these
+    assert trained.n_trained and decided.update is not None
+    through = decided.update.metrics["trained_through_ts"]
+    assert through == max(e.ts for e in interactions[:300])  # not the events of the deciding step
+    following = next(o.update for o in (service.process(interactions[i:i + 300]) for i in range(600, 2400, 300))
+                     if o.update is not None)
+    assert following.metrics["trained_through_ts"] >= max(e.ts for e in interactions[:600]) > through
+
+
 def test_the_gate_refuses_a_model_trained_on_flipped_labels(base, tmp_path):
     service = make_service(base, tmp_path, min_examples_per_publish=50, max_gate_window=200)
     texts = [f"{c} {t}" for c in "red blue green pink ivory".split() for t in "heart mug lamp bag card tin".split()]

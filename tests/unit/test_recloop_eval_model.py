@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from learner.baselines import DAY
@@ -203,3 +204,13 @@ def test_models_sharing_a_store_learn_the_same_whatever_their_order(base):
     assert first.probe.scores == second.probe.scores
     for (name, mine), theirs in zip(first.trainer.snapshot().items(), second.trainer.snapshot().values(), strict=True):
         assert torch.equal(mine, theirs), name
+
+
+def test_a_base_anchor_pulls_the_encoder_toward_the_pretrained_weights_not_the_last_version(base):
+    config = RecloopConfig(**{**SMALL.__dict__, "text_anchor": "base", "gate_tolerance": 1.0})
+    recloop = RecloopRecommender(base, TEXTS, config=config)
+    initial = recloop.trainer.snapshot()
+    run([recloop], stream(n_days=20))
+    assert recloop.version > 0 and recloop.text_steps > 0
+    moved = sum(float(((p - initial[name]) ** 2).sum()) for name, p in recloop.trainer.snapshot().items())
+    assert moved > 0 and float(recloop.trainer.anchor_penalty().detach()) == pytest.approx(moved, rel=1e-4)

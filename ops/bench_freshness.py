@@ -16,9 +16,10 @@ data at ``rate`` events/s, while
 An event's freshness is the time from just before its ``send`` until the first answer from a
 version whose watermark reaches the event's ``ts``. The watermark is per event time, and the
 interactions topic has several partitions, so an event may be counted as covered up to one
-ingest batch (~a second) early or late; baskets share one ``ts``. Events no served version covers
-before the end (``drain_s`` after the last produce) are counted in ``uncovered`` and left out of
-the percentiles.
+ingest batch (~a second) early or late; baskets share one ``ts``. The stream goes on after the
+timed events (the gate judges training on the events that follow it), until a served version covers
+the last timed event or ``drain_s`` passes; timed events never covered are counted in ``uncovered``
+and left out of the percentiles.
 """
 
 from __future__ import annotations
@@ -85,9 +86,9 @@ class Observations:
     published_at: dict[str, float] = field(default_factory=dict)  # version -> broker timestamp
     poll_errors: int = 0
 
-    def covered(self, event_ts: float) -> bool:
-        """A served version's watermark reaches ``event_ts``."""
-        return any(self.watermark.get(version, float("-inf")) >= event_ts for _, version in self.served)
+    def covered(self, event_ts: float, produced_at: float = 0.0) -> bool:
+        """A version answered since ``produced_at`` has a watermark reaching ``event_ts``."""
+        return freshness_seconds([(event_ts, produced_at)], self.served, self.watermark)[0] is not None
 
 
 class LivePhase:
@@ -138,7 +139,10 @@ class LivePhase:
                     last = version
                 await asyncio.sleep(self.poll_s)
 
-    async def produce_live(self, events: Sequence[OutgoingMessage], rate: float) -> None:
+    async def produce_live(self, events: Sequence[OutgoingMessage], rate: float, measured: int,
+                           done: asyncio.Event) -> None:
+        """Produce ``events`` at ``rate``; the first ``measured`` are timed, the rest keep the stream flowing
+        (the gate judges training on the *next* events) until ``done``."""
         from aiokafka import AIOKafkaProducer
 
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
@@ -147,30 +151,39 @@ class LivePhase:
         try:
             start = time.monotonic()
             for n, message in enumerate(events):
+                if done.is_set():
+                    break
                 await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
                 produced_at = time.time()
                 await producer.send(message.topic, message.value, key=message.key)
-                self.seen.produced.append((message.ts, produced_at))
+                if n < measured:
+                    self.seen.produced.append((message.ts, produced_at))
             await producer.flush()
         finally:
             await producer.stop()
 
-    async def run(self, events: Sequence[OutgoingMessage], *, rate: float, drain_s: float,
+    async def run(self, events: Sequence[OutgoingMessage], *, rate: float, measured: int, drain_s: float,
                   until_covered: float | None = None) -> Observations:
-        """The live phase; with no ``events``, only wait (at most ``drain_s``) until ``until_covered`` is served."""
+        """Produce ``events`` (the first ``measured`` timed) until a served version covers the last timed one,
+        or ``drain_s`` after it was produced; with no ``events``, only wait for ``until_covered``."""
+        covered = asyncio.Event()
         followers = [asyncio.create_task(self.follow_updates()), asyncio.create_task(self.poll_serving())]
+        producing = asyncio.create_task(self.produce_live(events, rate, measured, covered)) if events else None
         try:
+            since = 0.0
             if events:
-                await self.produce_live(events, rate)
-                until_covered = events[-1].ts
+                while len(self.seen.produced) < measured and not producing.done():
+                    await asyncio.sleep(0.2)
+                until_covered, since = self.seen.produced[-1]
             deadline = time.monotonic() + drain_s
-            while time.monotonic() < deadline and not self.seen.covered(until_covered):
+            while time.monotonic() < deadline and not self.seen.covered(until_covered, since):
                 if any(task.done() for task in followers):
                     break
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.2)
         finally:
+            covered.set()
             self._stop.set()
-            await asyncio.gather(*followers)
+            await asyncio.gather(*followers, *([producing] if producing else []))
         return self.seen
 
 
@@ -189,7 +202,8 @@ def summarize(seen: Observations) -> dict:
 
 def live_slice(messages: list[OutgoingMessage], *, warmup: int, live: int
                ) -> tuple[list[OutgoingMessage], list[OutgoingMessage], list[OutgoingMessage]]:
-    """Catalogue, warm-up history and live events: the last ``warmup + live`` interactions, in order."""
+    """Catalogue, warm-up history and live events (timed ones, then the stream that follows them):
+    the last ``warmup + live`` interactions, in order."""
     items = [m for m in messages if m.kind == "item"]
     events = [m for m in messages if m.kind != "item"][-(warmup + live):]
     return items, events[:warmup], events[warmup:]
@@ -202,7 +216,9 @@ def run_bench_freshness(base_settings: KafkaSettings, *, tiny: bool = False, dev
     settings = KafkaSettings(kafka_bootstrap=base_settings.bootstrap, topic_prefix=f"fresh{uuid.uuid4().hex[:8]}",
                              partitions=base_settings.partitions, home=home)
     create_topics(settings)
-    items, warm, live = live_slice(file_messages(DATA, settings), warmup=warmup, live=int(rate * duration_s))
+    measured = int(rate * duration_s)
+    items, warm, live = live_slice(file_messages(DATA, settings), warmup=warmup,
+                                   live=measured + int(rate * drain_s) + 1)
     user_id = next(m.key.decode() for m in reversed(warm) if m.kind == "purchase")
     level = os.environ.get("RECLOOP_LOG_LEVEL", "INFO")
     env = recloop_env(settings, RECLOOP_ADAPTER_KEY=KEY, RECLOOP_LEARNER_TINY="1" if tiny else "0",
@@ -221,14 +237,17 @@ def run_bench_freshness(base_settings: KafkaSettings, *, tiny: bool = False, dev
         asyncio.run(produce(items + warm, settings))
         log.info("warm-up: %d items and %d events produced; waiting for an adapter trained on them",
                  len(items), len(warm))
+        # the newest warm-up events are judged only once live events follow them: wait for the rest
+        settled = warm[len(warm) * 3 // 4].ts
         warmed = asyncio.run(LivePhase(settings, url, user_id, poll_s=1.0).run(
-            [], rate=rate, drain_s=warmup_timeout_s, until_covered=warm[-1].ts))
-        if not warmed.covered(warm[-1].ts):
+            [], rate=rate, measured=0, drain_s=warmup_timeout_s, until_covered=settled))
+        if not warmed.covered(settled):
             raise RuntimeError(f"no served adapter covered the warm-up within {warmup_timeout_s:.0f}s; "
                                f"see {home / 'worker.log'} and {home / 'serve.log'}")
         warmup_s = time.monotonic() - started
-        log.info("warm-up served after %.0fs; producing %d live events at %.1f/s", warmup_s, len(live), rate)
-        seen = asyncio.run(LivePhase(settings, url, user_id, poll_s=poll_s).run(live, rate=rate, drain_s=drain_s))
+        log.info("warm-up served after %.0fs; timing %d live events at %.1f/s", warmup_s, measured, rate)
+        seen = asyncio.run(LivePhase(settings, url, user_id, poll_s=poll_s).run(
+            live, rate=rate, measured=measured, drain_s=drain_s))
         learner = get_json(f"http://127.0.0.1:{worker_port}/learner/") or {}
     finally:
         server.stop()

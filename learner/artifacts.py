@@ -439,6 +439,7 @@ def load_adapter_into(model: RankingModel, adapter: str | Path | Unpacked, *, re
         raise AdapterRejected(f"incompatible config: unexpected adapter tensors {result.unexpected_keys[:3]}")
     model.head.load_state_dict({k: v.to(device) for k, v in content.head.items()}, strict=True)
     model.adapter_version = content.manifest.version
+    model.text_changed()
     if refresh and model.n_items:
         model.refresh_item_vectors()
     return content.manifest

@@ -65,13 +65,14 @@ def rank_metrics(scores: torch.Tensor, mask: torch.Tensor) -> WindowMetrics:
 def evaluate(model: RankingModel, window: Sequence[Example], *, chunk: int = 256) -> WindowMetrics:
     """Score ``window`` with ``model``'s current weights.
 
-    The items the window touches are re-encoded first, so the result reflects the current
-    adapter even when the model's item cache is older than its weights.
+    The items the window touches are re-encoded first unless the current text tower already
+    encoded them, so the result reflects the current adapter even when the model's item cache is
+    older than its weights.
     """
     if not window:
         return WindowMetrics(math.nan, math.nan, 0)
     touched = {i for example in window for i in (*example.history[-model.config.max_history :], *example.candidates)}
-    model.refresh_item_vectors(touched)
+    model.ensure_item_vectors(touched)
     scores, masks = [], []
     for start in range(0, len(window), chunk):
         batch = model.batch(window[start : start + chunk])

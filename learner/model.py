@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -238,6 +240,13 @@ class RankingModel(nn.Module):
             self.head = FusionHead(self.config)
         self.item_texts: list[str] = []
         self.register_buffer("item_vectors", torch.zeros(0, base.dim), persistent=False)
+        #: Which cached vectors the current text tower produced: ``text_version`` names the tower's weights
+        #: (see :meth:`text_changed`); ``_exact`` maps an item to the text these weights encoded it from.
+        #: Lets :meth:`ensure_item_vectors` skip items already encoded by these weights.
+        self.text_version = 0
+        self._text_versions = itertools.count(1)
+        self._exact: dict[int, str] = {}
+        self._kept: OrderedDict[int, tuple[torch.Tensor, torch.Tensor, dict[int, str]]] = OrderedDict()
         self.to(pick_device(device))
         self.eval()
 
@@ -286,11 +295,47 @@ class RankingModel(nn.Module):
         for start in range(0, len(order), step):
             chunk = order[start : start + step]
             self.item_vectors[torch.tensor(chunk, device=self.device)] = self.encode_items(chunk)
+            self._exact.update((i, self.item_texts[i]) for i in chunk)
+
+    def text_changed(self, version: int | None = None) -> int:
+        """Record that the text tower's weights changed: to new ones (``None``), or back to the weights
+        that had ``version``. Returns the current version. Whoever changes LoRA weights calls this.
+
+        The exactly-encoded rows of the last two versions are kept aside, so going back to one (the
+        gate scores the accepted weights, then the candidate) costs a row copy, not a re-encode.
+        """
+        if self._exact:
+            rows = torch.tensor(sorted(self._exact), dtype=torch.long, device=self.device)
+            self._kept[self.text_version] = (rows, self.item_vectors[rows].clone(), dict(self._exact))
+            while len(self._kept) > 2:
+                self._kept.popitem(last=False)
+        self.text_version = next(self._text_versions) if version is None else version
+        self._exact = {}
+        kept = self._kept.pop(self.text_version, None)
+        if kept is not None:
+            rows, vectors, texts = kept
+            still = [k for k, i in enumerate(rows.tolist()) if i < self.n_items and self.item_texts[i] == texts[i]]
+            if still:
+                pick = torch.tensor(still, dtype=torch.long, device=self.device)
+                self.item_vectors[rows[pick]] = vectors[pick]
+                self._exact = {int(rows[k]): texts[int(rows[k])] for k in still}
+        return self.text_version
+
+    @torch.no_grad()
+    def ensure_item_vectors(self, indices: Iterable[int]) -> int:
+        """Encode the items of ``indices`` whose cached vector the current text tower did not produce (or
+        produced from an older text); returns how many were encoded. Between text-tower changes this is free."""
+        missing = {int(i) for i in indices}
+        missing = {i for i in missing if self._exact.get(i) != self.item_texts[i]}
+        if missing:
+            self.refresh_item_vectors(missing)
+        return len(missing)
 
     def set_catalogue(self, texts: Sequence[str], *, encode: bool = True) -> None:
         """Replace the catalogue: item index ``i`` has text ``texts[i]``."""
         self.item_texts = [str(t) for t in texts]
         self.item_vectors = torch.zeros(len(self.item_texts), self.item_vectors.shape[1], device=self.device)
+        self._exact, self._kept = {}, OrderedDict()
         if encode:
             self.refresh_item_vectors()
 

@@ -82,6 +82,9 @@ class LearnerSettings(BaseSettings):
     anchor_l2: float = Field(default=1e-2, ge=0)
     replay_fraction: float = Field(default=0.25, ge=0)
     max_encoded_items: int = Field(default=64, ge=1)
+    #: Train the text tower (LoRA) every Nth optimizer step, the head alone in between: a version whose
+    #: LoRA did not change spares every serving worker a catalogue re-encode (see docs/learner.md).
+    text_every: int = Field(default=16, ge=1)
     #: Items encoded per forward, sorted by length, so each pads only to its bucket's longest (0: no bucketing).
     encode_bucket_size: int = Field(default=16, ge=0)
 
@@ -123,6 +126,7 @@ class LearnerSettings(BaseSettings):
 
         return TrainerConfig(lora_lr=self.lora_lr, head_lr=self.head_lr, anchor_l2=self.anchor_l2,
                              replay_fraction=self.replay_fraction, max_encoded_items=self.max_encoded_items,
+                             text_every=self.text_every,
                              seed=self.seed)
 
     def gate(self) -> PublishGate:

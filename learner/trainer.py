@@ -42,6 +42,11 @@ class TrainerConfig:
     replay_fraction: float = 0.25
     #: Items re-encoded with gradients per step; the rest use cached vectors. Bounds step time and memory.
     max_encoded_items: int = 64
+    #: Train the text tower (LoRA) on every ``text_every``-th step; the steps between train the head
+    #: alone on the cached item vectors. A head-only step skips the encoder's forward and backward, and
+    #: a version whose LoRA weights did not change lets serving workers keep their item vectors (a
+    #: catalogue re-encode per version costs seconds on CPU). 1: every step trains both.
+    text_every: int = 1
     grad_clip: float = 1.0
     seed: int = 0
 
@@ -117,6 +122,7 @@ class MicroBatchTrainer:
         self.step = 0
         self._params = model.trainable_parameters()
         self._anchor = self.snapshot()
+        self._anchor_text_version = model.text_version
         self._optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -134,21 +140,27 @@ class MicroBatchTrainer:
         return {name: p.detach().clone() for name, p in self._params.items()}
 
     @torch.no_grad()
-    def restore(self, state: dict[str, torch.Tensor]) -> None:
-        """Put back weights from :meth:`snapshot`; optimizer moments are reset, they belonged to other weights."""
+    def restore(self, state: dict[str, torch.Tensor], text_version: int | None = None) -> None:
+        """Put back weights from :meth:`snapshot`; optimizer moments are reset, they belonged to other weights.
+
+        ``text_version``: the model's ``text_version`` when ``state`` was taken, if known, so item vectors
+        encoded by those weights stay usable; otherwise the text tower counts as changed.
+        """
         if state.keys() != self._params.keys():
             raise KeyError("snapshot does not match this model's trainable parameters")
         for name, p in self._params.items():
             p.copy_(state[name])
+        self.model.text_changed(text_version)
         self._optimizer = self._new_optimizer()
 
     def accept(self) -> None:
         """The current weights were published: they become the anchor that later steps are pulled toward."""
         self._anchor = self.snapshot()
+        self._anchor_text_version = self.model.text_version
 
     def rollback(self) -> None:
         """Return to the last accepted weights (after the gate refused the candidate)."""
-        self.restore(self._anchor)
+        self.restore(self._anchor, self._anchor_text_version)
 
     def anchor_penalty(self) -> torch.Tensor:
         return sum(((p - self._anchor[name]) ** 2).sum() for name, p in self._params.items())
@@ -166,7 +178,8 @@ class MicroBatchTrainer:
         started = time.perf_counter()
         replayed = self.reservoir.sample(round(self.config.replay_fraction * len(examples)))
         mixed = [*examples, *replayed]
-        fresh = self._fresh_items(mixed)
+        text_step = self.step % max(1, self.config.text_every) == 0
+        fresh = self._fresh_items(mixed) if text_step else []
         batch = self.model.batch(mixed)
 
         self._optimizer.zero_grad(set_to_none=True)
@@ -178,11 +191,19 @@ class MicroBatchTrainer:
             log.warning("train step %d skipped: loss is %s", self.step + 1, float(total.detach()))
             return self._result(loss, penalty, math.nan, mixed, replayed, [], started)
         total.backward()
-        grad_norm = nn.utils.clip_grad_norm_(list(self._params.values()), self.config.grad_clip)
+        if not text_step:  # the anchor penalty alone must not move the text tower
+            for name, p in self._params.items():
+                if not name.startswith("head."):
+                    p.grad = None
+        grad_norm = nn.utils.clip_grad_norm_([p for p in self._params.values() if p.grad is not None],
+                                             self.config.grad_clip)
         self._optimizer.step()
-        with torch.no_grad():  # keep the cache roughly current for history vectors (one step behind)
-            index = torch.tensor(fresh, dtype=torch.long, device=self.model.device)
-            self.model.item_vectors[index] = table[index].detach()
+        if text_step:
+            self.model.text_changed()
+        if fresh:
+            with torch.no_grad():  # keep the cache roughly current for history vectors (one step behind)
+                index = torch.tensor(fresh, dtype=torch.long, device=self.model.device)
+                self.model.item_vectors[index] = table[index].detach()
 
         for example in examples:
             self.reservoir.offer(example)
@@ -213,11 +234,11 @@ class MicroBatchTrainer:
         One model serves both sides by swapping trainable weights, so the worker needs no second
         copy of the encoder. The current weights (and optimizer state) are back in place afterwards.
         """
-        current = self.snapshot()
+        current, current_text = self.snapshot(), self.model.text_version
         optimizer_state = self._optimizer.state_dict()
-        self.restore(self._anchor)
+        self.restore(self._anchor, self._anchor_text_version)
         serving = evaluate(self.model, window)
-        self.restore(current)
+        self.restore(current, current_text)
         self._optimizer.load_state_dict(optimizer_state)
         candidate = evaluate(self.model, window)
         decision = gate.decide(candidate, serving)

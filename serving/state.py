@@ -13,6 +13,8 @@ computes it, and the whole catalogue is scored with one matrix-vector product.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -165,19 +167,39 @@ class VersionSource:
     """
 
     def __init__(self, base: Base, config: ModelConfig, content: Unpacked | None = None,
-                 encoder: RankingModel | None = None) -> None:
+                 encoder: RankingModel | None = None, text_key: str | None = None) -> None:
         self.base = base
         self.config = config
         self.content = content
         self._encoder = encoder
+        self._text_key = text_key
+        self._encoder_source: VersionSource | None = None
         self._lock = threading.Lock()
 
     @property
     def version(self) -> str:
         return BASE_VERSION if self.content is None else self.content.manifest.version
 
+    @property
+    def text_key(self) -> str:
+        """A digest of everything that shapes this version's item vectors: LoRA weights, adapter and encoding
+        settings. Two versions with the same key encode every text identically."""
+        if self._text_key is None:
+            self._text_key = text_digest(self.content)
+        return self._text_key
+
+    def sharing_encoder_with(self, other: VersionSource) -> VersionSource:
+        """This version, encoding new items with ``other``'s encoder (same text key: same vectors), which is
+        built only if a new item needs it, at most once for all the versions sharing it."""
+        shared = VersionSource(self.base, self.config, self.content, encoder=other._encoder, text_key=self.text_key)
+        if shared._encoder is None:
+            shared._encoder_source = other._encoder_source or other  # one hop, however many versions share it
+        return shared
+
     def encoder(self) -> RankingModel:
         with self._lock:
+            if self._encoder is None and self._encoder_source is not None:
+                self._encoder, self._encoder_source = self._encoder_source.encoder(), None
             if self._encoder is None:
                 model = RankingModel(self.base, self.config)
                 if self.content is not None:
@@ -202,6 +224,38 @@ class VersionSource:
         return out
 
 
+def text_digest(content: Unpacked | None) -> str:
+    """sha256 over what the item tower's output depends on (version 0: the base alone).
+
+    >>> text_digest(None) == text_digest(None) and len(text_digest(None)) == 64
+    True
+    """
+    digest = hashlib.sha256()
+    if content is None:
+        digest.update(b"base")
+        return digest.hexdigest()
+    config = content.model_config
+    digest.update(json.dumps({"adapter": content.adapter_config, "max_length": config.max_length,
+                              "target_modules": list(config.target_modules)}, sort_keys=True, default=str).encode())
+    for name in sorted(content.adapter):
+        tensor = content.adapter[name].detach().contiguous().cpu()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def reuse_item_vectors(current: ServingState, texts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+    """``current``'s vectors for every text it has encoded; the indices of texts it has not."""
+    row_of = {text: i for i, text in enumerate(current.catalogue.texts)}
+    rows = [row_of.get(text) for text in texts]
+    vectors = torch.zeros(len(texts), current.item_vectors.shape[1])
+    found = [i for i, row in enumerate(rows) if row is not None]
+    if found:
+        vectors[torch.tensor(found)] = current.item_vectors[torch.tensor([rows[i] for i in found])]
+    return vectors, [i for i, row in enumerate(rows) if row is None]
+
+
 def frozen_head(config: ModelConfig, tensors: dict[str, torch.Tensor] | None = None) -> FusionHead:
     head = FusionHead(config)
     if tensors is not None:
@@ -223,8 +277,14 @@ class StateBuilder:
         self.reference = RankingModel(base, self.config)
         self._base_source = VersionSource(base, self.config, None, encoder=self.reference)
 
-    def build(self, content: Unpacked | None, catalogue: CatalogueSnapshot) -> ServingState:
-        """A state for ``content`` (None: version 0) over ``catalogue``; uses shipped vectors when it can."""
+    def build(self, content: Unpacked | None, catalogue: CatalogueSnapshot,
+              current: ServingState | None = None) -> ServingState:
+        """A state for ``content`` (None: version 0) over ``catalogue``.
+
+        Item vectors come from, in order: the payload (when the publisher shipped them), ``current``
+        when its text tower is the same (a head-only update: same LoRA weights, same encoding
+        settings — the vectors would come out identical), else the encoder.
+        """
         start = time.perf_counter()
         if content is None:
             source, head = self._base_source, frozen_head(self.config)
@@ -234,6 +294,9 @@ class StateBuilder:
         texts = list(catalogue.texts)
         if content is not None and content.item_vectors is not None:
             vectors, missing = shipped_item_vectors(content, texts)
+        elif current is not None and current.source.text_key == source.text_key:
+            vectors, missing = reuse_item_vectors(current, texts)
+            source = source.sharing_encoder_with(current.source)
         else:
             vectors, missing = torch.zeros(len(texts), self.base.dim), list(range(len(texts)))
         if missing:

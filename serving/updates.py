@@ -150,7 +150,7 @@ class StateUpdater:
                 and current.source.content.manifest == content.manifest:
             log.info("version %s is already serving", update.version)
             return None
-        return self.builder.build(content, catalogue)
+        return self.builder.build(content, catalogue, current)
 
     async def refresh_catalogue(self) -> Swap | None:
         """Fold new or retitled catalogue items into the current version (encodes only those items)."""

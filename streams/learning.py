@@ -410,7 +410,9 @@ def register_learning_agents(r: RecloopApp, downstream: Downstream,
                          watcher: UpdatesWatcher) -> None:
         loop = asyncio.get_running_loop()
         batch = await decode_batch(events)
+        started = loop.time()
         outcome = await loop.run_in_executor(executor, call_service, "process", batch)
+        seconds = loop.time() - started
         if outcome.update is not None and await adopt_foreign_updates(watcher, own, executor):
             # a rollback landed while this step ran: publishing now would undo it; its adapter stays unpublished
             log.warning("not publishing %s: another adapter was published meanwhile", outcome.update.version)
@@ -423,9 +425,9 @@ def register_learning_agents(r: RecloopApp, downstream: Downstream,
         handles.ledger.hold(outcome.step, events)
         for settled in handles.ledger.release(outcome.settled_through):
             await stream.ack(settled)
-        log.debug("learner step %d: %d events, %d examples, %d trained, settled through %d, published %s",
-                  outcome.step, len(events), outcome.n_examples, outcome.n_trained, outcome.settled_through,
-                  outcome.published)
+        log.info("learner step %d: %d events, %d examples, %d trained in %.2fs, settled through %d, published %s",
+                 outcome.step, len(events), outcome.n_examples, outcome.n_trained, seconds, outcome.settled_through,
+                 outcome.published)
 
     def crash_on_failure(task: asyncio.Task) -> None:
         """A failed trainer stops the worker: a restart re-reads every unsettled event from its committed offset,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -105,6 +106,26 @@ def test_shipped_item_vectors_skip_encoding_and_round_trip(builder, live, adapte
     partial = builder.build(content, renamed.snapshot())  # only the retitled item needs encoding
     assert torch.allclose(partial.item_vectors[1:], shipped.item_vectors[1:])
     assert torch.allclose(partial.item_vectors[0], shipped.source.encode(["GOLD STAR GARLAND"])[0], atol=1e-5)
+
+
+def test_a_head_only_update_keeps_the_item_vectors_without_encoding(builder, live, adapter_dir):
+    content = artifacts._read_dir(adapter_dir)  # noqa: SLF001
+    no_vectors = artifacts.Unpacked(content.manifest, content.adapter_config, content.model_config,
+                                    content.adapter, content.head)
+    first = builder.build(no_vectors, live.snapshot())
+    new_head = {name: tensor + 0.1 for name, tensor in content.head.items()}
+    same_text = artifacts.Unpacked(dataclasses.replace(content.manifest, version="v2"), content.adapter_config,
+                                   content.model_config, content.adapter, new_head)
+    second = builder.build(same_text, live.snapshot(), first)
+    assert second.version == "v2" and torch.equal(second.item_vectors, first.item_vectors)
+    assert second.source._encoder is first.source._encoder  # noqa: SLF001 - shared, not rebuilt
+
+    other_text = artifacts.Unpacked(dataclasses.replace(content.manifest, version="v3"), content.adapter_config,
+                                    content.model_config, {n: t * 0.5 for n, t in content.adapter.items()},
+                                    content.head)
+    third = builder.build(other_text, live.snapshot(), second)
+    assert not torch.allclose(third.item_vectors, second.item_vectors)  # new LoRA weights: encoded again
+    assert builder.build(None, live.snapshot(), third).source.text_key != third.source.text_key
 
 
 def test_extend_encodes_only_new_and_retitled_items(builder):

@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from learner.baselines import Recommender
@@ -29,7 +27,7 @@ from learner.recloop_eval_model import (
     RecloopConfig,
     RecloopRecommender,
 )
-from ops.evaluate import default_models, markdown_table, run_eval
+from ops.evaluate import default_models, draw_model_panels, markdown_table, run_eval
 
 log = logging.getLogger(__name__)
 
@@ -128,20 +126,8 @@ def write_plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted(result["models"], key=lambda name: result["models"][name]["ndcg@10"])
     figure, (bars, weeks, probe) = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [1, 1.5, 1]})
-    positions = np.arange(len(names))
-    for offset, metric, label in ((-0.2, "ndcg@10", "NDCG@10"), (0.2, "hr@10", "HR@10")):
-        bars.barh(positions + offset, [result["models"][name][metric] for name in names], height=0.4, label=label)
-    bars.set_yticks(positions, names)
-    bars.set_xlabel("mean over evaluated baskets")
-    bars.legend(loc="lower right")
-    for name in reversed(names):
-        weekly = result["weekly_ndcg@10"].get(name, {})
-        weeks.plot([datetime.fromisoformat(week) for week in weekly], list(weekly.values()), marker=".", label=name)
-    weeks.set_ylabel("NDCG@10 (week mean)")
-    weeks.legend(fontsize="small")
-    weeks.tick_params(axis="x", labelrotation=30)
+    draw_model_panels(result, bars, weeks)
     for name, report in result["learners"].items():
         versions = [row["version"] for row in report["probe"]]
         line, = probe.plot(versions, [row["ndcg@10"] for row in report["probe"]], label=f"{name} (as served)")

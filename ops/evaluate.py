@@ -324,15 +324,9 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plot(result: dict, path: Path) -> None:
-    """Two panels as PNG: NDCG@10 and HR@10 per model, and each model's NDCG@10 week by week."""
-    import matplotlib  # imported here: only plotting needs it, and it is slow to import
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw_model_panels(result: dict, bars, weeks) -> None:
+    """On two matplotlib axes: NDCG@10 and HR@10 per model (best at the top), and NDCG@10 week by week."""
     names = sorted(result["models"], key=lambda name: result["models"][name]["ndcg@10"])
-    figure, (bars, weeks) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 1.6]})
     positions = np.arange(len(names))
     for offset, metric, label in ((-0.2, "ndcg@10", "NDCG@10"), (0.2, "hr@10", "HR@10")):
         bars.barh(positions + offset, [result["models"][name][metric] for name in names], height=0.4, label=label)
@@ -345,6 +339,17 @@ def write_plot(result: dict, path: Path) -> None:
     weeks.set_ylabel("NDCG@10 (week mean)")
     weeks.legend(fontsize="small")
     weeks.tick_params(axis="x", labelrotation=30)
+
+
+def write_plot(result: dict, path: Path) -> None:
+    """Two panels as PNG: NDCG@10 and HR@10 per model, and each model's NDCG@10 week by week."""
+    import matplotlib  # imported here: only plotting needs it, and it is slow to import
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (bars, weeks) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 1.6]})
+    draw_model_panels(result, bars, weeks)
     mode = "quick" if result["protocol"].get("quick") else "full"
     figure.suptitle(f"Prequential evaluation on Online Retail ({mode} protocol)")
     figure.tight_layout()

@@ -8,6 +8,7 @@ broker and controller, its data under ``.recloop/kafka/data``. No Docker, no moc
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,7 +262,24 @@ class LocalKafka:
 
 
 def broker_reachable(bootstrap: str, *, timeout_s: float = 5.0) -> bool:
-    """True when the cluster answers a metadata request."""
+    """True when the cluster answers a metadata request. Quiet: "connection refused" while a broker
+    starts is the expected answer here, not an error worth kafka-python's ERROR log lines."""
+    with _quiet("kafka"):
+        return _answers_metadata(bootstrap, timeout_s)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _answers_metadata(bootstrap: str, timeout_s: float) -> bool:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 

@@ -85,6 +85,8 @@ class LearnerSettings(BaseSettings):
     #: Train the text tower (LoRA) every Nth optimizer step, the head alone in between: a version whose
     #: LoRA did not change spares every serving worker a catalogue re-encode (see docs/learner.md).
     text_every: int = Field(default=16, ge=1)
+    #: ... and at most once per this many seconds (0: no limit).
+    text_min_interval_s: float = Field(default=30.0, ge=0)
     #: Items encoded per forward, sorted by length, so each pads only to its bucket's longest (0: no bucketing).
     encode_bucket_size: int = Field(default=16, ge=0)
 
@@ -126,7 +128,7 @@ class LearnerSettings(BaseSettings):
 
         return TrainerConfig(lora_lr=self.lora_lr, head_lr=self.head_lr, anchor_l2=self.anchor_l2,
                              replay_fraction=self.replay_fraction, max_encoded_items=self.max_encoded_items,
-                             text_every=self.text_every,
+                             text_every=self.text_every, text_min_interval_s=self.text_min_interval_s,
                              seed=self.seed)
 
     def gate(self) -> PublishGate:

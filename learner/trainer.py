@@ -47,6 +47,9 @@ class TrainerConfig:
     #: a version whose LoRA weights did not change lets serving workers keep their item vectors (a
     #: catalogue re-encode per version costs seconds on CPU). 1: every step trains both.
     text_every: int = 1
+    #: ...and at most once per this many seconds (0: no limit). Bounds the re-encoding a text change
+    #: causes (the gate's window, every serving worker's catalogue) when events arrive fast.
+    text_min_interval_s: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
 
@@ -123,6 +126,8 @@ class MicroBatchTrainer:
         self._params = model.trainable_parameters()
         self._anchor = self.snapshot()
         self._anchor_text_version = model.text_version
+        self._last_text_step: int | None = None
+        self._last_text_at = 0.0
         self._optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -178,7 +183,7 @@ class MicroBatchTrainer:
         started = time.perf_counter()
         replayed = self.reservoir.sample(round(self.config.replay_fraction * len(examples)))
         mixed = [*examples, *replayed]
-        text_step = self.step % max(1, self.config.text_every) == 0
+        text_step = self._text_due()
         fresh = self._fresh_items(mixed) if text_step else []
         batch = self.model.batch(mixed)
 
@@ -200,6 +205,7 @@ class MicroBatchTrainer:
         self._optimizer.step()
         if text_step:
             self.model.text_changed()
+            self._last_text_step, self._last_text_at = self.step, time.monotonic()
         if fresh:
             with torch.no_grad():  # keep the cache roughly current for history vectors (one step behind)
                 index = torch.tensor(fresh, dtype=torch.long, device=self.model.device)
@@ -209,6 +215,14 @@ class MicroBatchTrainer:
             self.reservoir.offer(example)
         self.step += 1
         return self._result(loss, penalty, float(grad_norm), mixed, replayed, fresh, started)
+
+    def _text_due(self) -> bool:
+        """Whether this step trains the text tower: the first one, then every ``text_every`` steps at most
+        once per ``text_min_interval_s``."""
+        if self._last_text_step is None:
+            return True
+        return (self.step - self._last_text_step >= self.config.text_every
+                and time.monotonic() - self._last_text_at >= self.config.text_min_interval_s)
 
     def _result(self, loss: torch.Tensor, penalty: torch.Tensor, grad_norm: float, mixed: list, replayed: list,
                 fresh: list[int], started: float) -> StepResult:

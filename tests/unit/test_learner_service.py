@@ -35,7 +35,8 @@ def retail() -> tuple[list[Item], list[Interaction]]:
 
 def settings(**overrides) -> LearnerSettings:
     values = dict(enabled=True, tiny=True, device="cpu", torch_threads=1, adapter_key="unused", demo=False,
-                  negatives=9, min_examples_per_publish=64, max_gate_window=128, head_lr=0.05, seed=0)
+                  negatives=9, min_examples_per_publish=64, max_gate_window=128, head_lr=0.05, seed=0,
+                  text_min_interval_s=0)  # deterministic: no wall-clock cadence
     return LearnerSettings(**{**values, **overrides})
 
 

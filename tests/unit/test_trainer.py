@@ -73,6 +73,12 @@ def test_between_text_steps_only_the_head_moves(base):
     assert moved == [True, False, False, True, False, False]
 
 
+def test_the_text_tower_trains_at_most_once_per_interval(base):
+    trainer = make_trainer(base, lora_lr=1e-2, text_every=1, text_min_interval_s=3600)
+    encoded = [trainer.train_step(examples(16, seed=step)).n_encoded for step in range(4)]
+    assert encoded[0] > 0 and encoded[1:] == [0, 0, 0]
+
+
 def test_the_gate_re_encodes_items_only_after_the_text_tower_changed(base):
     from learner.gate import PublishGate
 

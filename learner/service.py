@@ -257,6 +257,9 @@ class LearnerService:
         #: in the weights being trained (published as ``trained_through_ts``; ``recloop bench freshness``)
         self._observed_ts: float | None = None
         self._trained_ts: float | None = None
+        #: the text tower of the last published version (``RankingModel.text_version``); a version with another
+        #: one ships the catalogue's item vectors, so serving workers need not re-encode it themselves
+        self._published_text_version: int | None = None
         self._undecided_training = False
         #: event ids learned recently: a redelivered event (crash between forward and commit upstream)
         #: must not be learned twice
@@ -397,8 +400,12 @@ class LearnerService:
                            "train_steps": float(self.status.train_steps)}
                 if self._trained_ts is not None:
                     metrics["trained_through_ts"] = self._trained_ts
+                ship = self.model.text_version != self._published_text_version
+                if ship:
+                    self.model.ensure_item_vectors(range(self.model.n_items))
                 path = artifacts.save_adapter(self.model, self.home, version, parent=self.current_version,
-                                              metrics=metrics)
+                                              metrics=metrics, with_item_vectors=ship)
+                self._published_text_version = self.model.text_version
                 update = artifacts.make_update(path, self._key)
                 self.trainer.accept()
                 self.status.published.append(version)
@@ -434,6 +441,7 @@ class LearnerService:
             artifacts.load_adapter_into(self.model, content, refresh=False)
             self.trainer.restore(self.trainer.snapshot())  # fresh optimizer state for the new weights
             self.trainer.accept()
+            self._published_text_version = None  # the next version ships item vectors again
             self._undecided_training = False
             self.status.current_version = update.version
             self.status.adopted = update.version

@@ -12,7 +12,7 @@ import torch
 from learner import artifacts
 from learner.encoder import tiny_bert
 from learner.features import FEATURE_NAMES
-from learner.model import Example
+from learner.model import Example, RankingModel
 from learner.service import GATE_METRIC, LearnerService, next_version, stored_adapters
 from learner.settings import DEMO_KEY, LearnerConfigError, LearnerSettings
 from ops.retail_events import read_table, retail_events
@@ -91,6 +91,21 @@ def test_a_published_adapter_carries_the_event_time_its_training_reached(base, r
     following = next(o.update for o in (service.process(interactions[i:i + 300]) for i in range(600, 2400, 300))
                      if o.update is not None)
     assert following.metrics["trained_through_ts"] >= max(e.ts for e in interactions[:600]) > through
+
+
+def test_item_vectors_ship_only_with_versions_whose_text_tower_changed(base, retail, tmp_path):
+    items, interactions = retail
+    service = make_service(base, tmp_path, gate_tolerance=1.0, text_every=10_000)  # LoRA trains on step 1 only
+    updates = [o.update for o in (service.process(batch) for batch in batches(items, interactions, size=300))
+               if o.update is not None]
+    assert len(updates) >= 3
+    shipped = [artifacts.parse(u.payload).item_vectors is not None for u in updates]
+    assert shipped[0] and not any(shipped[1:])  # the first version moved the text tower; the rest are head-only
+    content = artifacts.parse(updates[0].payload)  # the vectors are those its own weights give (float16)
+    check = RankingModel(base)
+    check.set_catalogue(list(content.item_texts[:8]), encode=False)
+    artifacts.load_adapter_into(check, content)
+    assert torch.allclose(check.item_vectors, content.item_vectors[:8], atol=2e-3)
 
 
 def test_the_gate_refuses_a_model_trained_on_flipped_labels(base, tmp_path):

@@ -31,6 +31,7 @@ import shutil
 import struct
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -485,10 +486,17 @@ def shipped_item_vectors(content: Unpacked, texts: list[str]) -> tuple[torch.Ten
     """
     if content.item_vectors is None:
         raise ValueError("this adapter ships no item vectors")
-    row_of = {text: row for row, text in enumerate(content.item_texts)}
+    return vectors_for_texts(content.item_texts, content.item_vectors, texts)
+
+
+def vectors_for_texts(known_texts: Sequence[str], known_vectors: torch.Tensor, texts: Sequence[str]
+                      ) -> tuple[torch.Tensor, list[int]]:
+    """Rows of ``known_vectors`` (one per ``known_texts``) for ``texts``, and the indices of ``texts`` it has no
+    row for (left as zeros): vectors keyed by the text they were encoded from, wherever they came from."""
+    row_of = {text: row for row, text in enumerate(known_texts)}
     rows = [row_of.get(text, -1) for text in texts]
     found = [i for i, row in enumerate(rows) if row >= 0]
-    vectors = torch.zeros(len(texts), content.item_vectors.shape[1])
+    vectors = torch.zeros(len(texts), known_vectors.shape[1])
     if found:
-        vectors[torch.tensor(found)] = content.item_vectors[torch.tensor([rows[i] for i in found])]
+        vectors[torch.tensor(found)] = known_vectors[torch.tensor([rows[i] for i in found])]
     return vectors, [i for i, row in enumerate(rows) if row < 0]

@@ -246,7 +246,8 @@ class RankingModel(nn.Module):
         self.text_version = 0
         self._text_versions = itertools.count(1)
         self._exact: dict[int, str] = {}
-        self._kept: OrderedDict[int, tuple[torch.Tensor, torch.Tensor, dict[int, str]]] = OrderedDict()
+        #: ``text_version`` -> (its ``_exact``, the vectors of those rows in that order), the last two versions
+        self._kept: OrderedDict[int, tuple[dict[int, str], torch.Tensor]] = OrderedDict()
         self.to(pick_device(device))
         self.eval()
 
@@ -305,28 +306,24 @@ class RankingModel(nn.Module):
         gate scores the accepted weights, then the candidate) costs a row copy, not a re-encode.
         """
         if self._exact:
-            rows = torch.tensor(sorted(self._exact), dtype=torch.long, device=self.device)
-            self._kept[self.text_version] = (rows, self.item_vectors[rows].clone(), dict(self._exact))
+            self._kept[self.text_version] = (self._exact, self.item_vectors[list(self._exact)].clone())
             while len(self._kept) > 2:
                 self._kept.popitem(last=False)
         self.text_version = next(self._text_versions) if version is None else version
         self._exact = {}
-        kept = self._kept.pop(self.text_version, None)
-        if kept is not None:
-            rows, vectors, texts = kept
-            still = [k for k, i in enumerate(rows.tolist()) if i < self.n_items and self.item_texts[i] == texts[i]]
-            if still:
-                pick = torch.tensor(still, dtype=torch.long, device=self.device)
-                self.item_vectors[rows[pick]] = vectors[pick]
-                self._exact = {int(rows[k]): texts[int(rows[k])] for k in still}
+        exact, vectors = self._kept.pop(self.text_version, ({}, None))
+        still = [k for k, (i, text) in enumerate(exact.items()) if i < self.n_items and self.item_texts[i] == text]
+        if still:
+            rows = list(exact)
+            self.item_vectors[[rows[k] for k in still]] = vectors[still]
+            self._exact = {rows[k]: exact[rows[k]] for k in still}
         return self.text_version
 
     @torch.no_grad()
     def ensure_item_vectors(self, indices: Iterable[int]) -> int:
         """Encode the items of ``indices`` whose cached vector the current text tower did not produce (or
         produced from an older text); returns how many were encoded. Between text-tower changes this is free."""
-        missing = {int(i) for i in indices}
-        missing = {i for i in missing if self._exact.get(i) != self.item_texts[i]}
+        missing = {i for i in map(int, indices) if self._exact.get(i) != self.item_texts[i]}
         if missing:
             self.refresh_item_vectors(missing)
         return len(missing)

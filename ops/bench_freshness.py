@@ -36,10 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ops.bench_serve import delete_topics
 from ops.processes import ChildProcess, free_port, get_json, recloop_env, wait_json
 from ops.replay import OutgoingMessage, file_messages, produce
-from ops.topic_admin import create_topics
+from ops.topic_admin import create_topics, delete_topics
 from streams.records import AdapterUpdate, decode
 from streams.settings import KafkaSettings
 from streams.topics import MAX_MESSAGE_BYTES, MODEL_UPDATES

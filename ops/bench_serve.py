@@ -32,7 +32,7 @@ from learner.encoder import load_base, tiny_bert
 from learner.model import RankingModel
 from ops.processes import ChildProcess, free_port, recloop_env, wait_json
 from ops.replay import file_messages, produce
-from ops.topic_admin import create_topics
+from ops.topic_admin import create_topics, delete_topics
 from streams.records import encode
 from streams.settings import KafkaSettings
 from streams.topics import MODEL_UPDATES
@@ -136,20 +136,6 @@ def process_cpu_s(pid: int) -> float:
 def _metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
-
-
-def delete_topics(settings: KafkaSettings) -> None:
-    """Best effort: a MiniLM run leaves ~8 MB per published adapter on the broker otherwise."""
-    from ops.topic_admin import admin_client
-
-    try:
-        admin = admin_client(settings)
-        try:
-            admin.delete_topics([t for t in admin.list_topics() if t.startswith(settings.topic_prefix + ".")])
-        finally:
-            admin.close()
-    except Exception as exc:  # the numbers matter more than the clean-up
-        log.warning("could not delete the bench topics: %s", exc)
 
 
 def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, concurrency: int = 8,

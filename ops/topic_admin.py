@@ -50,3 +50,16 @@ def create_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = ALL_TO
         return results
     finally:
         admin.close()
+
+
+def delete_topics(settings: KafkaSettings) -> None:
+    """Delete every topic under ``settings.topic_prefix``, best effort (benchmarks clean up after themselves:
+    a MiniLM run leaves megabytes of adapters per version on the broker otherwise)."""
+    try:
+        admin = admin_client(settings)
+        try:
+            admin.delete_topics([t for t in admin.list_topics() if t.startswith(settings.topic_prefix + ".")])
+        finally:
+            admin.close()
+    except Exception as exc:  # the benchmark's numbers matter more than the clean-up
+        log.warning("could not delete the topics under %s: %s", settings.topic_prefix, exc)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from learner.artifacts import Unpacked, load_adapter_into, shipped_item_vectors
+from learner.artifacts import Unpacked, load_adapter_into, shipped_item_vectors, vectors_for_texts
 from learner.encoder import Base, encode_texts
 from learner.features import FEATURE_NAMES
 from learner.model import FusionHead, ModelConfig, RankingModel, recency_weights
@@ -245,17 +245,6 @@ def text_digest(content: Unpacked | None) -> str:
     return digest.hexdigest()
 
 
-def reuse_item_vectors(current: ServingState, texts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
-    """``current``'s vectors for every text it has encoded; the indices of texts it has not."""
-    row_of = {text: i for i, text in enumerate(current.catalogue.texts)}
-    rows = [row_of.get(text) for text in texts]
-    vectors = torch.zeros(len(texts), current.item_vectors.shape[1])
-    found = [i for i, row in enumerate(rows) if row is not None]
-    if found:
-        vectors[torch.tensor(found)] = current.item_vectors[torch.tensor([rows[i] for i in found])]
-    return vectors, [i for i, row in enumerate(rows) if row is None]
-
-
 def frozen_head(config: ModelConfig, tensors: dict[str, torch.Tensor] | None = None) -> FusionHead:
     head = FusionHead(config)
     if tensors is not None:
@@ -295,7 +284,7 @@ class StateBuilder:
         if content is not None and content.item_vectors is not None:
             vectors, missing = shipped_item_vectors(content, texts)
         elif current is not None and current.source.text_key == source.text_key:
-            vectors, missing = reuse_item_vectors(current, texts)
+            vectors, missing = vectors_for_texts(current.catalogue.texts, current.item_vectors, texts)
             source = source.sharing_encoder_with(current.source)
         else:
             vectors, missing = torch.zeros(len(texts), self.base.dim), list(range(len(texts)))

@@ -7,7 +7,12 @@ are calibrated by a model that predicts before it learns as well.
 
 What is measured, and over what:
 
-* **Ranking** (``hr_at_10``, ``ndcg_at_10``, ``mrr``): each evaluated purchase is ranked against the
+* **Served quality** (``served.*``, label ``model_version``): the headline ranking figures — every
+  list serving showed, joined with the shopper's next basket and compared with what the repeat
+  baseline would have shown at the same moment. :class:`learner.served_quality.ServedQuality`
+  (the :class:`OnlineMonitor` feeds it) documents the join.
+* **Baseline ranking** (``baseline.hr_at_10``, ``baseline.ndcg_at_10``, ``baseline.mrr``): a model-free
+  reference, *not* what is served. Each evaluated purchase is ranked against the
   whole catalogue by a :class:`Scorer` (by default :class:`FeatureScorer`, the model-free behavioural
   blend). One invoice line is one target; a basket (one shopper, one timestamp) is scored once, before
   any of its lines is learned, which is both the prequential rule and what keeps this cheap (one
@@ -15,18 +20,20 @@ What is measured, and over what:
   as a miss. Ties are broken at random in expectation (rank = items above + half the ties), so a
   scorer that knows nothing gets the rank of chance, not of luck. Rolling means over the last
   ``window`` evaluated purchases.
-* **Classification** (``roc_auc``, ``log_loss``, label ``source``): river's exact ``RollingROCAUC``
-  and ``LogLoss`` in a ``utils.Rolling`` window over labelled examples. ``source=purchases``: the bought
-  item (1) and ``negatives`` items drawn uniformly from the catalogue (0), scored from the same score
-  vector; ``source=impressions``: every item serving showed, 1 when it was clicked within the label
-  window. Scores are not probabilities, so an online Platt scaling (:class:`OnlinePlatt`, one per
-  source, predicting before it learns) maps them to one; log loss therefore measures how
+* **Classification** (``roc_auc``, ``log_loss``, labels ``source`` and ``scorer``): river's exact
+  ``RollingROCAUC`` and ``LogLoss`` in a ``utils.Rolling`` window over labelled examples.
+  ``source=purchases`` (``scorer=feature_baseline``): the bought item (1) and ``negatives`` items drawn
+  uniformly from the catalogue (0), scored from the baseline's score vector; ``source=impressions``
+  (``scorer=served``): every item serving showed, with the score it was shown with, 1 when it was
+  clicked within the label window. Scores are not probabilities, so an online Platt scaling
+  (:class:`OnlinePlatt`, one per source, predicting before it learns) maps them to one; log loss therefore measures how
   *predictable* the outcome is from the score, AUC (invariant to the calibration) how well the score
   orders it. (``utils.Rolling(metrics.ROCAUC)`` was measured and rejected: with its default 10 fixed
   thresholds on [0, 1] it read 0.76 for an exact 0.82 when probabilities cluster, as calibrated ones
   do, at 20× the cost; 50 thresholds read 0.815 at 75× the cost.)
 * **Impression CTR** (``ctr``): share of impressions with a click, add-to-cart or purchase carrying their
-  ``rec_id`` within ``label_window_s`` of event time; counted when the window closes, so recent
+  ``rec_id`` within ``label_window_s`` of event time (the learner's label window:
+  :class:`streams.settings.JoinSettings`); counted when the window closes, so recent
   impressions are not counted before their clicks could arrive. Impressions and responses travel on
   different topics and partitions, which a worker reads at different paces, so an impression closes
   only when event time (the latest seen on either) passes its window plus ``grace_s``; a response
@@ -57,13 +64,18 @@ from river import metrics, stats, utils
 from learner.drift import CategorySurprise, DriftMonitor
 from learner.explanation_bandit import ExplanationBandit, segment_of
 from learner.features import BehaviourFeatures
+from learner.ranking_metrics import hit_rate_at_k, ndcg_at_k, reciprocal_rank
+from learner.served_quality import ServedQuality
 from streams.records import DriftAlarm, ExplanationFeedback, Impression, Interaction, Item, MetricSnapshot
+from streams.settings import DEFAULT_LABEL_WINDOW_S
 
 log = logging.getLogger(__name__)
 
 K = 10
 #: Interaction types that count as a response to an impression (a "click" for CTR).
 RESPONSE_TYPES = frozenset({"click", "add_to_cart", "purchase"})
+#: The ``scorer`` label of figures from scores serving showed, and the prefix of the model-free baseline's.
+SERVED, BASELINE = "served", "baseline"
 
 
 # --------------------------------------------------------------------------- ranking of one purchase
@@ -104,17 +116,22 @@ class RankOutcome:
         return self.score is not None
 
     @property
+    def _ranks(self) -> np.ndarray:
+        """The target's rank as :mod:`learner.ranking_metrics` reads it: absent when it was not ranked."""
+        return np.array([self.rank] if self.ranked else [], dtype=np.float64)
+
+    @property
     def hit(self) -> bool:
-        return self.ranked and self.rank < self.k
+        return hit_rate_at_k(self._ranks, self.k) == 1.0
 
     @property
     def ndcg(self) -> float:
         """Binary relevance, one target: the ideal DCG is 1."""
-        return 1.0 / math.log2(self.rank + 2.0) if self.hit else 0.0
+        return ndcg_at_k(self._ranks, n_targets=1, k=self.k)
 
     @property
     def reciprocal_rank(self) -> float:
-        return 1.0 / (self.rank + 1.0) if self.ranked else 0.0
+        return reciprocal_rank(self._ranks)
 
 
 # --------------------------------------------------------------------------- what scores purchases
@@ -140,8 +157,9 @@ class FeatureScorer:
     """The behavioural blend ``log1p(repeat) + 0.5 knn + 0.1 popularity`` over :class:`BehaviourFeatures`.
 
     It needs no model, so the worker can measure ranking quality from the first event, with no
-    GPU and no adapter. Pass the learner's ``features`` with
-    ``learn=False`` to share them instead of keeping a second copy (the owner then learns them).
+    GPU and no adapter; it is a baseline, not what serving ranks with (its figures are ``baseline.*``).
+    Pass the learner's ``features`` with ``learn=False`` to share them instead of keeping a second
+    copy (the owner then learns them).
 
     >>> scorer = FeatureScorer()
     >>> for i, (user, item) in enumerate([("u1", "A"), ("u1", "B"), ("u2", "A")]):
@@ -149,6 +167,9 @@ class FeatureScorer:
     >>> scorer.score_all("u1", now=1.3e9 + 86400 * 3).astype(float).round(3).tolist()
     [0.782, 0.749]
     """
+
+    #: The ``scorer`` label of figures computed from its scores.
+    name = "feature_baseline"
 
     def __init__(self, features: BehaviourFeatures | None = None, *, weights: Sequence[float] = (1.0, 0.5, 0.1),
                  learn: bool = True) -> None:
@@ -246,13 +267,14 @@ class PrequentialEvaluator:
         replay and every worker evaluate the same ones): scoring the catalogue costs about a
         millisecond per basket.
     label_window_s
-        How long after an impression a response still counts (event time), as the example builder does.
+        How long after an impression a response still counts (event time): the learner's label window,
+        :attr:`streams.settings.JoinSettings.label_window_s`.
     grace_s
         How much further event time must move before an impression closes (skew between partitions).
     """
 
     def __init__(self, scorer: Scorer | None = None, *, k: int = K, window: int = 1000, negatives: int = 1,
-                 rank_every: int = 1, label_window_s: float = 1800.0, grace_s: float = 600.0,
+                 rank_every: int = 1, label_window_s: float = DEFAULT_LABEL_WINDOW_S, grace_s: float = 600.0,
                  max_open_impressions: int = 10_000, helpful_window: int = 500, seed: int = 0) -> None:
         self.scorer = scorer if scorer is not None else FeatureScorer()
         self.k = k
@@ -450,16 +472,18 @@ class PrequentialEvaluator:
 
         evaluated = len(self.hit.window)
         if evaluated:
-            add(f"hr_at_{self.k}", self.hit.get(), evaluated)
-            add(f"ndcg_at_{self.k}", self.ndcg.get(), evaluated)
-            add("mrr", self.rr.get(), evaluated)
-        add("purchases_evaluated", self.purchases_evaluated, 0)
+            add(f"{BASELINE}.hr_at_{self.k}", self.hit.get(), evaluated)
+            add(f"{BASELINE}.ndcg_at_{self.k}", self.ndcg.get(), evaluated)
+            add(f"{BASELINE}.mrr", self.rr.get(), evaluated)
+        add(f"{BASELINE}.purchases_evaluated", self.purchases_evaluated, 0)
+        baseline_name = getattr(self.scorer, "name", type(self.scorer).__name__)
         for source, auc in self._auc.items():
             n = len(self._positives[source].window)
             share = self._positives[source].get()
+            scorer = baseline_name if source == "purchases" else SERVED
             if 0 < share < 1:  # AUC needs both classes in the window
-                add("roc_auc", auc.get(), n, source=source)
-            add("log_loss", self._log_loss[source].get(), n, source=source)
+                add("roc_auc", auc.get(), n, source=source, scorer=scorer)
+            add("log_loss", self._log_loss[source].get(), n, source=source, scorer=scorer)
         if len(self.ctr.window):
             add("ctr", self.ctr.get(), len(self.ctr.window))
         add("impressions", self.impressions_total, 0)
@@ -499,6 +523,9 @@ class _OpenBasket:
 class OnlineMonitor:
     """Metrics, drift detectors and the explanation bandit, fed by the worker's accepted records.
 
+    ``served`` joins impressions with the next baskets (the headline figures); ``evaluator`` holds the
+    model-free baseline ranking, CTR, calibration and helpfulness.
+
     Each ``learn_*`` method is what one ingest handler calls; it returns the drift alarms the record
     raised, for the caller to publish. ``clock`` stamps alarms and snapshots with processing time, so
     they line up with adapter publications (whose ``created_at`` is wall-clock time) on one axis.
@@ -516,9 +543,11 @@ class OnlineMonitor:
     """
 
     def __init__(self, evaluator: PrequentialEvaluator | None = None, drift: DriftMonitor | None = None,
-                 bandit: ExplanationBandit | None = None, *, clock: Callable[[], float] = time.time,
-                 max_open_baskets: int = 10_000, warmup_baskets: int = 1000) -> None:
+                 bandit: ExplanationBandit | None = None, *, served: ServedQuality | None = None,
+                 clock: Callable[[], float] = time.time, max_open_baskets: int = 10_000,
+                 warmup_baskets: int = 1000) -> None:
         self.evaluator = evaluator if evaluator is not None else PrequentialEvaluator()
+        self.served = served if served is not None else ServedQuality()
         self.drift = drift if drift is not None else DriftMonitor()
         self.bandit = bandit if bandit is not None else ExplanationBandit(seed=0)
         self.clock = clock
@@ -558,6 +587,7 @@ class OnlineMonitor:
             basket.categorised += 1
         self.users.add(interaction.user_id)
         self.items.add(interaction.item_id)
+        self.served.learn_one(interaction)
         outcome = self.evaluator.learn_one(interaction)
         if outcome is not None:
             basket.misses += not outcome.hit
@@ -566,6 +596,7 @@ class OnlineMonitor:
 
     def flush(self) -> list[DriftAlarm]:
         """Close every open basket (end of a replay, or a test) and return the alarms that raised."""
+        self.served.flush()
         return self._close_baskets_before(math.inf)
 
     def _close_baskets_before(self, ts: float) -> list[DriftAlarm]:
@@ -584,6 +615,7 @@ class OnlineMonitor:
         return alarms
 
     def learn_impression(self, impression: Impression) -> list[DriftAlarm]:
+        self.served.show(impression)
         if not self.evaluator.show(impression) or not impression.items:
             return []
         return self._alarms({"score": max(item.score for item in impression.items)})
@@ -602,9 +634,10 @@ class OnlineMonitor:
         return alarms
 
     def snapshot(self, ts: float | None = None) -> list[MetricSnapshot]:
-        """The evaluator's metrics plus the bandit's posterior helpful rate per segment and style."""
+        """Served quality first, then the evaluator's metrics and the bandit's posterior helpful rate per
+        segment and style."""
         ts = self.clock() if ts is None else ts
-        out = self.evaluator.snapshot(ts)
+        out = self.served.snapshot(ts) + self.evaluator.snapshot(ts)
         for segment in self.bandit.segments:
             votes = self.bandit.votes(segment)
             for style, rate in self.bandit.rates(segment).items():

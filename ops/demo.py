@@ -87,7 +87,7 @@ async def visit_and_react(client: httpx.AsyncClient, url: str, visit: ShopperVis
                           stats: LoopStats, k: int = 10) -> None:
     """One simulated shopper visit: ask for recommendations, then click and rate through /feedback."""
     try:
-        response = await client.get(f"{url}/recommend", params={"user_id": visit.user_id, "k": k})
+        response = await client.get(f"{url}/recommend", params=visit.recommend_params(k))
         response.raise_for_status()
         recommendation = response.json()
     except (httpx.HTTPError, ValueError):

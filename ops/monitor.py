@@ -2,8 +2,11 @@
 
 It reads ``recloop.ops.metrics``, ``recloop.ops.drift`` and ``recloop.model-updates`` from their
 beginning and follows them, asks the worker for its ``/counts/`` and the broker for the worker
-group's committed offsets, and redraws: throughput, consumer lag, the latest online metrics with a
-sparkline of their history, recent drift alarms, adapter versions and gate decisions.
+group's committed offsets, and redraws: the headline served quality per model version (what serving
+showed, scored against the shopper's next basket, beside the repeat baseline on the same
+impressions), throughput, consumer lag, the other online metrics with a sparkline of their history
+(``baseline.*``: the model-free feature scorer, a reference only), recent drift alarms, adapter
+versions and gate decisions.
 ``--once`` draws one frame from everything published so far and exits (scripts and tests).
 
 The reading side (:class:`OpsFeed`, :class:`OpsState`) is shared with ``recloop report``.
@@ -41,9 +44,14 @@ MetricKey = tuple[str, tuple[tuple[str, str], ...]]
 
 #: Labels that tell one series of a metric from another; other labels (a gate's reason, a training
 #: step's duration) annotate a single value and would otherwise make every snapshot its own series.
-SERIES_LABELS = frozenset({"worker", "source", "style", "segment", "metric"})
+SERIES_LABELS = frozenset({"worker", "source", "style", "segment", "metric", "model_version", "scorer", "reason"})
 #: The learner's publish-gate decisions (``learner.service``): value 1 publish, 0 refuse.
 GATE_METRIC = "learner.gate"
+#: The headline: served quality per model version (:mod:`learner.served_quality`), as (metric, column title).
+SERVED_COLUMNS = (("served.ndcg_at_10", "NDCG@10"), ("served.repeat_ndcg_at_10", "repeat NDCG@10"),
+                  ("served.lift_over_repeat", "lift"), ("served.hr_at_10", "HR@10"),
+                  ("served.recall_at_10", "Recall@10"), ("served.followed_share", "followed"))
+SERVED_HEADLINE = "served.ndcg_at_10"
 
 
 def metric_key(snapshot: MetricSnapshot) -> MetricKey:
@@ -135,6 +143,40 @@ class OpsState:
 
     def adapter_list(self) -> list[AdapterInfo]:
         return sorted(self.adapters.values(), key=lambda a: a.created_at)
+
+    def served(self) -> list[ServedRow]:
+        """The served-quality series grouped per model version (and worker): ``all`` first, then the
+        newest version first."""
+        rows: dict[tuple[tuple[str, str], ...], ServedRow] = {}
+        for (name, labels), series in self.series.items():
+            if name.startswith("served.") and "model_version" in dict(labels):
+                row = rows.setdefault(labels, ServedRow(labels))
+                row.series[name] = series
+        return sorted(rows.values(), key=lambda r: (r.version != "all", -r.first_seen, r.labels))
+
+
+@dataclass
+class ServedRow:
+    """The served-quality series of one model version (``all``: every version) on one worker."""
+
+    labels: tuple[tuple[str, str], ...]
+    series: dict[str, deque[MetricSnapshot]] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return dict(self.labels)["model_version"]
+
+    @property
+    def first_seen(self) -> float:
+        return min(series[0].ts for series in self.series.values())
+
+    def last(self, name: str) -> MetricSnapshot | None:
+        series = self.series.get(name)
+        return series[-1] if series else None
+
+    def value(self, name: str) -> float:
+        last = self.last(name)
+        return last.value if last is not None else math.nan
 
 
 class OpsFeed:
@@ -287,7 +329,7 @@ def render(state: OpsState, *, counts: dict | None, lag: dict | None, title: str
     """One frame of the dashboard."""
     now = time.time() if now is None else now
     hide_worker = len(state.workers) <= 1
-    parts: list = [Text(title, style="bold")]
+    parts: list = [Text(title, style="bold"), served_table(state, hide_worker, now)]
 
     throughput = Table(title="throughput (worker /counts/)", title_justify="left")
     for column in ("topic", "accepted", "duplicates", "dead-lettered", "events/s"):
@@ -310,10 +352,13 @@ def render(state: OpsState, *, counts: dict | None, lag: dict | None, title: str
         lag_table.add_row(topic, f"{row['committed']:,}", f"{row['end']:,}", f"{row['lag']:,}")
     parts.append(lag_table)
 
-    metrics = Table(title="online metrics (recloop.ops.metrics)", title_justify="left")
+    metrics = Table(title="other online metrics (recloop.ops.metrics; baseline.*: the model-free feature scorer, "
+                          "a reference, not what is served)", title_justify="left")
     for column in ("metric", "labels", "value", "window", "history", "age"):
         metrics.add_column(column, justify="right" if column in ("value", "window", "age") else "left")
     for (name, labels), series in sorted(state.series.items()):
+        if name.startswith("served.") and "model_version" in dict(labels):
+            continue  # in the headline table
         last = series[-1]
         metrics.add_row(name, _labels(labels, hide_worker), f"{last.value:.4g}", f"{last.window:,}",
                         sparkline([s.value for s in series]), age(now - last.ts))
@@ -353,6 +398,43 @@ def render(state: OpsState, *, counts: dict | None, lag: dict | None, title: str
     if state.invalid:
         parts.append(Text(f"{state.invalid} invalid ops messages skipped", style="yellow"))
     return Group(*parts)
+
+
+def _figure(value: float, signed: bool = False) -> str:
+    """A served-quality figure: four decimals, signed for a difference.
+
+    >>> _figure(0.25), _figure(-0.0312, signed=True), _figure(math.nan)
+    ('0.2500', '-0.0312', '–')
+    """
+    if not math.isfinite(value):
+        return "–"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def served_table(state: OpsState, hide_worker: bool, now: float) -> Table:
+    """The headline: per model version, what serving showed scored against the shopper's next basket,
+    beside the repeat baseline on the same impressions (lift = served − repeat NDCG@10)."""
+    table = Table(title="served quality (headline): impressions × the shopper's next basket, vs the repeat "
+                        "baseline on the same impressions", title_justify="left")
+    table.add_column("model version")
+    for _, title in SERVED_COLUMNS:
+        table.add_column(title, justify="right")
+    for column in ("impressions followed / closed", "NDCG@10 history", "age"):
+        table.add_column(column, justify="right" if column != "NDCG@10 history" else "left")
+    for row in state.served():
+        tags = _labels(tuple((k, v) for k, v in row.labels if k != "model_version"), hide_worker)
+        lift = row.value("served.lift_over_repeat")
+        cells = [_figure(row.value(name), signed=name == "served.lift_over_repeat") for name, _ in SERVED_COLUMNS]
+        cells[2] = Text(cells[2], style="green" if lift > 0 else "red" if lift < 0 else "")
+        followed, closed = row.value("served.followed"), row.value("served.impressions")
+        counts = f"{followed:,.0f} / {closed:,.0f}" if math.isfinite(closed) else "–"
+        latest = max(series[-1].ts for series in row.series.values())
+        history = row.series.get(SERVED_HEADLINE, ())
+        table.add_row(row.version + (f" ({tags})" if tags else ""), *cells, counts,
+                      sparkline([s.value for s in history]), age(now - latest))
+    if not table.row_count:
+        table.add_row("no impression joined with a basket yet", *[""] * (len(SERVED_COLUMNS) + 3))
+    return table
 
 
 def run_monitor(kafka: KafkaSettings, *, worker_url: str, group_id: str, once: bool, interval_s: float,

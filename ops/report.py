@@ -1,5 +1,10 @@
 """``recloop report --out DIR``: plots (PNG) of the online metrics over time, and a ``summary.md``.
 
+The first plot and the first section are the headline: served quality per model version (what
+serving showed, scored against the shopper's next basket: NDCG@10 beside the repeat baseline's on
+the same impressions, and their difference ``lift_over_repeat``). The model-free feature scorer's
+ranking figures (``baseline.*``) follow, labelled as the reference they are.
+
 Everything comes from the topics (``recloop.ops.metrics``, ``recloop.ops.drift``,
 ``recloop.model-updates``), so a report can be made at any time, from any machine that reaches the
 broker, without touching the worker. Every plot marks adapter publications (dashed vertical lines,
@@ -26,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ops.monitor import MetricKey, OpsFeed, OpsState  # noqa: E402
+from ops.monitor import SERVED_COLUMNS, MetricKey, OpsFeed, OpsState, _figure  # noqa: E402
 from streams.settings import KafkaSettings  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -35,13 +40,15 @@ SEVERITY_COLOUR = {"info": "tab:blue", "warning": "tab:orange", "critical": "tab
 
 #: One figure per group; each panel holds the metrics listed (every label set is its own line).
 FIGURES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "ranking": (("hr_at_10", "ndcg_at_10", "mrr"),),
+    "baseline_ranking": (("baseline.hr_at_10", "baseline.ndcg_at_10", "baseline.mrr"),),
     "classification": (("roc_auc",), ("log_loss",)),
     "impressions": (("ctr",),),
     "explanations": (("explanation_helpful_rate",), ("explanation_style_rate",)),
     "learner": (("learner.train_loss",),),
 }
-TITLES = {"hr_at_10": "HR@10", "ndcg_at_10": "NDCG@10", "mrr": "MRR", "roc_auc": "ROC AUC (rolling)",
+TITLES = {"baseline.hr_at_10": "HR@10", "baseline.ndcg_at_10": "NDCG@10",
+          "baseline.mrr": "MRR — baseline: the model-free feature scorer ranking each purchase, not what is served",
+          "roc_auc": "ROC AUC (rolling)",
           "log_loss": "log loss (rolling)", "ctr": "impression CTR",
           "explanation_helpful_rate": "explanation helpful rate by style",
           "explanation_style_rate": "bandit: posterior helpful rate (segment, style)",
@@ -67,6 +74,8 @@ def write_report(state: OpsState, out: Path) -> ReportResult:
     result = ReportResult(out=out, snapshots=sum(len(s) for s in state.series.values()) + len(state.gates),
                           alarms=len(state.alarms), adapters=len(state.adapters))
     hide_worker = len(state.workers) <= 1
+    if state.served():
+        result.images.append(_plot_served(state, out / "served.png", hide_worker))
     for figure, panels in FIGURES.items():
         present = [names for names in panels if any(name in names for name, _ in state.series)]
         if present:
@@ -136,6 +145,42 @@ def _plot(state: OpsState, figure: str, panels: Sequence[tuple[str, ...]], path:
     return path
 
 
+def _plot_served(state: OpsState, path: Path, hide_worker: bool) -> Path:
+    """The headline: per model version, served NDCG@10 (solid) against the repeat baseline's on the same
+    impressions (dashed, same colour); their difference; the share of impressions followed by a basket."""
+    panels = (("served.ndcg_at_10", "served NDCG@10 (solid) vs the repeat baseline on the same impressions (dashed)"),
+              ("served.lift_over_repeat", "lift over repeat: served − repeat NDCG@10"),
+              ("served.followed_share", "share of impressions followed by a basket within the window"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), sharex=True, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    rows = state.served()
+    for ax, (name, title) in zip(axes[:, 0], panels, strict=True):
+        lines = [(name, "-", "")]
+        if name == "served.ndcg_at_10":
+            lines.append(("served.repeat_ndcg_at_10", "--", " repeat"))
+        for i, row in enumerate(rows):
+            colour = "black" if row.version == "all" else colours[i % len(colours)]
+            tags = ", ".join(f"{k}={v}" for k, v in row.labels if not (hide_worker and k == "worker"))
+            for metric, style, suffix in lines:
+                series = row.series.get(metric)
+                if series:
+                    ax.plot([_dt(s.ts) for s in series], [s.value for s in series], linestyle=style, marker=".",
+                            markersize=3, linewidth=1.2, color=colour, label=tags + suffix)
+        if name == "served.lift_over_repeat":
+            ax.axhline(0.0, color="grey", linewidth=0.8)
+        _mark_events(ax, state)
+        ax.set_title(title, fontsize=10, loc="left")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left", ncol=2)
+    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    axes[-1, 0].set_xlabel("processing time (UTC); dashed vertical: adapter published; ▼: drift alarm")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plot_alarms(state: OpsState, path: Path) -> Path:
     """Drift alarms by signal, and the learner's gate decisions on their own row."""
     signals = sorted({a.signal for a in state.alarms}) + (["gate decision"] if state.gates else [])
@@ -172,6 +217,29 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if math.isfinite(value) else "–"
 
 
+def served_markdown(state: OpsState, hide_worker: bool) -> list[str]:
+    """The headline section: the latest served figures per model version, beside the repeat baseline."""
+    lines = ["## Served quality", "",
+             "What serving showed, joined with each shopper's next basket (within the window) and scored like the "
+             "offline next-basket evaluation, beside what the repeat baseline would have shown on the same "
+             "impressions; lift = served − repeat NDCG@10. Rolling windows over impressions followed by a basket; "
+             "`followed` is the share of closed impressions that were.", ""]
+    rows = state.served()
+    if not rows:
+        return [*lines, "No impression joined with a basket yet.", ""]
+    titles = [title for _, title in SERVED_COLUMNS]
+    lines += ["| model version | " + " | ".join(titles) + " | impressions followed / closed |",
+              "|---|" + "---|" * (len(titles) + 1)]
+    for row in rows:
+        tags = ", ".join(f"{k}={v}" for k, v in row.labels
+                         if k != "model_version" and not (hide_worker and k == "worker"))
+        cells = [_figure(row.value(name), signed=name == "served.lift_over_repeat") for name, _ in SERVED_COLUMNS]
+        followed, closed = row.value("served.followed"), row.value("served.impressions")
+        counts = f"{followed:,.0f} / {closed:,.0f}" if math.isfinite(closed) else "–"
+        lines.append(f"| {row.version}{f' ({tags})' if tags else ''} | " + " | ".join(cells) + f" | {counts} |")
+    return [*lines, ""]
+
+
 def summary_markdown(state: OpsState, result: ReportResult, hide_worker: bool) -> str:
     """The report's text: period covered, each metric's last/min/mean/max, alarms, adapters, images."""
     times = ([s.ts for series in state.series.values() for s in series] + [a.ts for a in state.alarms]
@@ -182,8 +250,11 @@ def summary_markdown(state: OpsState, result: ReportResult, hide_worker: bool) -
                      f"{_dt(max(times)):%Y-%m-%d %H:%M:%S}. ")
     lines += [f"{result.snapshots} metric snapshots, {result.alarms} drift alarms, {result.adapters} adapter "
               "versions read from the ops topics.", ""]
+    lines += served_markdown(state, hide_worker)
 
-    lines += ["## Metrics", "", "| metric | labels | last | min | mean | max | window (last) | snapshots |",
+    lines += ["## Metrics", "", "Every series, last value first; `baseline.*` is the model-free feature scorer ranking "
+              "each purchase: a reference, not what is served.", "",
+              "| metric | labels | last | min | mean | max | window (last) | snapshots |",
               "|---|---|---|---|---|---|---|---|"]
     for (name, labels), series in sorted(state.series.items()):
         values = [s.value for s in series]

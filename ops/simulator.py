@@ -1,7 +1,8 @@
 """A shopper simulator that closes the loop on real data.
 
 For each shopper visit of the dataset (one basket), before the purchase happens, the simulator
-asks a serving worker for recommendations. The shopper clicks the recommended items they really
+asks a serving worker for recommendations, at the visit's event time (``ts``), so the impression
+joins with the basket that follows it. The shopper clicks the recommended items they really
 buy within the next ``horizon_days`` (the data says so), and says whether each explanation shown
 for a clicked or ignored item was helpful. Every shopper has a preferred explanation style (a
 deterministic function of their id) and finds explanations in that style helpful more often —
@@ -31,6 +32,15 @@ class ShopperVisit:
     basket_id: str
     items: tuple[str, ...]
     future_items: frozenset[str]
+
+    def recommend_params(self, k: int = 10) -> dict[str, str | int | float]:
+        """The query of the ``GET /recommend`` the shopper sends just before buying: it carries the visit's
+        event time, so the impression joins with this basket in event time however fast the replay runs.
+
+        >>> ShopperVisit("u1", 1.3e9, "b1", ("A",), frozenset({"A"})).recommend_params(k=5)
+        {'user_id': 'u1', 'k': 5, 'ts': 1300000000.0}
+        """
+        return {"user_id": self.user_id, "k": k, "ts": self.ts}
 
 
 def visits(purchases: Iterable[Interaction], horizon_days: float = 7.0) -> list[ShopperVisit]:

@@ -1,15 +1,16 @@
 """The worker's monitoring, wired in: ingest handlers, an impressions agent, a publishing timer, gauges.
 
-All logic lives in :class:`learner.online_metrics.OnlineMonitor`; this module only moves records
-in and out of it:
+All logic lives in :class:`learner.online_metrics.OnlineMonitor` (and the served-quality join it
+holds, :class:`learner.served_quality.ServedQuality`); this module only moves records in and out of it:
 
 * accepted interactions, explanation feedback and catalogue items (the ingest agents'
   :class:`~streams.agents.Downstream` hooks) and impressions (a new agent on ``recloop.impressions``)
   go to the monitor;
 * drift alarms are sent to ``recloop.ops.drift`` as soon as they are raised;
 * every ``publish_interval_s`` a timer sends the current metric snapshots to ``recloop.ops.metrics``;
-* Prometheus gauges (``recloop_online_<metric>``) and a drift-alarm counter are registered on the
-  worker's registry, so ``/metrics/`` shows them next to the ingest counters.
+* Prometheus gauges (``recloop_online_<metric>``, e.g. ``recloop_online_served_ndcg_at_10{model_version}``)
+  and a drift-alarm counter are registered on the worker's registry, so ``/metrics/`` shows them next
+  to the ingest counters.
 
 The handlers are put *first* in the ``Downstream`` lists: the monitor scores an event before any
 learner sees it (test, then train), whichever order the agents were registered in.
@@ -28,7 +29,9 @@ from prometheus_client.core import GaugeMetricFamily
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from learner.baselines import DAY
 from learner.online_metrics import OnlineMonitor, PrequentialEvaluator, Scorer
+from learner.served_quality import ServedQuality
 from streams import topics
 from streams.agents import Downstream
 from streams.app import RecloopApp, _raw_topic
@@ -43,6 +46,7 @@ from streams.records import (
     MetricSnapshot,
     encode,
 )
+from streams.settings import JoinSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +62,33 @@ class MonitoringSettings(BaseSettings):
     rank_every: int = Field(default=4, ge=1)
     #: Rolling window of the metrics (evaluated purchases, labelled examples, closed impressions).
     window: int = Field(default=1000, ge=10)
-    #: How long after an impression a click still counts (event time), as for the learner's examples.
-    label_window_s: float = Field(default=1800.0, gt=0)
+    #: How long after an impression the shopper's next basket still follows it (event time; served quality).
+    served_window_s: float = Field(default=7 * DAY, gt=0)
+    #: How far event time may run ahead of an impression or response that still joins (topics and
+    #: partitions are read at their own pace). The response window itself is ``RECLOOP_LABEL_WINDOW_S``
+    #: (:class:`streams.settings.JoinSettings`), shared with the learner's labels.
+    join_grace_s: float = Field(default=600.0, ge=0)
     #: Baskets before the new-user and new-item drift signals start (the monitor starts knowing nobody).
     warmup_baskets: int = Field(default=1000, ge=0)
 
 
 def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: CollectorRegistry | None = None,
-                        settings: MonitoringSettings | None = None, scorer: Scorer | None = None,
-                        dead_letter_impressions: bool = True) -> OnlineMonitor:
+                        settings: MonitoringSettings | None = None, join: JoinSettings | None = None,
+                        scorer: Scorer | None = None, dead_letter_impressions: bool = True) -> OnlineMonitor:
     """Plug the online monitor into the worker ``r``; returns it (tests and other agents may read it).
 
     ``registry``: the worker's Prometheus registry (``WorkerMetrics.registry``); without one the
     gauges get their own registry, served at ``/metrics/monitoring/``. ``scorer``: what ranks
-    purchases (default: a private :class:`~learner.online_metrics.FeatureScorer`).
+    purchases for the baseline figures (default: a private :class:`~learner.online_metrics.FeatureScorer`).
     ``dead_letter_impressions``: send invalid impressions to the DLQ; pass False when another agent
     of the same worker (the learner's) already dead-letters them, so each bad message lands once.
     """
     settings = settings or MonitoringSettings()
+    join = join or JoinSettings()
     evaluator = PrequentialEvaluator(scorer, window=settings.window, rank_every=settings.rank_every,
-                                     label_window_s=settings.label_window_s)
-    monitor = OnlineMonitor(evaluator, warmup_baskets=settings.warmup_baskets)
+                                     label_window_s=join.label_window_s, grace_s=settings.join_grace_s)
+    served = ServedQuality(window_s=settings.served_window_s, grace_s=settings.join_grace_s, window=settings.window)
+    monitor = OnlineMonitor(evaluator, served=served, warmup_baskets=settings.warmup_baskets)
     worker_id = f"{socket.gethostname()}:{r.worker.web_port}"
     metrics_topic = _raw_topic(r.app, r.kafka, topics.OPS_METRICS)
     drift_topic = _raw_topic(r.app, r.kafka, topics.OPS_DRIFT)
@@ -159,9 +169,9 @@ class SnapshotCollector:
     """Prometheus gauges from the latest snapshots: ``recloop_online_<name>{labels}``.
 
     >>> c = SnapshotCollector()
-    >>> c.update([MetricSnapshot("hr_at_10", 0.25, 100, 1.7e9, {"worker": "w"})])
+    >>> c.update([MetricSnapshot("served.ndcg_at_10", 0.25, 100, 1.7e9, {"model_version": "v1", "worker": "w"})])
     >>> [(m.name, m.samples[0].labels, m.samples[0].value) for m in c.collect()]
-    [('recloop_online_hr_at_10', {'worker': 'w'}, 0.25)]
+    [('recloop_online_served_ndcg_at_10', {'model_version': 'v1', 'worker': 'w'}, 0.25)]
     """
 
     def __init__(self) -> None:

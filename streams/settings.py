@@ -48,6 +48,24 @@ class KafkaSettings(BaseSettings):
         return ";".join(f"kafka://{host}" for host in self.bootstrap.split(","))
 
 
+#: Default of :attr:`JoinSettings.label_window_s` (30 minutes).
+DEFAULT_LABEL_WINDOW_S = 1800.0
+
+
+class JoinSettings(BaseSettings):
+    """How an impression is joined with the shopper's responses to it (env ``RECLOOP_<NAME>``).
+
+    One setting for every join on ``rec_id``: the learner's labels (a shown item not chosen within the
+    window is a negative) and the monitor's CTR read the same window, so they cannot disagree.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RECLOOP_", frozen=True, extra="ignore")
+
+    #: A click, add-to-cart or purchase answers an impression when it comes within this many seconds of
+    #: it, in event time (``RECLOOP_LABEL_WINDOW_S``).
+    label_window_s: float = Field(default=DEFAULT_LABEL_WINDOW_S, gt=0)
+
+
 class WorkerSettings(BaseSettings):
     """Settings of ``recloop worker``."""
 

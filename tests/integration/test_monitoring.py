@@ -49,8 +49,13 @@ def shop_events() -> list[Interaction]:
     return events
 
 
-#: A later event: event time passes the impressions' label window and grace, so they close.
+#: regular-1's next basket, an hour after the impressions: what served quality scores them against.
+NEXT_BASKET = Interaction("next-basket", "regular-1", "item-1", "purchase", T0 + 3600)
+#: A later event: event time passes the impressions' label window and grace (they close) and the next basket.
 CLOSER = Interaction("closer", "regular-2", "item-3", "view", T0 + 10_000)
+#: Served figures of the three impressions (item-0, item-1, item-2) against {item-1}: item-1 at rank 1; the
+#: repeat baseline shows regular-1's own items, bought together (tied), by popularity: item-15, item-8, item-1.
+SERVED_NDCG, REPEAT_NDCG = "0.6309", "0.5000"
 
 
 def impressions_and_responses() -> tuple[list[Impression], list[Interaction], list[ExplanationFeedback]]:
@@ -114,7 +119,7 @@ def test_report_and_monitor_show_what_the_monitoring_code_published(kafka_settin
     impressions, responses, feedback = impressions_and_responses()
     for shown in impressions:
         alarms += monitor.learn_impression(shown)
-    for event in [*responses, CLOSER]:
+    for event in [*responses, NEXT_BASKET, CLOSER]:
         alarms += monitor.learn_interaction(event)
     for verdict in feedback:
         alarms += monitor.learn_feedback(verdict)
@@ -130,17 +135,23 @@ def test_report_and_monitor_show_what_the_monitoring_code_published(kafka_settin
     summary = orjson.loads(cli(kafka_settings, "report", "--out", str(out)).stdout)
     assert summary["snapshots"] == sum(1 for topic, *_ in messages if topic == "ops.metrics")
     assert summary["alarms"] == len(alarms) and summary["adapters"] == 2
-    for image in ("ranking.png", "classification.png", "impressions.png", "explanations.png", "drift.png"):
+    for image in ("served.png", "baseline_ranking.png", "classification.png", "impressions.png", "explanations.png",
+                  "drift.png"):
         assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+    assert summary["images"][0] == "served.png"  # the headline comes first
     text = (out / "summary.md").read_text()
+    assert text.index("## Served quality") < text.index("## Metrics")
+    assert f"| all | {SERVED_NDCG} | {REPEAT_NDCG} | +0.1309 | 1.0000 | 1.0000 | 1.0000 | 3 / 3 |" in text
+    assert f"| v1 | {SERVED_NDCG} | {REPEAT_NDCG} |" in text
     assert "| ctr |" in text and "| 0.6667 |" in text  # r1 and r2 answered, r3 not
     assert "| explanation_helpful_rate | style=history | 0.75 |" in text
     assert "| miss@10 | adwin | critical |" in text and "| v2 | v1 |" in text
-    assert "![ranking](ranking.png)" in text
+    assert "![served](served.png)" in text and "![baseline_ranking](baseline_ranking.png)" in text
 
     frame = cli(kafka_settings, "monitor", "--once", "--worker-url", "http://127.0.0.1:9").stdout
-    last_hr = [s for s in monitor.snapshot() if s.name == "hr_at_10"][0].value
-    assert "hr_at_10" in frame and f"{last_hr:.4g}" in frame
+    last_hr = [s for s in monitor.snapshot() if s.name == "baseline.hr_at_10"][0].value
+    assert "baseline.hr_at_10" in frame and f"{last_hr:.4g}" in frame
+    assert frame.index("served quality") < frame.index("throughput") and SERVED_NDCG in frame
     assert "miss@10" in frame and "critical" in frame
     assert "v2" in frame and "published" in frame
     assert "worker not reachable" in frame
@@ -149,7 +160,7 @@ def test_report_and_monitor_show_what_the_monitoring_code_published(kafka_settin
     screen = io.StringIO()
     code = run_monitor(kafka_settings, worker_url="http://127.0.0.1:9", group_id="nobody", once=False,
                        interval_s=0.2, console=Console(file=screen, force_terminal=True, width=160), max_frames=2)
-    assert code == 0 and "hr_at_10" in screen.getvalue() and "miss@10" in screen.getvalue()
+    assert code == 0 and "served quality" in screen.getvalue() and "miss@10" in screen.getvalue()
 
 
 def monitoring_is_wired() -> bool:
@@ -170,37 +181,46 @@ def test_the_worker_publishes_metrics_and_alarms_from_what_it_consumed(kafka_set
     impressions, responses, feedback = impressions_and_responses()
     events = shop_events()
     messages = [("impressions", s.user_id.encode(), encode(s)) for s in impressions]
-    messages += [("interactions", e.user_id.encode(), encode(e)) for e in events + responses]
+    messages += [("interactions", e.user_id.encode(), encode(e)) for e in [*events, *responses, NEXT_BASKET]]
     messages += [("explanation-feedback", f.user_id.encode(), encode(f)) for f in feedback]
     asyncio.run(send(kafka_settings, messages))
 
     state, feed = OpsState(), OpsFeed(kafka_settings)
 
     def latest_when(condition) -> dict:
+        """The latest value of each metric of the worker (every model version for ``served.*``)."""
         def check():
             feed.poll(state, timeout_s=0.5)
-            latest = {name: s.value for s in state.latest() if len(s.labels) == 1 for name in [s.name]}
+            latest = {s.name: s.value for s in state.latest()
+                      if set(s.labels) == {"worker"} or s.labels.get("model_version") == "all"}
             return condition(latest) and latest
         return check
 
     try:
         # Everything consumed (topics and partitions are read at their own pace) …
-        wait_for(latest_when(lambda m: m.get("purchases_evaluated") == len(events) and m.get("impressions") == 3
-                             and m.get("impressions_responded") == 2), timeout_s=120, message="every event measured")
-        # … then event time moves on, and the impressions close.
+        wait_for(latest_when(lambda m: m.get("baseline.purchases_evaluated") == len(events) + 1
+                             and m.get("impressions") == 3 and m.get("impressions_responded") == 2),
+                 timeout_s=120, message="every event measured")
+        # … then event time moves on: the impressions close, and their next basket is complete.
         asyncio.run(send(kafka_settings, [("interactions", CLOSER.user_id.encode(), encode(CLOSER))]))
-        latest = wait_for(latest_when(lambda m: "ctr" in m), timeout_s=30, message="the CTR of closed impressions")
+        latest = wait_for(latest_when(lambda m: "ctr" in m and m.get("served.impressions") == 3), timeout_s=30,
+                          message="the CTR and served quality of closed impressions")
         alarms = wait_for(lambda: feed.poll(state, 0.5) >= 0 and state.alarms, timeout_s=30, message="a drift alarm")
     finally:
         feed.close()
     assert latest["ctr"] == pytest.approx(2 / 3) and latest["impressions_late_responses"] == 0
-    assert 0 < latest["hr_at_10"] < 1
+    assert 0 < latest["baseline.hr_at_10"] < 1
+    assert f"{latest['served.ndcg_at_10']:.4f}" == SERVED_NDCG
+    assert f"{latest['served.repeat_ndcg_at_10']:.4f}" == REPEAT_NDCG and latest["served.followed_share"] == 1.0
     assert any(a.signal == "miss@10" for a in alarms)
     prometheus = wait_for(lambda: _get(f"http://127.0.0.1:{worker.port}/metrics/"), timeout_s=10, message="/metrics")
-    assert "recloop_online_hr_at_10" in prometheus and "recloop_drift_alarms_total" in prometheus
+    assert "recloop_online_baseline_hr_at_10" in prometheus and "recloop_drift_alarms_total" in prometheus
+    assert 'recloop_online_served_ndcg_at_10{model_version="v1"' in prometheus
 
     frame = cli(kafka_settings, "monitor", "--once", "--worker-url", f"http://127.0.0.1:{worker.port}").stdout
-    assert "purchases_evaluated" in frame and f"{len(events) + len(responses) + 1:,}" in frame  # accepted (/counts)
+    assert "served quality" in frame and SERVED_NDCG in frame
+    assert "baseline.purchases_evaluated" in frame
+    assert f"{len(events) + len(responses) + 2:,}" in frame  # accepted (/counts)
     assert kafka_settings.topic("interactions") in frame and "lag" in frame
 
 
@@ -218,7 +238,15 @@ def test_report_and_dashboard_render_without_a_broker(tmp_path):
     """The drawing code on a hand-made state: every section, gate decisions reported as metrics too."""
     state = OpsState()
     for i in range(5):
-        state.add_metric(MetricSnapshot("hr_at_10", 0.1 * i, 100, 1.7e9 + 60 * i))
+        state.add_metric(MetricSnapshot("baseline.hr_at_10", 0.1 * i, 100, 1.7e9 + 60 * i))
+        for version, served, repeat in (("all", 0.3, 0.25), ("v2", 0.31, 0.25), ("v1", 0.2, 0.24)):
+            if version == "v2" and i < 2:
+                continue  # v2 is scored from the third snapshot on
+            labels = {"model_version": version}
+            state.add_metric(MetricSnapshot("served.ndcg_at_10", served + 0.01 * i, 50, 1.7e9 + 60 * i, labels))
+            state.add_metric(MetricSnapshot("served.repeat_ndcg_at_10", repeat, 50, 1.7e9 + 60 * i, labels))
+            state.add_metric(MetricSnapshot("served.lift_over_repeat", served + 0.01 * i - repeat, 50, 1.7e9 + 60 * i,
+                                            labels))
         state.add_metric(MetricSnapshot("explanation_helpful_rate", 0.5, 10, 1.7e9 + 60 * i, {"style": "popular"}))
     state.add_metric(MetricSnapshot("learner.gate", 0.0, 64, 1.7e9 + 200,
                                     {"decision": "refuse", "serving_version": "v1", "reason": "worse"}))
@@ -229,8 +257,10 @@ def test_report_and_dashboard_render_without_a_broker(tmp_path):
     state.apply("adapters", encode(adapter_update("v1", None, 1.7e9 + 30)))
     state.apply("drift", b"{not json")
     result = write_report(state, tmp_path)
-    assert [p.name for p in result.images] == ["ranking.png", "explanations.png", "learner.png", "drift.png"]
+    assert [p.name for p in result.images] == ["served.png", "baseline_ranking.png", "explanations.png", "learner.png",
+                                               "drift.png"]
     summary = (tmp_path / "summary.md").read_text()
+    assert "| all | 0.3400 | 0.2500 | +0.0900 |" in summary and "| v1 | 0.2400 | 0.2400 | +0.0000 |" in summary
     assert "No adapter published." not in summary and "1 published, 1 refused." in summary
     assert summary.count("| learner.train_loss |") == 1
 
@@ -238,7 +268,10 @@ def test_report_and_dashboard_render_without_a_broker(tmp_path):
     console.print(render(state, counts={"t.interactions": {"accepted": 10, "busy_s": 2.0}}, lag=None, title="t",
                          now=1.7e9 + 300))
     text = console.export_text()
-    assert "▁▃▅▆█" in text  # hr_at_10's history 0.0 … 0.4
+    assert "▁▃▅▆█" in text  # baseline.hr_at_10's history 0.0 … 0.4 (and served NDCG@10's)
+    served = text.index("served quality")
+    assert served < text.index("all") < text.index("v2") < text.index("v1") < text.index("throughput")  # newest first
+    assert "+0.0900" in text and "other online metrics" in text
     assert "refused" in text and "worse" in text and "v3" in text and "published" in text and "v1" in text
     assert "1 invalid ops messages skipped" in text
     assert "t.interactions" in text and "worker not reachable" not in text

@@ -24,6 +24,8 @@ T0 = 1.3e9
 class MemoryScorer:
     """Scores 1 for every item the shopper bought before, 0 otherwise; logs every call in order."""
 
+    name = "memory"
+
     def __init__(self, catalogue: list[str]) -> None:
         self.catalogue = catalogue
         self.bought: dict[str, set[str]] = {}
@@ -44,6 +46,10 @@ class MemoryScorer:
 
     def baskets_before(self, user_id: str) -> int:
         return len(self.bought.get(user_id, ()))
+
+
+#: Labels of the classification figures over purchases, scored by the model-free baseline.
+PURCHASES = (("scorer", "memory"), ("source", "purchases"))
 
 
 def buy(event_id: str, user: str, item: str, ts: float, **kw) -> Interaction:
@@ -83,10 +89,10 @@ def test_ranking_metrics_are_rolling_means_over_evaluated_purchases():
     evaluator.learn_one(buy("e2", "u1", "i2", T0 + 2))  # behind i1, tied with 28 others: rank 1 + 14
     evaluator.learn_one(buy("e3", "u1", "nope", T0 + 3))  # not in the catalogue: a miss, RR 0
     metrics = by_name(evaluator.snapshot(1.7e9))
-    assert metrics[("hr_at_10", ())] == pytest.approx(1 / 3)  # window 3: e1, e2, e3
-    assert metrics[("ndcg_at_10", ())] == pytest.approx(1 / 3)
-    assert metrics[("mrr", ())] == pytest.approx((1 + 1 / 16 + 0) / 3)
-    assert metrics[("purchases_evaluated", ())] == 4
+    assert metrics[("baseline.hr_at_10", ())] == pytest.approx(1 / 3)  # window 3: e1, e2, e3
+    assert metrics[("baseline.ndcg_at_10", ())] == pytest.approx(1 / 3)
+    assert metrics[("baseline.mrr", ())] == pytest.approx((1 + 1 / 16 + 0) / 3)
+    assert metrics[("baseline.purchases_evaluated", ())] == 4
 
 
 def test_expected_rank_counts_half_of_the_ties():
@@ -103,8 +109,8 @@ def test_purchases_give_labelled_examples_for_rolling_auc_and_log_loss():
         user = f"u{day % 5}"
         evaluator.learn_one(buy(f"e{day}", user, f"i{day % 5}", T0 + 86400 * day))
     metrics = by_name(evaluator.snapshot(1.7e9))
-    assert metrics[("roc_auc", (("source", "purchases"),))] > 0.95
-    assert metrics[("log_loss", (("source", "purchases"),))] < 0.3  # calibrated: well under log(2)
+    assert metrics[("roc_auc", PURCHASES)] > 0.95
+    assert metrics[("log_loss", PURCHASES)] < 0.3  # calibrated: well under log(2)
 
 
 def test_scores_without_information_read_as_chance_not_as_signal():
@@ -118,7 +124,7 @@ def test_scores_without_information_read_as_chance_not_as_signal():
     evaluator = PrequentialEvaluator(NoiseScorer([f"i{k}" for k in range(50)]), negatives=1)
     for i in range(2000):
         evaluator.learn_one(buy(f"e{i}", f"u{i}", f"i{i % 50}", T0 + i))
-    assert 0.42 < by_name(evaluator.snapshot(1.7e9))[("roc_auc", (("source", "purchases"),))] < 0.58
+    assert 0.42 < by_name(evaluator.snapshot(1.7e9))[("roc_auc", PURCHASES)] < 0.58
 
 
 def test_rank_every_evaluates_a_stable_subset_of_baskets():
@@ -152,7 +158,8 @@ def test_ctr_joins_responses_to_impressions_by_rec_id_within_the_label_window():
     assert metrics[("ctr", ())] == pytest.approx(2 / 3)
     assert metrics[("impressions", ())] == 5 and metrics[("impressions_responded", ())] == 2
     assert metrics[("impressions_late_responses", ())] == 1
-    assert ("log_loss", (("source", "impressions"),)) in metrics  # 9 shown items became labelled examples
+    # 9 shown items became labelled examples, scored with what serving showed
+    assert ("log_loss", (("scorer", "served"), ("source", "impressions"))) in metrics
 
 
 def test_explanation_helpfulness_is_a_rolling_rate_per_style():
@@ -173,8 +180,8 @@ def test_snapshots_are_valid_records_with_finite_values():
     monitor.learn_feedback(ExplanationFeedback("f1", "u1", "r1", "a", "x1", "history", True, T0))
     snapshots = monitor.snapshot()
     names = {s.name for s in snapshots}
-    assert {"hr_at_10", "ndcg_at_10", "mrr", "roc_auc", "log_loss", "explanation_helpful_rate",
-            "explanation_style_rate"} <= names
+    assert {"baseline.hr_at_10", "baseline.ndcg_at_10", "baseline.mrr", "roc_auc", "log_loss",
+            "explanation_helpful_rate", "explanation_style_rate"} <= names
     for s in snapshots:
         assert math.isfinite(s.value) and s.ts == 1.7e9
         assert decode(MetricSnapshot, encode(s)) == s
@@ -186,3 +193,19 @@ def test_feedback_teaches_the_bandit_of_the_shoppers_segment():
         monitor.learn_feedback(ExplanationFeedback(f"f{i}", "new-shopper", "r", "a", "x", "popular", True, T0))
     assert monitor.bandit.best("new") == "popular"
     assert monitor.bandit.segments == ("new",)
+
+
+def test_the_monitor_reports_served_quality_first_and_the_feature_scorer_only_as_a_baseline():
+    monitor = OnlineMonitor(PrequentialEvaluator(FeatureScorer()), clock=lambda: 1.7e9)
+    for day in range(6):
+        monitor.learn_interaction(buy(f"e{day}", "u1", f"i{day % 2}", T0 + 86400 * day))
+    monitor.learn_impression(impression("r1", T0 + 86400 * 6 - 60, items=("i0", "i1")))
+    monitor.learn_interaction(buy("next", "u1", "i1", T0 + 86400 * 6))  # u1's next basket …
+    monitor.learn_interaction(buy("later", "u2", "i0", T0 + 86400 * 7))  # … complete once event time passes it
+    snapshots = monitor.snapshot()
+    metrics = by_name(snapshots)
+    assert snapshots[0].name == "served.hr_at_10" and snapshots[0].labels == {"model_version": "all"}
+    assert metrics[("served.ndcg_at_10", (("model_version", "v1"),))] == pytest.approx(1 / math.log2(3))
+    assert ("served.lift_over_repeat", (("model_version", "v1"),)) in metrics
+    assert not {s.name for s in snapshots} & {"hr_at_10", "ndcg_at_10", "mrr"}  # no unlabelled model-free figure
+    assert {("roc_auc", (("scorer", "feature_baseline"), ("source", "purchases")))} <= set(metrics)

@@ -1,42 +1,35 @@
-"""Turn the Online Retail transactions into shopping baskets: pure functions, no model state.
+"""Turn a shop's purchase interactions into shopping baskets: pure functions, no model state.
 
-A *basket* is everything one customer bought at one timestamp (the file has minute resolution;
-several invoices of one customer in the same minute are one basket). Items are small ints from an
-:class:`ItemIndex`, assigned in order of first purchase, so "the catalogue seen so far" is a prefix
-of the index and score vectors are plain numpy arrays.
+A *basket* is everything one shopper bought at one timestamp (several checkouts of one shopper at the
+same timestamp are one basket). Only ``purchase`` interactions make baskets; views, clicks and
+returns do not. Items are small ints from an :class:`ItemIndex`, assigned in order of first purchase,
+so "the catalogue seen so far" is a prefix of the index and score vectors are plain numpy arrays.
 
->>> import datetime as dt
->>> import pyarrow as pa
->>> t = dt.datetime(2011, 1, 1, 9, 30)
->>> table = pa.table({"InvoiceNo": ["1", "1", "C2", "3"], "StockCode": ["85123A", "POST", "85123A", "22423"],
-...                   "Quantity": [6, 1, -6, 2], "InvoiceDate": [t, t, t, t],
-...                   "CustomerID": [17850.0, 17850.0, 17850.0, None]})
+The input is the contract's records (:class:`streams.records.Interaction` and
+:class:`streams.records.Item`), whatever shop they come from; reading them from a file, or mapping
+the Online Retail file onto them, is :mod:`ops.shop_files`.
+
+>>> from streams.records import Interaction
+>>> buy = lambda n, user, item, ts, kind="purchase": Interaction(f"e{n}", user, item, kind, ts, session_id=f"s{n}")
 >>> index = ItemIndex()
->>> baskets_from_rows(clean_transactions(table), index)
-[Basket(user_id='17850', ts=1293874200.0, items=(0,), invoice='1')]
->>> index.code_of(0)
-'85123A'
+>>> baskets_from_interactions([buy(1, "u1", "mug", 60.0), buy(2, "u1", "cup", 60.0),
+...                            buy(3, "u1", "mug", 90.0, "return"), buy(4, "u2", "cup", 30.0)], index)
+[Basket(user_id='u2', ts=30.0, items=(0,), basket_id='s4'), Basket(user_id='u1', ts=60.0, items=(1, 0), basket_id='s1')]
+>>> index.codes
+('cup', 'mug')
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from streams.records import Interaction, Item
 
-log = logging.getLogger(__name__)
-
-#: The bundled copy of the dataset (see ``data/README.md``).
+#: The bundled copy of the Online Retail dataset (see ``data/README.md``).
 DEFAULT_DATA_PATH = Path(__file__).resolve().parent.parent / "data" / "online_retail.parquet"
-
-COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "CustomerID")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +37,18 @@ class Basket:
     """One shopper's purchase at one moment: the unit every recommender learns from and is scored on.
 
     ``ts`` is event time in epoch seconds; ``items`` are distinct :class:`ItemIndex` ints in the
-    order they appear on the invoice; ``invoice`` is the first invoice number of the basket.
+    order they were bought; ``basket_id`` names the basket (its first purchase's session id, or
+    that purchase's event id when it has no session).
     """
 
     user_id: str
     ts: float
     items: tuple[int, ...]
-    invoice: str
+    basket_id: str
 
 
 class ItemIndex:
-    """Two-way map between StockCodes and dense item ints (0, 1, 2, ... in order of first use).
+    """Two-way map between item ids and dense item ints (0, 1, 2, ... in order of first use).
 
     >>> index = ItemIndex(["22423", "85123A"])
     >>> index.add("85123A"), index.add("POST"), len(index)
@@ -96,82 +90,55 @@ class ItemIndex:
         return code in self._ints
 
 
-def read_transactions(path: Path = DEFAULT_DATA_PATH) -> pa.Table:
-    """The raw Online Retail rows (the columns a basket needs, plus Description for item text)."""
-    return pq.read_table(path, columns=list(COLUMNS))
+def is_bought(interaction: Interaction) -> bool:
+    """A purchase of at least one unit (a missing quantity means one).
 
-
-def clean_transactions(table: pa.Table) -> pa.Table:
-    """Keep real purchases of real products by known customers.
-
-    Drops rows without a CustomerID, with Quantity <= 0, on cancellation invoices (leading "C"),
-    and non-product StockCodes (POST, DOT, M, BANK CHARGES, ...: every product code starts with a digit).
+    >>> is_bought(Interaction("e", "u", "i", "purchase", 0.0)), is_bought(Interaction("e", "u", "i", "view", 0.0))
+    (True, False)
+    >>> is_bought(Interaction("e", "u", "i", "purchase", 0.0, quantity=0))
+    False
     """
-    customer = table.column("CustomerID")
-    known_customer = pc.invert(pc.fill_null(pc.is_nan(customer), True))
-    bought = pc.greater(table.column("Quantity"), 0)
-    not_cancelled = pc.invert(pc.starts_with(table.column("InvoiceNo"), "C"))
-    is_product = pc.match_substring_regex(table.column("StockCode"), r"^[0-9]")
-    keep = pc.and_(pc.and_(known_customer, bought), pc.and_(not_cancelled, is_product))
-    cleaned = table.filter(keep)
-    log.info("kept %d of %d transaction rows", cleaned.num_rows, table.num_rows)
-    return cleaned
+    return interaction.type == "purchase" and (interaction.quantity is None or interaction.quantity > 0)
 
 
-def epoch_seconds(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Naive timestamps (read as UTC) to float epoch seconds.
+def baskets_from_interactions(interactions: Iterable[Interaction], index: ItemIndex) -> list[Basket]:
+    """Group purchases into baskets in time order (then by shopper), adding new item ids to ``index``.
 
-    >>> import datetime as dt
-    >>> epoch_seconds(pa.array([dt.datetime(1970, 1, 1, 0, 1)])).tolist()
-    [60.0]
+    Purchases of one shopper at one timestamp form one basket; its items are its distinct item ids in
+    the order the purchases came (quantities and repeated lines are not weighted). The input need not
+    be sorted.
     """
-    micros = pc.cast(column, pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    return micros.astype(np.float64) / 1e6
-
-
-def baskets_from_rows(table: pa.Table, index: ItemIndex) -> list[Basket]:
-    """Group cleaned rows into baskets, in time order (then by customer), adding new codes to ``index``.
-
-    Rows of one customer at one timestamp form one basket; its items are its distinct StockCodes
-    (quantities and repeated lines are not weighted).
-    """
-    ts = epoch_seconds(table.column("InvoiceDate"))
-    customers = table.column("CustomerID").to_numpy(zero_copy_only=False).astype(np.int64)
-    codes = table.column("StockCode").to_pylist()
-    invoices = table.column("InvoiceNo").to_pylist()
-    order = np.lexsort((np.arange(len(ts)), customers, ts))  # time, then customer, then file order
+    bought = sorted((event for event in interactions if is_bought(event)), key=lambda e: (e.ts, e.user_id))
     baskets = []
-    for (when, customer), rows in itertools.groupby(order.tolist(), key=lambda r: (ts[r], customers[r])):
-        rows = list(rows)
-        items = tuple(dict.fromkeys(index.add(codes[r]) for r in rows))
-        baskets.append(Basket(user_id=str(customer), ts=float(when), items=items, invoice=invoices[rows[0]]))
+    for (ts, user_id), events in itertools.groupby(bought, key=lambda e: (e.ts, e.user_id)):
+        events = list(events)
+        items = tuple(dict.fromkeys(index.add(event.item_id) for event in events))
+        basket_id = events[0].session_id or events[0].event_id
+        baskets.append(Basket(user_id=user_id, ts=float(ts), items=items, basket_id=basket_id))
     return baskets
 
 
-def load_baskets(path: Path = DEFAULT_DATA_PATH) -> tuple[list[Basket], ItemIndex]:
-    """Read, clean and group the dataset: the chronological baskets and the item index they use."""
-    index = ItemIndex()
-    baskets = baskets_from_rows(clean_transactions(read_transactions(path)), index)
-    log.info("%d baskets, %d items, %d customers from %s", len(baskets), len(index),
-             len({b.user_id for b in baskets}), path)
-    return baskets, index
+def item_text(item: Item | None, item_id: str) -> str:
+    """What a text encoder reads for one item: title, description and category joined, when present.
 
-
-def item_descriptions(table: pa.Table, index: ItemIndex) -> list[str]:
-    """The first non-empty Description of each indexed item (text features for other models).
-
-    >>> table = pa.table({"StockCode": ["1", "1", "2"], "Description": ["Unknown", "MUG ", "CUP"]})
-    >>> item_descriptions(table, ItemIndex(["1", "2", "3"]))
-    ['MUG', 'CUP', '']
+    >>> item_text(Item("1", "Mug", description="Blue, 300 ml", category="Kitchen"), "1")
+    'Mug. Blue, 300 ml. Kitchen'
+    >>> item_text(Item("1", " Mug ", description=""), "1"), item_text(None, "85123A")
+    ('Mug', '85123A')
     """
-    texts = [""] * len(index)
-    for code, text in zip(table.column("StockCode").to_pylist(), table.column("Description").to_pylist(),
-                          strict=True):
-        item = index.index_of(code)
-        text = (text or "").strip()
-        if item >= 0 and not texts[item] and text and text != "Unknown":
-            texts[item] = text
-    return texts
+    if item is None:
+        return item_id
+    parts = (item.title, item.description, item.category)
+    return ". ".join(part.strip() for part in parts if part and part.strip()) or item_id
+
+
+def item_texts(catalog: Mapping[str, Item], index: ItemIndex) -> list[str]:
+    """:func:`item_text` of every indexed item, by item int; the item id for items not in ``catalog``.
+
+    >>> item_texts({"b": Item("b", "CUP", category="Kitchen")}, ItemIndex(["a", "b"]))
+    ['a', 'CUP. Kitchen']
+    """
+    return [item_text(catalog.get(code), code) for code in index.codes]
 
 
 def timestamp_groups(baskets: Iterable[Basket]) -> Iterator[list[Basket]]:

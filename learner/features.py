@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from learner.baselines import CoOccurrence, RecentPopularity, RepeatScorer, ShopperHistory, recency_weights
 from learner.baskets import Basket, ItemIndex
 
-FEATURE_NAMES = ("repeat", "knn", "popularity")
+#: Columns of :meth:`BehaviourFeatures.matrix` (the ranking model reads the richer
+#: :data:`learner.rich_features.FEATURE_NAMES`; these three serve baselines and the online metrics).
+BASIC_COLUMNS = ("repeat", "knn", "popularity")
 
 PURCHASE = "purchase"
 
@@ -58,6 +60,9 @@ class BehaviourFeatures:
         self.recent = ShopperHistory(recent_baskets)
         self.long_history = ShopperHistory(history_baskets)
         self.clock = -math.inf
+        #: Called with the baskets of one timestamp once they are complete and *before* they are learned
+        #: (the online ranker holds them out there: test, then train).
+        self.before_learn: Callable[[list[Basket]], None] | None = None
         #: baskets still open: timestamp -> shopper -> items in first-seen order
         self._open: dict[float, dict[str, dict[int, None]]] = defaultdict(dict)
         self._open_invoice: dict[tuple[float, str], str] = {}
@@ -96,8 +101,16 @@ class BehaviourFeatures:
         closed = sorted(ts for ts in self._open if ts < now)
         for ts in closed:
             shoppers = self._open.pop(ts)
-            self.learn(Basket(user, ts, tuple(items), self._open_invoice.pop((ts, user), ""))
-                       for user, items in shoppers.items())
+            baskets = [Basket(user, ts, tuple(items), self._open_invoice.pop((ts, user), ""))
+                       for user, items in shoppers.items()]
+            if self.before_learn is not None:
+                self._advance_windows(ts)
+                self.before_learn(baskets)
+            self.learn(baskets)
+        self._advance_windows(now)
+
+    def _advance_windows(self, now: float) -> None:
+        """Move the time windows (popularity) to ``now``."""
         self.popularity.advance_to(now)
 
     def flush(self) -> None:
@@ -121,9 +134,9 @@ class BehaviourFeatures:
         return items[-max_items:]
 
     def matrix(self, user_id: str, candidates: np.ndarray, now: float | None = None) -> np.ndarray:
-        """Feature rows (``FEATURE_NAMES`` columns) for ``candidates``, as float32 ``[n, 3]``."""
+        """Feature rows (``BASIC_COLUMNS``) for ``candidates``, as float32 ``[n, 3]``."""
         candidates = np.asarray(candidates, dtype=np.int64)
-        out = np.zeros((len(candidates), len(FEATURE_NAMES)), dtype=np.float32)
+        out = np.zeros((len(candidates), len(BASIC_COLUMNS)), dtype=np.float32)
         out[:, 0] = np.log1p(self.repeat.scores(user_id, candidates, now=now))
         items, weights = recency_weights(self.recent.recent(user_id), self.basket_decay)
         if len(items):

@@ -4,9 +4,9 @@ A shopper's own history ranks the next basket far better than product text alone
 for recency-weighted repeat vs 0.107 for frozen-encoder similarity on the UCI data). So text is one
 input among several: the caller passes per-(user, candidate) feature columns (repeat, co-occurrence,
 popularity, …) and a small :class:`FusionHead` combines them with the cosine between the user's
-text vector and the item's. At version 0 the head scores exactly
-``1.0·features[0] + 0.05·(other features) + 0.05·cosine`` and LoRA is the identity, so the
-model starts as the strongest baseline with tie-breakers and the updates learn how to mix.
+text vector and the item's. At version 0 the head scores exactly ``1.0·features[0] + 0.05·cosine``
+and LoRA is the identity, so the model starts as the strongest baseline (repeat) with a text
+tie-breaker, and the updates learn how to mix.
 
 Serving is cheap on CPU because no encoder forward happens per request: item vectors are
 encoded once per adapter version (:meth:`RankingModel.refresh_item_vectors`) and the user
@@ -32,6 +32,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from torch import nn
 
 from learner.encoder import Base, base_fingerprint, encode_texts
+from learner.rich_features import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,14 @@ class ModelConfig:
     """What shapes the model's scores; an adapter is only loadable into a model with the same architecture."""
 
     #: Names of the caller's feature columns, in order. Column 0 is the strongest signal (repeat).
-    feature_names: tuple[str, ...] = ("repeat", "knn", "popularity")
-    #: Initial weight of column 0, of every other column, and of the text cosine.
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    #: Initial weight of column 0, of every other column, and of the text cosine: version 0 ranks as the
+    #: repeat baseline, the text cosine breaking its ties.
     primary_weight: float = 1.0
-    secondary_weight: float = 0.05
+    secondary_weight: float = 0.0
     text_weight: float = 0.05
     #: Width of the residual MLP of the fusion head (0: linear head only).
-    head_hidden: int = 16
+    head_hidden: int = 32
     lora_r: int = 8
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = ("query", "value")

@@ -5,7 +5,7 @@ popularity), enough for serving to start as the repeat baseline. Next-basket qua
 is mostly about *which* of the shopper's past items come back, and when; the fusion head can only
 learn that if it sees the evidence. :class:`RichFeatures` adds it, from the same stream and with the
 same test-then-train rule (it learns baskets exactly as its parent does), as the columns named in
-:data:`RICH_FEATURE_NAMES`:
+:data:`FEATURE_NAMES`:
 
 - repeat at half-lives of 90 (column 0, as in the parent), 7, 30 and 365 days, ``log1p`` scaled;
 - ``purchases``: ``log1p`` of the shopper's past baskets holding the item; ``bought_before``: 0/1;
@@ -26,9 +26,9 @@ no item ids, nothing specific to one catalogue.
 >>> f = RichFeatures()
 >>> f.learn([Basket("u", 0.0, (0, 1), "a")]); f.learn([Basket("u", 10 * DAY, (0,), "b")])
 >>> m = f.matrix("u", np.arange(3), now=20 * DAY)
->>> m.shape == (3, len(RICH_FEATURE_NAMES))
+>>> m.shape == (3, len(FEATURE_NAMES))
 True
->>> col = dict(zip(RICH_FEATURE_NAMES, m.T.astype(float)))
+>>> col = dict(zip(FEATURE_NAMES, m.T.astype(float)))
 >>> col["purchases"].round(3).tolist(), col["bought_before"].tolist(), col["due"].round(3).tolist()
 ([1.099, 0.693, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0])
 >>> bool(col["repeat_7d"][0] < col["repeat"][0]), col["item_repurchase"].round(3).tolist()
@@ -46,7 +46,7 @@ from learner.baselines import DAY, RecentPopularity, grown, recency_weights, spa
 from learner.baskets import Basket, ItemIndex
 from learner.features import BehaviourFeatures
 
-RICH_FEATURE_NAMES = (
+FEATURE_NAMES = (
     "repeat", "repeat_7d", "repeat_30d", "repeat_365d", "purchases", "bought_before", "days_since", "due",
     "recent_baskets", "knn", "pop_7d", "pop_30d", "item_repurchase",
     "shopper_baskets", "shopper_repeat_share", "shopper_days_since",
@@ -56,7 +56,7 @@ RICH_FEATURE_NAMES = (
 HALF_LIVES = (90.0, 7.0, 30.0, 365.0)
 
 
-class _ShopperLog:
+class ShopperLog:
     """Every (item, timestamp) a shopper bought, in arrival order, in growable arrays."""
 
     __slots__ = ("items", "ts", "n", "baskets", "last_ts", "repeat_items", "basket_items", "counts")
@@ -92,21 +92,21 @@ class _ShopperLog:
 
 class RichFeatures(BehaviourFeatures):
     """:class:`BehaviourFeatures` plus per-shopper item statistics; :meth:`matrix` returns
-    :data:`RICH_FEATURE_NAMES` columns. Learning (events or baskets) works exactly as in the parent."""
+    :data:`FEATURE_NAMES` columns. Learning (events or baskets) works exactly as in the parent."""
 
-    feature_names = RICH_FEATURE_NAMES
+    feature_names = FEATURE_NAMES
 
     def __init__(self, index: ItemIndex | None = None, **kwargs) -> None:
         super().__init__(index, **kwargs)
         self.popularity_7d = RecentPopularity(7.0)
-        self._shoppers: dict[str, _ShopperLog] = {}
+        self._shoppers: dict[str, ShopperLog] = {}
         self._buyers = np.zeros(0)  # distinct shoppers who bought the item
         self._repeaters = np.zeros(0)  # ... and bought it in a second basket
 
     def learn(self, baskets: Iterable[Basket]) -> None:
         baskets = list(baskets)
         for basket in baskets:
-            log = self._shoppers.setdefault(basket.user_id, _ShopperLog())
+            log = self._shoppers.setdefault(basket.user_id, ShopperLog())
             size = max(basket.items, default=-1) + 1
             self._buyers = grown(self._buyers, size)
             self._repeaters = grown(self._repeaters, size)
@@ -120,12 +120,12 @@ class RichFeatures(BehaviourFeatures):
         self.popularity_7d.learn(baskets)
         super().learn(baskets)
 
-    def advance_to(self, now: float) -> None:
-        super().advance_to(now)
+    def _advance_windows(self, now: float) -> None:
+        super()._advance_windows(now)
         self.popularity_7d.advance_to(now)
 
     def matrix(self, user_id: str, candidates: np.ndarray, now: float | None = None) -> np.ndarray:
-        """Feature rows (:data:`RICH_FEATURE_NAMES` columns) for ``candidates``, float32 ``[n, 16]``.
+        """Feature rows (:data:`FEATURE_NAMES` columns) for ``candidates``, float32 ``[n, 16]``.
 
         ``now`` is the moment of the choice (default: the newest timestamp learned).
         """
@@ -133,8 +133,8 @@ class RichFeatures(BehaviourFeatures):
         now = self.clock if now is None else now
         if not math.isfinite(now):
             now = 0.0
-        out = np.zeros((len(candidates), len(RICH_FEATURE_NAMES)), dtype=np.float32)
-        col = {name: i for i, name in enumerate(RICH_FEATURE_NAMES)}
+        out = np.zeros((len(candidates), len(FEATURE_NAMES)), dtype=np.float32)
+        col = {name: i for i, name in enumerate(FEATURE_NAMES)}
         log = self._shoppers.get(user_id)
         if log is not None and log.n:
             items, ts = log.items[: log.n], log.ts[: log.n]

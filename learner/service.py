@@ -1,24 +1,27 @@
 """The learner a worker runs: events in; signed adapters (or refusals) out. Plain, synchronous, testable.
 
-:class:`LearnerService` owns the behavioural features, the example builder, the ranking model,
-its micro-batch trainer and the publish gate. The Faust side (:mod:`streams.learning`) hands it
-batches of records from one thread and sends what it returns; it never touches Kafka itself.
+:class:`LearnerService` owns the behavioural features, the ranking model and the
+:class:`~learner.ranker.OnlineRanker` that trains it — the same classes ``recloop eval`` runs. The
+Faust side (:mod:`streams.learning`) hands it batches of records from one thread and sends what it
+returns; it never touches Kafka itself.
 
-One call to :meth:`LearnerService.process` is one step of the prequential loop:
+One call to :meth:`LearnerService.process` is one step:
 
-1. catalogue items update the item index and texts; impressions are snapshotted for the label join;
-2. interactions become examples *before* they are learned into the features (test, then train);
-3. the new examples are held out. Once at least ``min_examples_per_publish`` are held out, the
-   candidate (the weights trained since the last decision, which has never seen these examples)
-   and the serving adapter are both scored on them, and the gate decides: **publish** (saved and
-   fsynced under ``<home>/adapters/<version>/``, signed, returned as an ``AdapterUpdate``) or
-   **refuse** (rolled back to the serving weights, a ``MetricSnapshot`` says why);
-4. then, and only then, the model trains on the held-out examples.
+1. catalogue items update the item index and texts (new ones are encoded; only catalogued items are
+   ranked);
+2. interactions are learned one by one; a shopper's purchases at one timestamp are a basket, complete
+   once event time moves past it. A complete basket of a known shopper is **held out** — ranked over
+   the whole catalogue with the state of before it — and only then learned (test, then train);
+3. once ``window_baskets`` are held out, the gate compares the weights trained so far with the serving
+   ones on that window: **publish** (saved and fsynced under ``<home>/adapters/<version>/``, signed,
+   returned as an ``AdapterUpdate``) or **refuse** (rolled back, a ``MetricSnapshot`` says why); then
+   the head (and every few windows the text tower) trains on the window.
 
 :attr:`StepOutcome.settled_through` tells the caller which steps' events are fully accounted for:
 trained *and* covered by a durable decision. The worker acknowledges (commits) their offsets and
 no others, so a crash re-delivers exactly the events whose training had not been decided yet —
-the same thing a refusal would have discarded.
+the same thing a refusal would have discarded. Impressions are accepted and not used for training:
+the window's listwise loss needs what was bought, not what was shown.
 """
 
 from __future__ import annotations
@@ -35,23 +38,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from learner import artifacts
+from learner.baskets import Basket
 from learner.encoder import Base, load_base, tiny_bert
-from learner.examples import ExampleBuilder
-from learner.features import FEATURE_NAMES, BehaviourFeatures
 from learner.gate import GateDecision
-from learner.model import Example, ModelConfig, RankingModel, pick_device
+from learner.model import ModelConfig, RankingModel, pick_device
+from learner.ranker import OnlineRanker, RetentionProbe
+from learner.ranker_config import RankerConfig
+from learner.rich_features import RichFeatures
 from learner.settings import LearnerSettings
-from learner.trainer import MicroBatchTrainer, StepResult
 from streams.records import AdapterUpdate, Impression, Interaction, Item, MetricSnapshot
 
 log = logging.getLogger(__name__)
 
 #: Names of the snapshots the learner writes to ``recloop.ops.metrics``.
 GATE_METRIC = "learner.gate"
-LOSS_METRIC = "learner.train_loss"
 
 _SEQUENCE = re.compile(r"^v(\d+)")
 #: Written into an adapter directory once the broker acknowledged its ``AdapterUpdate``.
@@ -60,6 +64,7 @@ PUBLISHED_MARKER = "PUBLISHED"
 UNPUBLISHED_PREFIX = ".unpublished-"
 
 LearnerRecord = Item | Interaction | Impression
+PURCHASE = "purchase"
 
 
 # --------------------------------------------------------------------------- local adapter store
@@ -216,20 +221,13 @@ def load_configured_base(settings: LearnerSettings) -> Base:
     return tiny_bert(seed=settings.seed) if settings.tiny else load_base(settings.model_dir)
 
 
-def item_text(item: Item) -> str:
-    """The text the item tower encodes: title, then category when there is one.
-
-    >>> item_text(Item("1", "WHITE MUG", category="kitchen")), item_text(Item("2", "LANTERN"))
-    ('WHITE MUG. kitchen', 'LANTERN')
-    """
-    return f"{item.title}. {item.category}" if item.category else item.title
-
-
 class LearnerService:
-    """Features + model + trainer + gate behind one lock; every public method is safe from one thread at a time."""
+    """Features + ranking model + :class:`~learner.ranker.OnlineRanker` behind one lock; every public method is
+    safe from one thread at a time."""
 
     def __init__(self, settings: LearnerSettings, home: str | Path, *, key: bytes, base: Base | None = None,
-                 clock: Callable[[], float] = time.time, stop: threading.Event | None = None) -> None:
+                 clock: Callable[[], float] = time.time, stop: threading.Event | None = None,
+                 ranker_config: RankerConfig | None = None, probe: RetentionProbe | None = None) -> None:
         self.settings = settings
         self.home = Path(home)
         self.clock = clock
@@ -239,28 +237,32 @@ class LearnerService:
         if device.type == "cpu" and settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         self.base = base if base is not None else load_configured_base(settings)
-        self.features = BehaviourFeatures()
-        self.builder = ExampleBuilder(self.features, settings.example_config())
-        self.model = StreamingRankingModel(self.base, ModelConfig(feature_names=FEATURE_NAMES), device=str(device),
-                                           seed=settings.seed, bucket_size=settings.encode_bucket_size)
+        ranker_config = ranker_config or settings.ranker_config()
+        self.features = RichFeatures()
+        self.model = StreamingRankingModel(self.base, ModelConfig(), device=str(device), seed=settings.seed,
+                                           bucket_size=settings.encode_bucket_size)
         self.status = LearnerStatus()
         self._resume()
-        self.trainer = MicroBatchTrainer(self.model, settings.trainer_config())  # anchor = the resumed weights
-        self.gate = settings.gate()
+        self.ranker = OnlineRanker(self.model, self.features, ranker_config, probe=probe)  # accepted = resumed
+        self.features.before_learn = self._hold_out
         self._titles: dict[str, str] = {}
+        self._catalogued = np.zeros(0, dtype=bool)
         self._retitled: set[int] = set()
-        self._held_out: list[Example] = []
         self._step = 0
-        self._trained_through = 0
-        self._settled_through = 0
-        #: event-time watermarks: the newest interaction ``ts`` observed, and the newest whose examples are
-        #: in the weights being trained (published as ``trained_through_ts``; ``recloop bench freshness``)
+        self._closed_in_step = False
+        self._outcomes: list[tuple[GateDecision, AdapterUpdate | None, MetricSnapshot]] = []
+        #: The first step whose events are in each kind of unsettled state: open baskets (by (ts, shopper)),
+        #: the window being held out, and the window trained but not yet decided on.
+        self._open_steps: dict[tuple[float, str], int] = {}
+        self._window_step: int | None = None
+        self._undecided_step: int | None = None
+        #: event-time watermarks: the newest interaction ``ts`` observed, and the newest basket in the weights
+        #: being trained (published as ``trained_through_ts``; ``recloop bench freshness``)
         self._observed_ts: float | None = None
         self._trained_ts: float | None = None
         #: the text tower of the last published version (``RankingModel.text_version``); a version with another
         #: one ships the catalogue's item vectors, so serving workers need not re-encode it themselves
         self._published_text_version: int | None = None
-        self._undecided_training = False
         #: event ids learned recently: a redelivered event (crash between forward and commit upstream)
         #: must not be learned twice
         self._recent_events: OrderedDict[str, None] = OrderedDict()
@@ -302,125 +304,120 @@ class LearnerService:
     # ------------------------------------------------------------------ the loop
 
     def request_stop(self) -> None:
-        """Make a running :meth:`process` return at its next optimizer step (the worker is shutting down).
+        """Make a running :meth:`process` return at its next training step (the worker is shutting down).
 
         The step it was in stays unsettled, so its events are not committed and come back after a restart.
         """
         self._stop.set()
 
     def process(self, records: Sequence[LearnerRecord]) -> StepOutcome:
-        """One prequential step over a micro-batch of records (see the module docstring)."""
-        with self._lock:
-            self._step += 1
-            if self._stop.is_set():
-                return StepOutcome(self._step, self._settled_through, 0, 0)
-            examples = self.observe(records)
-            self._held_out.extend(examples)
-            decision = update = None
-            metrics: list[MetricSnapshot] = []
-            trained = 0
-            if len(self._held_out) >= self.gate.min_examples and not self._stop.is_set():
-                if self._undecided_training:
-                    window = self._held_out[-self.settings.max_gate_window:]
-                    decision, update, snapshot = self.decide(window)
-                    metrics.append(snapshot)
-                    self._settled_through = self._trained_through
-                results = self.train_on(self._held_out)
-                trained = len(self._held_out)
-                self._held_out = []
-                self._trained_through = self._step
-                if results:
-                    metrics.append(self._loss_snapshot(results))
-            if not self._undecided_training and not self._held_out:
-                self._settled_through = self._step  # nothing trained or pending: nothing to decide
-            self.status.steps = self._step
-            self.status.events += len(records)
-            self.status.examples += len(examples)
-            self.status.held_out = len(self._held_out)
-            return StepOutcome(step=self._step, settled_through=self._settled_through, n_examples=len(examples),
-                               n_trained=trained, decision=decision, update=update, metrics=tuple(metrics),
-                               status=self.status.as_dict())
+        """One step over a micro-batch of records: catalogue items, then interactions in order.
 
-    def observe(self, records: Sequence[LearnerRecord]) -> list[Example]:
-        """Catalogue items, then impressions, then interactions: examples built before the events are learned."""
-        with self._lock:
-            self.add_items([r for r in records if isinstance(r, Item)])
-            examples = self.builder.observe_impressions([r for r in records if isinstance(r, Impression)])
-            interactions = self._first_seen([r for r in records if isinstance(r, Interaction)])
-            examples += self.builder.observe(interactions)
-            if interactions:
-                newest = max(event.ts for event in interactions)
-                self._observed_ts = newest if self._observed_ts is None else max(self._observed_ts, newest)
-            self._sync_catalogue()
-            return examples
-
-    def add_items(self, items: Iterable[Item]) -> None:
-        """Catalogue records: item ids join the index (so they can be sampled), titles become item texts."""
-        with self._lock:
-            for item in items:
-                text = item_text(item)
-                self._titles[item.item_id] = text
-                index = self.features.add_item(item.item_id)
-                if index < self.model.n_items and self.model.item_texts[index] != text:
-                    self._retitled.add(index)
-
-    def train_on(self, examples: Sequence[Example]) -> list[StepResult]:
-        """Optimizer steps over ``examples`` in chunks of ``train_batch_size``; the result is undecided until
-        the next :meth:`decide`."""
-        with self._lock:
-            self._sync_catalogue()
-            size = self.settings.train_batch_size
-            results = []
-            for start in range(0, len(examples), size):
-                if self._stop.is_set():
-                    break
-                results.append(self.trainer.train_step(examples[start:start + size]))
-            if results and len(results) * size >= len(examples):  # everything observed so far is in the weights
-                self._trained_ts = self._observed_ts
-            if results:
-                self._undecided_training = True
-                self.status.trained += len(examples)
-                self.status.train_steps += len(results)
-            return results
-
-    def decide(self, window: Sequence[Example]) -> tuple[GateDecision, AdapterUpdate | None, MetricSnapshot]:
-        """Gate the weights trained since the last decision on a held-out ``window``: publish or roll back.
-
-        On publish the adapter directory is written and fsynced before the update is returned, so
-        anything the caller sends refers to an adapter that survives a crash.
+        A basket is held out when event time passes it (before the features learn it); a full window is
+        decided on (publish or roll back), then trained on (see :mod:`learner.ranker`).
         """
         with self._lock:
+            self._step += 1
+            self._closed_in_step = False
+            self._outcomes = []
+            if self._stop.is_set():
+                return StepOutcome(self._step, self._settled_through(), 0, 0)
+            held_before, trained_before = self.status.examples, self.status.trained
+            self.add_items([r for r in records if isinstance(r, Item)])
+            interactions = self._first_seen([r for r in records if isinstance(r, Interaction)])
+            for event in interactions:
+                if event.type == PURCHASE:
+                    self._open_steps.setdefault((event.ts, event.user_id), self._step)
+                self.features.learn_interaction(event.user_id, event.item_id, event.type, event.ts,
+                                                basket_id=event.session_id)
+                self._observed_ts = event.ts if self._observed_ts is None else max(self._observed_ts, event.ts)
             self._sync_catalogue()
-            decision = self.trainer.propose(window, self.gate)
-            update = None
-            version = None
-            if decision.publish:
-                version = next_version(self.home)
-                metrics = {**decision.as_metrics(), "examples_trained": float(self.status.trained),
-                           "train_steps": float(self.status.train_steps)}
-                if self._trained_ts is not None:
-                    metrics["trained_through_ts"] = self._trained_ts
-                ship = self.model.text_version != self._published_text_version
-                if ship:
-                    self.model.ensure_item_vectors(range(self.model.n_items))
-                path = artifacts.save_adapter(self.model, self.home, version, parent=self.current_version,
-                                              metrics=metrics, with_item_vectors=ship)
-                self._published_text_version = self.model.text_version
-                update = artifacts.make_update(path, self._key)
-                self.trainer.accept()
-                self.status.published.append(version)
-                self.status.current_version = version
-                if self.status.first_published_after_s is None:
-                    self.status.first_published_after_s = round(time.monotonic() - self._started, 3)
-                log.info("published adapter %s (parent %s): %s", version, update.parent, decision.reason)
-            else:
-                self.trainer.rollback()
-                self.status.refused += 1
-                log.info("gate refused the candidate, rolled back to %s: %s", self.current_version or "version 0",
-                         decision.reason)
-            self._undecided_training = False
-            self.status.last_decision = decision.reason
-            return decision, update, self._gate_snapshot(decision, version)
+            self._close_full_window()
+            return self._outcome(len(records), held_before, trained_before)
+
+    def advance_to(self, ts: float) -> StepOutcome:
+        """Event time is now ``ts`` (a watermark): every basket before it is complete, held out and learned."""
+        with self._lock:
+            self._step += 1
+            self._closed_in_step = False
+            self._outcomes = []
+            held_before, trained_before = self.status.examples, self.status.trained
+            self.features.advance_to(ts)
+            self._close_full_window()
+            return self._outcome(0, held_before, trained_before)
+
+    def _outcome(self, n_records: int, held_before: int, trained_before: int) -> StepOutcome:
+        self.status.steps = self._step
+        self.status.events += n_records
+        self.status.held_out = len(self.ranker.window)
+        decision, update, _ = self._outcomes[-1] if self._outcomes else (None, None, None)
+        return StepOutcome(step=self._step, settled_through=self._settled_through(),
+                           n_examples=self.status.examples - held_before,
+                           n_trained=self.status.trained - trained_before,
+                           decision=decision, update=update, metrics=tuple(m for _, _, m in self._outcomes),
+                           status=self.status.as_dict())
+
+    def _hold_out(self, baskets: list[Basket]) -> None:
+        """The features' hook: ``baskets`` (one timestamp) are complete and about to be learned."""
+        self._close_full_window()  # the baskets before these are learned: a full window can be decided now
+        held = self.ranker.hold_out(baskets, self._catalogued)
+        steps = [self._open_steps.pop((b.ts, b.user_id), self._step) for b in baskets]
+        held_steps = [step for basket, step in zip(baskets, steps, strict=True)
+                      if any(h.user_id == basket.user_id for h in held)]
+        if held_steps:
+            self._window_step = min(held_steps) if self._window_step is None else min(self._window_step, *held_steps)
+        self.status.examples += len(held)
+
+    def _close_full_window(self) -> None:
+        """Decide on and train a full window, at most once per step (so a step publishes at most once)."""
+        if self._closed_in_step or not self.ranker.window_full or self._stop.is_set():
+            return
+        self._closed_in_step = True
+        size = len(self.ranker.window)
+        self._sync_catalogue()
+        published: list[tuple[str, AdapterUpdate]] = []
+        outcome = self.ranker.close_window(on_publish=lambda decision: published.append(self._save(decision)))
+        decision = outcome.decision
+        version, update = published[0] if published else (None, None)
+        if decision.publish:
+            self.status.published.append(version)
+            self.status.current_version = version
+            if self.status.first_published_after_s is None:
+                self.status.first_published_after_s = round(time.monotonic() - self._started, 3)
+            log.info("published adapter %s (parent %s): %s", version, update.parent, decision.reason)
+        else:
+            self.status.refused += 1
+            log.info("gate refused the candidate, rolled back to %s: %s", self.current_version or "version 0",
+                     decision.reason)
+        self.status.last_decision = decision.reason
+        self.status.trained += size
+        self.status.train_steps = self.ranker.head_steps + self.ranker.text_steps
+        self._trained_ts = outcome.trained_through_ts
+        self._undecided_step, self._window_step = self._window_step, None
+        self._outcomes.append((decision, update, self._gate_snapshot(decision, version)))
+
+    def _save(self, decision: GateDecision) -> tuple[str, AdapterUpdate]:
+        """Save and sign the weights now loaded (the gate accepted them): fsynced before the update is returned,
+        so anything the caller sends refers to an adapter that survives a crash."""
+        version = next_version(self.home)
+        metrics = {**decision.as_metrics(), "baskets_trained": float(self.status.trained),
+                   "train_steps": float(self.ranker.head_steps + self.ranker.text_steps)}
+        if self._trained_ts is not None:
+            metrics["trained_through_ts"] = self._trained_ts
+        ship = self.model.text_version != self._published_text_version
+        if ship:
+            self.model.ensure_item_vectors(range(self.model.n_items))
+        path = artifacts.save_adapter(self.model, self.home, version, parent=self.current_version,
+                                      metrics=metrics, with_item_vectors=ship)
+        self._published_text_version = self.model.text_version
+        return version, artifacts.make_update(path, self._key)
+
+    def _settled_through(self) -> int:
+        """Every step before the oldest unsettled event's is settled: its baskets are trained *and* covered
+        by a durable decision (or taught nothing to decide on). The worker commits those steps' events."""
+        pending = [*self._open_steps.values(), self._window_step, self._undecided_step]
+        oldest = min((step for step in pending if step is not None), default=self._step + 1)
+        return oldest - 1
 
     def adopt(self, update: AdapterUpdate) -> bool:
         """Make a published adapter this learner did not train (an operator's rollback) the serving weights.
@@ -439,10 +436,9 @@ class LearnerService:
                 artifacts.unpack(update.payload, dest)
                 mark_published(self.home, update.version)
             artifacts.load_adapter_into(self.model, content, refresh=False)
-            self.trainer.restore(self.trainer.snapshot())  # fresh optimizer state for the new weights
-            self.trainer.accept()
+            self.model.refresh_item_vectors()
+            self.ranker.adopt_current()
             self._published_text_version = None  # the next version ships item vectors again
-            self._undecided_training = False
             self.status.current_version = update.version
             self.status.adopted = update.version
             log.warning("adopted adapter %s published by someone else (parent %s): training continues from it",
@@ -457,12 +453,18 @@ class LearnerService:
         with self._lock:
             return self.status.as_dict()
 
-    def drain(self) -> list[Example]:
-        """Close the label join now (end of a replay or a test): every pending impression becomes examples."""
-        with self._lock:
-            return self.builder.drain()
-
     # ------------------------------------------------------------------ helpers
+
+    def add_items(self, items: Iterable[Item]) -> None:
+        """Catalogue records: item ids join the index (so they can be ranked), titles become item texts."""
+        with self._lock:
+            for item in items:
+                text = item.text
+                self._titles[item.item_id] = text
+                index = self.features.add_item(item.item_id)
+                if index < self.model.n_items and self.model.item_texts[index] != text:
+                    self._retitled.add(index)
+            self._sync_catalogue()
 
     def _first_seen(self, interactions: list[Interaction]) -> list[Interaction]:
         fresh = []
@@ -476,7 +478,11 @@ class LearnerService:
         return fresh
 
     def _sync_catalogue(self) -> None:
-        """Keep the model's item texts aligned with the append-only item index; encode only what changed."""
+        """Keep the model's item texts aligned with the append-only item index; encode only what changed.
+
+        Items seen only in interactions are encoded from their id and are not recommendable until a
+        catalogue record names them.
+        """
         index = self.features.index
         if len(index) > self.model.n_items:
             new = range(self.model.n_items, len(index))
@@ -486,6 +492,8 @@ class LearnerService:
                 self.model.item_texts[i] = self._titles[index.code_of(i)]
             self.model.refresh_item_vectors(self._retitled)
             self._retitled = set()
+        if len(self._catalogued) != len(index) or len(self._titles) != int(self._catalogued.sum()):
+            self._catalogued = np.array([index.code_of(i) in self._titles for i in range(len(index))], dtype=bool)
         self.status.items = self.model.n_items
 
     def _gate_snapshot(self, decision: GateDecision, version: str | None) -> MetricSnapshot:
@@ -497,13 +505,6 @@ class LearnerService:
             labels["version"] = version
         return MetricSnapshot(name=GATE_METRIC, value=1.0 if decision.publish else 0.0,
                               window=decision.candidate.n, ts=self.clock(), labels=labels)
-
-    def _loss_snapshot(self, results: list[StepResult]) -> MetricSnapshot:
-        losses = [r.loss for r in results if math.isfinite(r.loss)]
-        return MetricSnapshot(name=LOSS_METRIC, value=sum(losses) / len(losses) if losses else 0.0,
-                              window=sum(r.n_examples for r in results), ts=self.clock(),
-                              labels={"train_steps": str(len(results)),
-                                      "seconds": _fmt(sum(r.seconds for r in results))})
 
 
 def _fmt(value: float) -> str:

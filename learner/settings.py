@@ -12,17 +12,16 @@ demo key is allowed when no key is set — never in a real deployment).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-if TYPE_CHECKING:  # torch-heavy: imported when used, so `RECLOOP_LEARNER=off` workers never load torch
-    from learner.examples import ExampleConfig
-    from learner.gate import PublishGate
-    from learner.trainer import TrainerConfig
+from learner.ranker_config import DEFAULTS as _RANKER
+from learner.ranker_config import RankerConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,36 +66,18 @@ class LearnerSettings(BaseSettings):
     #: Recent event ids the learner remembers, to learn an event redelivered to it only once.
     dedup_window: int = Field(default=100_000, ge=0)
 
-    # -- examples
-    negatives: int = Field(default=15, ge=1, le=1000)
-    popular_pool: int = Field(default=200, ge=1)
-    popular_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
-    label_window_s: float = Field(default=1800.0, gt=0)
-    max_open_impressions: int = Field(default=10_000, ge=1)
-    history_items: int = Field(default=50, ge=1)
-
-    # -- training
-    train_batch_size: int = Field(default=64, ge=1)
-    lora_lr: float = Field(default=5e-4, gt=0)
-    head_lr: float = Field(default=5e-3, gt=0)
-    anchor_l2: float = Field(default=1e-2, ge=0)
-    replay_fraction: float = Field(default=0.25, ge=0)
-    max_encoded_items: int = Field(default=64, ge=1)
-    #: Train the text tower (LoRA) every Nth optimizer step, the head alone in between: a version whose
-    #: LoRA did not change spares every serving worker a catalogue re-encode (see docs/learner.md).
-    text_every: int = Field(default=16, ge=1)
-    #: ... and at most once per this many seconds (0: no limit).
-    text_min_interval_s: float = Field(default=30.0, ge=0)
+    # -- learning (defaults: learner/ranker_config.py, the one place they are stated)
+    #: Baskets held out per publish decision (a new version at most every this many baskets).
+    window_baskets: int = Field(default=_RANKER.window_baskets, ge=1)
+    head_lr: float = Field(default=_RANKER.head_lr, gt=0)
+    lora_lr: float = Field(default=_RANKER.lora_lr, gt=0)
+    anchor_l2: float = Field(default=_RANKER.anchor_l2, ge=0)
+    #: Train the text tower (LoRA) every this many windows (a head-only version spares serving workers a
+    #: catalogue re-encode).
+    text_every_windows: int = Field(default=_RANKER.text_every_windows, ge=1)
+    gate_tolerance: float = Field(default=_RANKER.gate_tolerance, ge=0)
     #: Items encoded per forward, sorted by length, so each pads only to its bucket's longest (0: no bucketing).
     encode_bucket_size: int = Field(default=16, ge=0)
-
-    # -- publish gate
-    gate_metric: Literal["ndcg@10", "auc"] = "ndcg@10"
-    gate_tolerance: float = Field(default=0.005, ge=0)
-    #: Held-out examples needed before a candidate is judged (and so before anything is published).
-    min_examples_per_publish: int = Field(default=64, ge=1)
-    #: The gate scores at most this many of the newest held-out examples (bounds the re-encoding it costs).
-    max_gate_window: int = Field(default=256, ge=1)
 
     # -- trust
     adapter_key: SecretStr | None = Field(None, validation_alias=AliasChoices("RECLOOP_ADAPTER_KEY", "adapter_key"))
@@ -115,24 +96,8 @@ class LearnerSettings(BaseSettings):
             "workers refuse unsigned ones. Set RECLOOP_ADAPTER_KEY to a shared secret (or RECLOOP_DEMO=1 "
             "for a local demo, or RECLOOP_LEARNER=off to run the worker without learning).")
 
-    def example_config(self) -> ExampleConfig:
-        from learner.examples import ExampleConfig
-
-        return ExampleConfig(negatives=self.negatives, popular_pool=self.popular_pool,
-                             popular_fraction=self.popular_fraction, label_window_s=self.label_window_s,
-                             max_open_impressions=self.max_open_impressions, max_history=self.history_items,
-                             seed=self.seed)
-
-    def trainer_config(self) -> TrainerConfig:
-        from learner.trainer import TrainerConfig
-
-        return TrainerConfig(lora_lr=self.lora_lr, head_lr=self.head_lr, anchor_l2=self.anchor_l2,
-                             replay_fraction=self.replay_fraction, max_encoded_items=self.max_encoded_items,
-                             text_every=self.text_every, text_min_interval_s=self.text_min_interval_s,
-                             seed=self.seed)
-
-    def gate(self) -> PublishGate:
-        from learner.gate import PublishGate
-
-        return PublishGate(metric=self.gate_metric, tolerance=self.gate_tolerance,
-                           min_examples=self.min_examples_per_publish)
+    def ranker_config(self) -> RankerConfig:
+        return dataclasses.replace(_RANKER, window_baskets=self.window_baskets, head_lr=self.head_lr,
+                                   lora_lr=self.lora_lr, anchor_l2=self.anchor_l2,
+                                   text_every_windows=self.text_every_windows, gate_tolerance=self.gate_tolerance,
+                                   seed=self.seed)

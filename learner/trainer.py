@@ -22,7 +22,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from learner.gate import GateDecision, PublishGate, evaluate
 from learner.model import Batch, Example, RankingModel
 
 log = logging.getLogger(__name__)
@@ -42,14 +41,6 @@ class TrainerConfig:
     replay_fraction: float = 0.25
     #: Items re-encoded with gradients per step; the rest use cached vectors. Bounds step time and memory.
     max_encoded_items: int = 64
-    #: Train the text tower (LoRA) on every ``text_every``-th step; the steps between train the head
-    #: alone on the cached item vectors. A head-only step skips the encoder's forward and backward, and
-    #: a version whose LoRA weights did not change lets serving workers keep their item vectors (a
-    #: catalogue re-encode per version costs seconds on CPU). 1: every step trains both.
-    text_every: int = 1
-    #: ...and at most once per this many seconds (0: no limit). Bounds the re-encoding a text change
-    #: causes (the gate's window, every serving worker's catalogue) when events arrive fast.
-    text_min_interval_s: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
 
@@ -126,8 +117,6 @@ class MicroBatchTrainer:
         self._params = model.trainable_parameters()
         self._anchor = self.snapshot()
         self._anchor_text_version = model.text_version
-        self._last_text_step: int | None = None
-        self._last_text_at = 0.0
         self._optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -183,8 +172,7 @@ class MicroBatchTrainer:
         started = time.perf_counter()
         replayed = self.reservoir.sample(round(self.config.replay_fraction * len(examples)))
         mixed = [*examples, *replayed]
-        text_step = self._text_due()
-        fresh = self._fresh_items(mixed) if text_step else []
+        fresh = self._fresh_items(mixed)
         batch = self.model.batch(mixed)
 
         self._optimizer.zero_grad(set_to_none=True)
@@ -196,16 +184,10 @@ class MicroBatchTrainer:
             log.warning("train step %d skipped: loss is %s", self.step + 1, float(total.detach()))
             return self._result(loss, penalty, math.nan, mixed, replayed, [], started)
         total.backward()
-        if not text_step:  # the anchor penalty alone must not move the text tower
-            for name, p in self._params.items():
-                if not name.startswith("head."):
-                    p.grad = None
         grad_norm = nn.utils.clip_grad_norm_([p for p in self._params.values() if p.grad is not None],
                                              self.config.grad_clip)
         self._optimizer.step()
-        if text_step:
-            self.model.text_changed()
-            self._last_text_step, self._last_text_at = self.step, time.monotonic()
+        self.model.text_changed()
         if fresh:
             with torch.no_grad():  # keep the cache roughly current for history vectors (one step behind)
                 index = torch.tensor(fresh, dtype=torch.long, device=self.model.device)
@@ -215,14 +197,6 @@ class MicroBatchTrainer:
             self.reservoir.offer(example)
         self.step += 1
         return self._result(loss, penalty, float(grad_norm), mixed, replayed, fresh, started)
-
-    def _text_due(self) -> bool:
-        """Whether this step trains the text tower: the first one, then every ``text_every`` steps at most
-        once per ``text_min_interval_s``."""
-        if self._last_text_step is None:
-            return True
-        return (self.step - self._last_text_step >= self.config.text_every
-                and time.monotonic() - self._last_text_at >= self.config.text_min_interval_s)
 
     def _result(self, loss: torch.Tensor, penalty: torch.Tensor, grad_norm: float, mixed: list, replayed: list,
                 fresh: list[int], started: float) -> StepResult:
@@ -239,22 +213,3 @@ class MicroBatchTrainer:
         log.debug("train step %d: loss %.4f, %d examples (%d replayed), %.2fs", result.step, result.loss,
                   result.n_examples, result.n_replayed, result.seconds)
         return result
-
-    # ------------------------------------------------------------------ gating
-
-    def propose(self, window: Sequence[Example], gate: PublishGate) -> GateDecision:
-        """Compare the current weights with the last accepted ones on a held-out ``window``.
-
-        One model serves both sides by swapping trainable weights, so the worker needs no second
-        copy of the encoder. The current weights (and optimizer state) are back in place afterwards.
-        """
-        current, current_text = self.snapshot(), self.model.text_version
-        optimizer_state = self._optimizer.state_dict()
-        self.restore(self._anchor, self._anchor_text_version)
-        serving = evaluate(self.model, window)
-        self.restore(current, current_text)
-        self._optimizer.load_state_dict(optimizer_state)
-        candidate = evaluate(self.model, window)
-        decision = gate.decide(candidate, serving)
-        log.info("gate: %s (%s)", "publish" if decision.publish else "refuse", decision.reason)
-        return decision

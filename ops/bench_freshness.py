@@ -221,7 +221,10 @@ def run_bench_freshness(base_settings: KafkaSettings, *, tiny: bool = False, dev
     user_id = next(m.key.decode() for m in reversed(warm) if m.kind == "purchase")
     level = os.environ.get("RECLOOP_LOG_LEVEL", "INFO")
     env = recloop_env(settings, RECLOOP_ADAPTER_KEY=KEY, RECLOOP_LEARNER_TINY="1" if tiny else "0",
-                      RECLOOP_LEARNER_DEVICE=device, RECLOOP_LOG_LEVEL=level)
+                      RECLOOP_LEARNER_DEVICE=device, RECLOOP_LOG_LEVEL=level,
+                      # a decision every 8 baskets: at 10 events/s the default 200-basket window closes
+                      # once in ~7 minutes, and freshness measures the cadence, not the model
+                      RECLOOP_LEARNER_WINDOW_BASKETS=os.environ.get("RECLOOP_LEARNER_WINDOW_BASKETS", "8"))
     worker_port, serve_port = free_port(), free_port()
     worker = ChildProcess(["worker"], {**env, "RECLOOP_WORKER_WEB_PORT": str(worker_port)}, home / "worker.log")
     server = ChildProcess(["serve", "--port", str(serve_port)] + (["--tiny"] if tiny else []), env,

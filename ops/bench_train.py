@@ -35,9 +35,9 @@ from torch import nn
 
 from learner.encoder import Base, base_fingerprint, pool
 from learner.examples import ExampleBuilder, ExampleConfig
-from learner.features import FEATURE_NAMES, BehaviourFeatures
 from learner.model import Example, FusionHead, ModelConfig, pick_device, recency_weights
-from learner.service import StreamingRankingModel, item_text
+from learner.rich_features import RichFeatures
+from learner.service import StreamingRankingModel
 from learner.trainer import MicroBatchTrainer, TrainerConfig
 from ops.retail_events import read_table, retail_events
 
@@ -119,9 +119,9 @@ def bench_base(random_weights: bool, seed: int = 0) -> tuple[Base, str]:
 def real_batches(events: int, batch_size: int, n_batches: int, seed: int = 0) -> tuple[list[str], list[list[Example]]]:
     """Item texts and the last ``n_batches`` micro-batches the worker would build from the first ``events``."""
     retail = retail_events(read_table(DATA), limit=events)
-    features = BehaviourFeatures()
+    features = RichFeatures()
     builder = ExampleBuilder(features, ExampleConfig(seed=seed))
-    titles = {item.item_id: item_text(item) for item in retail.items}
+    titles = {item.item_id: item.text for item in retail.items}
     for item in retail.items:
         features.add_item(item.item_id)
     examples: list[Example] = []
@@ -187,7 +187,7 @@ def _timed(step, batches: list[list[Example]], warmup: int, device: torch.device
 
 def run_recloop(base: Base, texts: list[str], batches: list[list[Example]], cfg: TrainBenchConfig,
                 device: torch.device) -> dict:
-    model = StreamingRankingModel(base, ModelConfig(feature_names=FEATURE_NAMES), device=str(device), seed=cfg.seed,
+    model = StreamingRankingModel(base, ModelConfig(), device=str(device), seed=cfg.seed,
                                   bucket_size=cfg.bucket_size)
     model.set_catalogue(texts, encode=False)
     touched = {i for batch in batches for e in batch for i in (*e.history, *e.candidates)}
@@ -250,7 +250,7 @@ class PlainLoraLoop:
 
 def run_baseline(base: Base, texts: list[str], batches: list[list[Example]], cfg: TrainBenchConfig,
                  device: torch.device) -> dict:
-    loop = PlainLoraLoop(base, texts, ModelConfig(feature_names=FEATURE_NAMES), device, cfg.seed)
+    loop = PlainLoraLoop(base, texts, ModelConfig(), device, cfg.seed)
     timed = batches[: cfg.warmup + cfg.baseline_steps]
     seconds, peak, losses = _timed(loop.step, timed, cfg.warmup, device)
     samples = sum(len(b) for b in timed[cfg.warmup:])

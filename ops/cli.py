@@ -292,18 +292,44 @@ def eval_command(
     tiny: Annotated[bool, typer.Option("--tiny", help="A seeded tiny BERT instead of MiniLM (fast, for CI)")] = False,
     model_dir: Annotated[Path | None, typer.Option(
         help="HF model directory of the base (default $RECLOOP_BASE_MODEL_DIR or the bundled MiniLM)")] = None,
-    data: Annotated[Path | None, typer.Option(help="The Online Retail parquet file (default: the bundled copy)")
-                    ] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="A shop's history: contract records (interactions and catalog items; parquet, CSV or JSONL, as "
+             "`recloop replay` reads them) or the Online Retail file (default: the bundled copy)")] = None,
+    baselines_only: Annotated[bool, typer.Option(
+        "--baselines-only", help="Only the baselines: no encoder, no learners (fast)")] = False,
+    ablations: Annotated[bool, typer.Option(help="Also run recloop's ablations (no text term, frozen text tower)")
+                         ] = True,
+    full_finetune: Annotated[bool, typer.Option(
+        "--full-finetune", help="Also run the full fine-tune (every encoder weight trained, no LoRA; slow)")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar (there is none when stderr is not a terminal)")
+                     ] = False,
 ) -> None:
-    """Offline prequential evaluation of the baselines, the frozen base, recloop and a full fine-tune; prints JSON."""
+    """Offline prequential evaluation of the baselines, the frozen base and recloop (with its ablations); prints JSON.
+
+    The test period is the data's last 91 days; see docs/evaluation.md.
+    """
     from learner.baskets import DEFAULT_DATA_PATH
-    from ops.eval_cli import run_full_eval
+    from ops.progress import event_progress
+    from ops.shop_files import ShopDataError
 
     logs.configure("WARNING")
     data = data or DEFAULT_DATA_PATH
     if not data.is_file():
         _fail(f"no dataset at {data}")
-    result = run_full_eval(quick=quick, out_dir=out, model_dir=model_dir, tiny=tiny, data_path=data)
+    with event_progress(enabled=not quiet and sys.stderr.isatty(), console=console, label="eval",
+                        unit="baskets") as progress:
+        try:
+            if baselines_only:
+                from ops.evaluate import default_models, run_eval
+
+                result = run_eval(default_models(), quick=quick, data_path=data, out_dir=out, progress=progress)
+            else:
+                from ops.eval_cli import run_full_eval
+
+                result = run_full_eval(quick=quick, out_dir=out, model_dir=model_dir, tiny=tiny, data_path=data,
+                                       progress=progress, ablations=ablations, full_finetune=full_finetune)
+        except ShopDataError as exc:
+            _fail(str(exc))
     print(json.dumps(result, indent=2))
 
 

@@ -1,15 +1,21 @@
-"""``recloop eval``: the baselines, the frozen base, recloop and a full fine-tune in one prequential run.
+"""``recloop eval``: the baselines, the frozen base, recloop and its variants in one prequential run.
 
 Every model sees the same stream in the same order (:func:`ops.evaluate.prequential`): score a
-timestamp group, then learn it. Besides the ranking metrics, the run measures **retention**: each
-version the learners accept ranks a fixed early slice held out of training (see
-:class:`learner.recloop_eval_model.RetentionProbe`); retention is the last version's NDCG@10 on it
-over the best version's, for the model as served (``retention``) and for its text cosine alone
-(``retention_text``, which isolates what the encoder forgot).
+timestamp group, then learn it. ``recloop`` is what a shopper is served: the deployed learner trains,
+each published adapter is verified and built by serving's code, and serving's ranking scores
+(:class:`ops.served_recommender.ServedRecommender`). Its variants run the same code with one thing
+changed: ``recloop_no_text`` (the text term removed), ``recloop_frozen_text`` (the text tower never
+trained) and, with ``full_finetune=True``, ``full_finetune`` (every encoder weight trained, no LoRA).
+
+Besides the ranking metrics, the run measures **retention**: each version the learners accept ranks
+a fixed early slice held out of training (:class:`learner.ranker.RetentionProbe`, the data's first
+month); retention is the last version's NDCG@10 on it over the best version's, for the model as served
+(``retention``) and for its text cosine alone (``retention_text``, which isolates what the encoder forgot).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,57 +24,62 @@ from pathlib import Path
 import torch
 
 from learner.baselines import Recommender
-from learner.baskets import DEFAULT_DATA_PATH, item_descriptions, load_baskets, read_transactions
+from learner.baskets import DEFAULT_DATA_PATH
 from learner.encoder import Base, load_base, tiny_bert
-from learner.recloop_eval_model import (
-    FeatureStore,
-    FrozenBaseRecommender,
-    FullFineTuneRecommender,
-    RecloopConfig,
-    RecloopRecommender,
-)
-from ops.evaluate import default_models, draw_model_panels, markdown_table, run_eval
+from learner.ranker_config import RankerConfig
+from learner.text_baseline import FrozenBaseRecommender
+from ops.evaluate import ProgressFactory, Protocol, default_models, draw_model_panels, markdown_table, run_eval
+from ops.served_recommender import ServedRecommender
+from ops.shop_files import Shop, load_shop
 
 log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = ("ndcg@10", "hr@10", "recall@10", "mrr")
 
 
-def build_models(base: Base, item_texts: list[str], config: RecloopConfig | None = None,
-                 baselines: bool = True) -> list[Recommender]:
-    """The baselines, then the frozen base, recloop and the full fine-tune.
+#: recloop and its ablations: what each changes in the one model (see the module docstring)
+VARIANTS = {"recloop": {}, "recloop_no_text": {"use_text": False}, "recloop_frozen_text": {"train_text": False}}
 
-    The catalogue is encoded once: recloop's untrained LoRA is the identity, so its item vectors are the
-    frozen base's, and the other two start from a copy. recloop and the full fine-tune share one
-    behavioural feature store (they learn the same stream; their weights are their own).
-    """
-    store = FeatureStore()
-    recloop = RecloopRecommender(base, item_texts, config=config, store=store)
-    vectors = recloop.model.item_vectors
-    full = FullFineTuneRecommender(base, item_texts, config=config, store=store, item_vectors=vectors)
-    frozen = FrozenBaseRecommender(item_vectors=vectors)
-    return [*(default_models() if baselines else []), frozen, recloop, full]
+
+def build_models(base: Base, shop: Shop, probe_until: float | None, config: RankerConfig | None = None, *,
+                 baselines: bool = True, ablations: bool = True, full_finetune: bool = False) -> list[Recommender]:
+    """The baselines, the frozen base, recloop, its ablations and (optionally) the full fine-tune."""
+    config = config or RankerConfig()
+    texts = shop.item_texts()
+    items = [(shop.index.code_of(i), texts[i]) for i in range(len(texts))]
+    variants = {name: change for name, change in VARIANTS.items() if ablations or name == "recloop"}
+    if full_finetune:
+        variants["full_finetune"] = {"full_finetune": True}
+    learners = [ServedRecommender(base, items, name=name, config=dataclasses.replace(config, **change),
+                                  probe_until=probe_until) for name, change in variants.items()]
+    frozen = FrozenBaseRecommender(base, texts)
+    return [*(default_models() if baselines else []), frozen, *learners]
 
 
 def run_full_eval(quick: bool, out_dir: Path | None, model_dir: Path | None = None, tiny: bool = False, *,
-                  data_path: Path = DEFAULT_DATA_PATH, config: RecloopConfig | None = None,
-                  threads: int | None = 1) -> dict:
+                  data_path: Path = DEFAULT_DATA_PATH, config: RankerConfig | None = None,
+                  threads: int | None = 1, progress: ProgressFactory | None = None, ablations: bool = True,
+                  full_finetune: bool = False) -> dict:
     """Run the protocol on every model and return the JSON-able result; write eval.md/.json/.png to ``out_dir``.
 
     ``tiny`` uses a seeded random tiny BERT instead of MiniLM (fast; its text vectors mean nothing).
     ``threads`` caps torch's CPU threads (1 suits a shared 2-core machine; ``None`` leaves torch's default).
+    ``data_path``: contract records or the Online Retail file (:func:`ops.shop_files.load_shop`); ``progress``:
+    see :func:`ops.evaluate.run_eval`.
     """
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
     base = tiny_bert(seed=0) if tiny else load_base(model_dir)
-    baskets, index = load_baskets(data_path)
-    texts = item_descriptions(read_transactions(data_path), index)
-    models = build_models(base, texts, config)
-    learners = [m for m in models if isinstance(m, RecloopRecommender)]
+    shop = load_shop(data_path)
+    probe_until = Protocol.for_baskets(shop.baskets).probe_end
+    models = build_models(base, shop, probe_until, config, ablations=ablations, full_finetune=full_finetune)
+    learners = [m for m in models if isinstance(m, ServedRecommender)]
     setup_seconds = time.perf_counter() - started
-    result = run_eval(models, quick=quick, data_path=data_path, out_dir=None)
+    result = run_eval(models, quick=quick, data_path=data_path, out_dir=None, shop=shop, progress=progress)
     reports = {m.name: m.report() for m in learners}
+    for learner in learners:
+        learner.close()
     result["models"] = {name: {**{k: summary[k] for k in SUMMARY_METRICS}, **summary}
                         for name, summary in result["models"].items()}
     result["retention"] = {"frozen_base": 1.0, **{name: r["retention"] for name, r in reports.items()}}

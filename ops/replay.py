@@ -1,9 +1,9 @@
 """Replay and backfill: put history on the topics in event-time order, idempotently.
 
 Sources:
-- the Online Retail parquet/CSV (converted by :mod:`ops.retail_events`);
-- parquet, CSV or JSONL files whose rows are already contract records (interactions,
-  explanation feedback or catalog items);
+- files read by :mod:`ops.shop_files` (the same reader as ``recloop eval``): parquet, CSV or JSONL
+  whose rows are already contract records (interactions, explanation feedback or catalog items), or
+  the Online Retail parquet/CSV through its one documented mapping (:mod:`ops.retail_events`);
 - ``topic:NAME`` — a time range of an existing topic, copied into another topic (backfill).
 
 Rows that are not valid records are skipped and counted with their reason; they are never sent.
@@ -25,7 +25,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from ops.kafka_io import topic_reader
-from ops.retail_events import looks_like_retail, read_table, retail_events
+from ops.shop_files import SUFFIXES, contract_records, read_records
 from streams import records
 from streams.records import ExplanationFeedback, Interaction, InvalidRecord, Item
 from streams.settings import KafkaSettings
@@ -106,97 +106,23 @@ class Pacer:
 
 def file_messages(path: Path, settings: KafkaSettings, *, since: float | None = None, until: float | None = None,
                   limit: int | None = None, skipped: Counter | None = None) -> list[OutgoingMessage]:
-    """All messages of a file, catalog items first, then events in event-time order."""
-    skipped = skipped if skipped is not None else Counter()
+    """All messages of a file (:func:`ops.shop_files.read_records`), catalog items first, then events in
+    event-time order."""
     if not path.exists():
         raise FileNotFoundError(f"replay source {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".csv"):
-        table = read_table(path) if looks_like_retail(_columns(path)) else None
-        if table is not None:
-            events = retail_events(table, since=since, until=until, limit=limit)
-            skipped.update(events.skipped)
-            return ([_message(settings, item) for item in events.items]
-                    + [_message(settings, event) for event in events.interactions])
-        rows = _table_rows(path)
-    elif suffix in (".jsonl", ".ndjson", ".json"):
-        rows = _jsonl_rows(path, skipped)
-    else:
+    if path.suffix.lower() not in SUFFIXES:
         raise ValueError(f"unsupported replay source {path.name}: use .parquet, .csv or .jsonl, or topic:NAME")
-    return contract_messages(rows, settings, since=since, until=until, limit=limit, skipped=skipped)
+    found = read_records(path, since=since, until=until, limit=limit)
+    if skipped is not None:
+        skipped.update(found.skipped)
+    return [_message(settings, item) for item in found.items] + [_message(settings, event) for event in found.events]
 
 
 def contract_messages(rows: Iterable[dict], settings: KafkaSettings, *, since: float | None, until: float | None,
                       limit: int | None, skipped: Counter) -> list[OutgoingMessage]:
     """Validate rows that are already contract records; invalid ones are counted, not sent."""
-    items: list[OutgoingMessage] = []
-    events: list[OutgoingMessage] = []
-    for row in rows:
-        cls = _record_type(row)
-        if cls is None:
-            skipped["unrecognised row (not an interaction, feedback or item)"] += 1
-            continue
-        try:
-            record = records.from_dict(cls, row)
-        except InvalidRecord as exc:
-            skipped[f"invalid {cls.__name__}: {_reason(str(exc))}"] += 1
-            continue
-        if isinstance(record, Item):
-            items.append(_message(settings, record))
-            continue
-        if (since is not None and record.ts < since) or (until is not None and record.ts >= until):
-            continue
-        events.append(_message(settings, record))
-    events.sort(key=lambda m: m.ts)
-    return items + (events[:limit] if limit is not None else events)
-
-
-def _record_type(row: dict) -> type | None:
-    if "explanation_id" in row:
-        return ExplanationFeedback
-    if "event_id" in row or "type" in row:
-        return Interaction
-    if "title" in row:
-        return Item
-    return None
-
-
-def _reason(error: str) -> str:
-    from streams.ingest import error_kind
-
-    return error_kind(error)
-
-
-def _columns(path: Path) -> list[str]:
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_schema(path).names
-    with path.open("rb") as handle:
-        return [c.strip().decode() for c in handle.readline().split(b",")]
-
-
-def _table_rows(path: Path) -> list[dict]:
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    from pyarrow import csv
-
-    return csv.read_csv(path).to_pylist()
-
-
-def _jsonl_rows(path: Path, skipped: Counter) -> list[dict]:
-    rows = []
-    with path.open("rb") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                rows.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                skipped["invalid json line"] += 1
-    return rows
+    found = contract_records(rows, since=since, until=until, limit=limit, skipped=skipped)
+    return [_message(settings, item) for item in found.items] + [_message(settings, event) for event in found.events]
 
 
 def _message(settings: KafkaSettings, record: Item | Interaction | ExplanationFeedback) -> OutgoingMessage:

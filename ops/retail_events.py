@@ -1,11 +1,32 @@
-"""Turn the Online Retail transactions into the contract's catalog items and interactions.
+"""The one documented mapping of the Online Retail file onto the contract's catalog items and interactions.
 
-One row of the dataset is one line of an invoice. A row with a customer becomes an
-``Interaction``: a purchase, or a return when the invoice is a cancellation ("C…") or the
-quantity is negative. Rows without a customer cannot be attributed to a shopper and are
-skipped (counted, with that reason). ``event_id`` is derived from the invoice, the stock code
-and the row's position among identical (invoice, stock code) lines, so the same file always
-yields the same ids and a second replay is recognised as a duplicate downstream.
+Replay (``recloop replay``) and the offline evaluation (``recloop eval``) both read the file through
+:func:`retail_events`, so they see the same shop. The mapping (the only place that names the file's
+columns):
+
+| column | contract field |
+|---|---|
+| CustomerID | ``Interaction.user_id`` (as an int string; rows without one are skipped) |
+| StockCode | ``Interaction.item_id``, ``Item.item_id`` |
+| InvoiceDate | ``Interaction.ts`` (naive, read as UTC) |
+| InvoiceNo | ``Interaction.session_id`` (one invoice = one checkout); a leading "C" is a cancellation |
+| Quantity | ``Interaction.quantity`` (absolute value); negative = a return |
+| UnitPrice (optional) | ``Interaction.price``, ``Item.price`` |
+| Description (optional) | ``Item.title``: the latest one on a priced line (unpriced lines are stock adjustments |
+| | whose text is a note such as "damaged"), else the first one, else the stock code |
+
+One row is one line of an invoice. It becomes a ``purchase``, or a ``return`` when the invoice is a
+cancellation or the quantity is negative. ``event_id`` is derived from the invoice, the stock code and
+the row's position among identical (invoice, stock code) lines, so the same file always yields the
+same ids and a second replay is recognised as a duplicate downstream.
+
+**The cleaning rule** (every skipped row is counted with its reason): rows without a customer, with a
+negative price or a zero quantity, and rows that are not products. A product's stock code starts with
+a digit; the others are postage (POST, DOT, C2), fees and charges (BANK CHARGES, AMAZONFEE, CRUK),
+manual lines and discounts (M, D, B, S). They are dropped, not mapped to items, because nobody should be
+recommended postage: kept, POST alone would be the item most bought again by foreign customers, so
+the learner would learn it and serving would show it, and a repeat model would get credit for
+predicting a shipping charge.
 """
 
 from __future__ import annotations
@@ -22,11 +43,24 @@ import pyarrow.parquet as pq
 
 from streams.records import Interaction, Item
 
-RETAIL_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID")
+#: The columns the mapping needs, and the optional ones it reads when present.
+REQUIRED_COLUMNS = ("InvoiceNo", "StockCode", "Quantity", "InvoiceDate", "CustomerID")
+OPTIONAL_COLUMNS = ("Description", "UnitPrice")
+RETAIL_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+NOT_A_PRODUCT = "not a product (postage, fee, manual line)"
 
 
 def looks_like_retail(columns: list[str]) -> bool:
-    return all(name in columns for name in RETAIL_COLUMNS)
+    return all(name in columns for name in REQUIRED_COLUMNS)
+
+
+def is_product(stock_code: str) -> bool:
+    """Products have stock codes starting with a digit; postage, fees and manual lines do not.
+
+    >>> [is_product(code) for code in ("85123A", "10002", "POST", "BANK CHARGES", "M", "gift_0001_10")]
+    [True, True, False, False, False, False]
+    """
+    return stock_code[:1].isdigit()
 
 
 @dataclass
@@ -39,8 +73,9 @@ class RetailEvents:
 
 
 def read_table(path: Path) -> pa.Table:
-    if path.suffix == ".parquet":
-        return pq.read_table(path, columns=list(RETAIL_COLUMNS))
+    if path.suffix.lower() == ".parquet":
+        present = set(pq.read_schema(path).names)
+        return pq.read_table(path, columns=[name for name in RETAIL_COLUMNS if name in present])
     from pyarrow import csv
 
     return csv.read_csv(path)
@@ -52,9 +87,9 @@ def retail_events(table: pa.Table, *, since: float | None = None, until: float |
     ts = _epoch_seconds(table.column("InvoiceDate"))
     invoices = table.column("InvoiceNo").to_pylist()
     codes = [str(c) for c in table.column("StockCode").to_pylist()]
-    descriptions = table.column("Description").to_pylist()
+    descriptions = _optional_column(table, "Description")
     quantities = table.column("Quantity").to_pylist()
-    prices = table.column("UnitPrice").to_pylist()
+    prices = _optional_column(table, "UnitPrice")
     customers = table.column("CustomerID").to_pylist()
 
     order = sorted(range(len(ts)), key=lambda i: ts[i])  # stable: ties keep row order
@@ -69,8 +104,10 @@ def retail_events(table: pa.Table, *, since: float | None = None, until: float |
         occurrences[(invoice, code)] += 1
         description = (descriptions[i] or "").strip()
         price = prices[i]
-        if description and description != "Unknown":
-            latest_item[code] = (description, price if price is not None and price > 0 else None)
+        priced = price is not None and price > 0
+        if description and description != "Unknown" and (priced or code not in latest_item):
+            # unpriced lines are stock adjustments whose "description" is a note ("damaged", "amazon")
+            latest_item[code] = (description, price if priced else None)
         if since is not None and ts[i] < since:
             continue
         if until is not None and ts[i] >= until:
@@ -82,11 +119,14 @@ def retail_events(table: pa.Table, *, since: float | None = None, until: float |
             skipped["no customer id"] += 1
             continue
         quantity = quantities[i]
-        if price is None or price < 0:
+        if price is not None and price < 0:
             skipped["negative price"] += 1
             continue
         if not quantity:
             skipped["zero quantity"] += 1
+            continue
+        if not is_product(code):
+            skipped[NOT_A_PRODUCT] += 1
             continue
         kind = "return" if invoice.startswith("C") or quantity < 0 else "purchase"
         interactions.append(Interaction(
@@ -97,7 +137,7 @@ def retail_events(table: pa.Table, *, since: float | None = None, until: float |
             ts=ts[i],
             session_id=invoice,
             quantity=abs(int(quantity)),
-            price=float(price),
+            price=float(price) if price is not None else None,
         ))
         used_items[code] = None
     items = []
@@ -107,6 +147,10 @@ def retail_events(table: pa.Table, *, since: float | None = None, until: float |
         if code not in latest_item:
             skipped["item without description (title = stock code)"] += 1
     return RetailEvents(items=items, interactions=interactions, skipped=skipped)
+
+
+def _optional_column(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
 
 
 def _epoch_seconds(column: pa.ChunkedArray) -> list[float]:

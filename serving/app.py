@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel
 
 from learner.encoder import Base
+from learner.rich_features import FEATURE_NAMES
 from serving.explain import Explainer
 from serving.history import HistoryFollower, LiveBehaviour
 from serving.settings import MAX_K, ServingSettings
@@ -39,6 +40,8 @@ from serving.updates import StateUpdater, UpdateFollower
 from streams.records import (
     MAX_EVENT_BYTES,
     MAX_ID_CHARS,
+    MAX_TS,
+    MIN_TS,
     ExplanationFeedback,
     Impression,
     Interaction,
@@ -235,6 +238,8 @@ def parse_feedback(body: bytes, now: float | None = None) -> ExplanationFeedback
 
 # --------------------------------------------------------------------------- recommending
 
+POPULARITY_COLUMN = FEATURE_NAMES.index("pop_30d")
+
 
 @dataclass(frozen=True)
 class Recommendation:
@@ -265,17 +270,15 @@ class Recommender:
         self.settings = settings
         self.explainer = Explainer(live.item_id, live.title)
         self.scoring_ms = 0.0  # exponential moving average
-        self._candidates = np.arange(0)
         self._rec_ids = itertools.count()
         self._rec_prefix = uuid.uuid4().hex[:16]  # unique per worker; a counter is cheaper than uuid4 per request
 
-    async def recommend(self, state: ServingState, user_id: str, k: int) -> Recommendation:
+    async def recommend(self, state: ServingState, user_id: str, k: int, ts: float | None = None) -> Recommendation:
         features = self.live.features
-        rec_id, now = f"{self._rec_prefix}{next(self._rec_ids):016x}", time.time()
+        rec_id, now = f"{self._rec_prefix}{next(self._rec_ids):016x}", time.time() if ts is None else ts
         if not features.knows(user_id):
             return self._popular(state, user_id, k, rec_id, now)
-        history = state.usable_history(features.history(user_id, self.settings.max_history))
-        rows = features.matrix(user_id, self._all(state.n_items))
+        history, rows = self.live.ranking_inputs(state, user_id, self.settings.max_history)
         recommendable = state.catalogue.recommendable
         if self.scoring_ms > self.settings.inline_scoring_ms:
             top, scores, cosine = await asyncio.to_thread(self._timed_top, state, history, rows, recommendable, k)
@@ -291,7 +294,7 @@ class Recommender:
         ranked = features.popular(len(features.index))
         usable = ranked[ranked < state.n_items]
         top = usable[state.catalogue.recommendable[usable]][:k]
-        scores = features.matrix(user_id, top)[:, 2] if len(top) else np.zeros(0)
+        scores = features.matrix(user_id, top)[:, POPULARITY_COLUMN] if len(top) else np.zeros(0)
         explanations = self.explainer.popular(state, features, user_id, top)
         items = [self._item(int(item), float(score), explanation.to_dict())
                  for item, score, explanation in zip(top.tolist(), scores.tolist(), explanations, strict=True)]
@@ -307,11 +310,6 @@ class Recommender:
         result = state.top_k(history, rows, recommendable, k)
         self.scoring_ms = 0.9 * self.scoring_ms + 0.1 * (time.perf_counter() - start) * 1000
         return result
-
-    def _all(self, n: int) -> np.ndarray:
-        if len(self._candidates) != n:
-            self._candidates = np.arange(n)
-        return self._candidates
 
 
 # --------------------------------------------------------------------------- the worker
@@ -380,11 +378,12 @@ class ServingWorker:
 
     # ------------------------------------------------------------------ requests
 
-    async def recommend(self, user_id: str, k: int) -> Recommendation:
+    async def recommend(self, user_id: str, k: int, ts: float | None = None) -> Recommendation:
+        """``ts``: the visit's event time, stamped on the impression (wall-clock time when None)."""
         state = self.holder.current  # this request keeps this state, whatever is swapped in meanwhile
         if state is None:
             raise NotReady()
-        recommendation = await self.recommender.recommend(state, user_id, k)
+        recommendation = await self.recommender.recommend(state, user_id, k, ts=ts)
         self.impressions.log(recommendation.impression())
         return recommendation
 
@@ -510,13 +509,16 @@ def create_app(worker: ServingWorker) -> FastAPI:
     async def recommend(
         user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_CHARS, description="The shopper")],
         k: Annotated[int, Query(ge=1, le=MAX_K, description="How many items (1..1000)")] = worker.settings.default_k,
+        ts: Annotated[float | None, Query(ge=MIN_TS, le=MAX_TS, allow_inf_nan=False, description=(
+            "Event time of the visit (epoch seconds), stamped on the impression so that it joins with what "
+            "the shopper does next in replays too; default: now"))] = None,
     ) -> Response:
         """Rank the whole catalogue for ``user_id`` with the current model and explain the top ``k``."""
         start = time.perf_counter()
         if not user_id.isprintable():
             return _error(422, "user_id: must be printable text")
         try:
-            recommendation = await worker.recommend(user_id, k)
+            recommendation = await worker.recommend(user_id, k, ts)
         except NotReady:
             metrics.requests.labels("recommend", "503").inc()
             return _error(503, "no model version is serving yet")

@@ -1,13 +1,17 @@
 """Faithful explanations: name the reason that actually moved the score, and the history items behind it.
 
-The ranking score is ``head(features, cosine)`` with feature columns ``repeat``, ``knn`` and
-``popularity`` and the text cosine between the shopper's vector and the item's. For each
-recommended item the explainer
+The ranking score is ``head(features, cosine)`` over the behavioural feature columns of
+:data:`learner.rich_features.FEATURE_NAMES` and the text cosine between the shopper's vector and the
+item's. The columns form named terms (:data:`TERM_COLUMNS`): ``repeat`` (everything about the
+shopper's own purchases of the item: all zero for an item they never bought), ``knn`` (bought
+together), ``popularity`` (item statistics), ``shopper`` (context, the same for every item) and
+``text``. For each recommended item the explainer
 
-1. measures how much each of those four terms adds to the score by occlusion (score minus the
-   score with that term set to zero; exact for the linear head, and it includes the MLP's share);
-2. picks the term that adds most as the style: ``repeat`` → ``history``, ``knn`` → ``co_purchase``,
-   ``text`` → ``similar_text``, ``popularity`` → ``popular``;
+1. measures how much each term adds to the score by occlusion (score minus the score with that
+   term's columns set to zero; exact for the linear head, and it includes the MLP's share);
+2. picks the term that adds most as the style (``shopper`` is context, never a reason):
+   ``repeat`` → ``history``, ``knn`` → ``co_purchase``, ``text`` → ``similar_text``,
+   ``popularity`` → ``popular``;
 3. cites the history items that make up that term, with their share of it: the item itself for a
    repeat purchase, ``recency weight × co-purchase similarity`` for kNN (the same terms
    :meth:`learner.features.BehaviourFeatures.evidence` returns), and for text how much the cosine
@@ -30,12 +34,24 @@ import numpy as np
 import torch
 
 from learner.baselines import recency_weights as basket_recency_weights
-from learner.features import FEATURE_NAMES, BehaviourFeatures
+from learner.features import BehaviourFeatures
 from learner.model import FusionHead
+from learner.rich_features import FEATURE_NAMES
 from serving.state import ServingState
 
-#: One explanation style per scoring term, in the order of :func:`term_contributions`' columns.
-TERMS = (*FEATURE_NAMES, "text")
+#: The scoring terms an explanation can name, each a group of feature columns ("text": the cosine).
+TERM_COLUMNS: dict[str, tuple[str, ...]] = {
+    "repeat": ("repeat", "repeat_7d", "repeat_30d", "repeat_365d", "purchases", "bought_before", "days_since",
+               "due", "recent_baskets"),
+    "knn": ("knn",),
+    # item-level statistics, the same for every shopper: how many buy it, and how often it is bought again
+    "popularity": ("pop_7d", "pop_30d", "item_repurchase"),
+    "shopper": ("shopper_baskets", "shopper_repeat_share", "shopper_days_since"),
+    "text": (),
+}
+assert sorted(c for cols in TERM_COLUMNS.values() for c in cols) == sorted(FEATURE_NAMES), "every column in one term"
+#: The terms, in the order of :func:`term_contributions`' columns.
+TERMS = tuple(TERM_COLUMNS)
 STYLE_OF_TERM = {"repeat": "history", "knn": "co_purchase", "popularity": "popular", "text": "similar_text"}
 MAX_CITED = 3
 
@@ -79,19 +95,25 @@ def term_contributions(head: FusionHead, features: np.ndarray, cosine: np.ndarra
 
     >>> from learner.model import ModelConfig
     >>> head = FusionHead(ModelConfig())
-    >>> term_contributions(head, np.array([[2.0, 1.0, 0.0]]), np.array([0.5])).round(3).tolist()
-    [[2.0, 0.05, 0.0, 0.025]]
+    >>> term_contributions(head, np.eye(1, len(FEATURE_NAMES)) * 2.0, np.array([0.5])).round(3).tolist()
+    [[2.0, 0.0, 0.0, 0.0, 0.025]]
     """
     feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
     cos = torch.as_tensor(np.asarray(cosine, dtype=np.float32))
-    k, n_features = feats.shape
-    variants_f = feats.repeat(n_features + 2, 1, 1)  # [variant, k, F]; variant 0 is the full input
-    variants_c = cos.repeat(n_features + 2, 1)
-    for term in range(n_features):
-        variants_f[term + 1, :, term] = 0.0
-    variants_c[n_features + 1] = 0.0
+    variants_f = feats.repeat(len(TERMS) + 1, 1, 1)  # [variant, k, F]; variant 0 is the full input
+    variants_c = cos.repeat(len(TERMS) + 1, 1)
+    for term, name in enumerate(TERMS, start=1):
+        if name == "text":
+            variants_c[term] = 0.0
+        else:
+            variants_f[term][:, [_COLUMN[c] for c in TERM_COLUMNS[name]]] = 0.0
     scores = head(variants_f, variants_c)
     return (scores[0].unsqueeze(0) - scores[1:]).T.numpy().astype(np.float64)
+
+
+_COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
+#: Positions in :data:`TERMS` of the terms a style can come from.
+_STYLE_TERMS = np.array([i for i, term in enumerate(TERMS) if term in STYLE_OF_TERM])
 
 
 def co_purchase_support(features: BehaviourFeatures, user_id: str, items: Sequence[int],
@@ -185,7 +207,7 @@ class Explainer:
         """Explanations of ``items`` ranked for a known shopper, given the inputs their scores came from."""
         items = [int(i) for i in items]
         contributions = term_contributions(state.head, feature_rows, cosine)
-        best = contributions.argmax(axis=1)
+        best = _STYLE_TERMS[contributions[:, _STYLE_TERMS].argmax(axis=1)]
         styles = [STYLE_OF_TERM[TERMS[b]] if contributions[n, b] > 0 else "popular" for n, b in enumerate(best)]
         # the supporting items are only worked out for the items whose style needs them
         knn = [n for n, style in enumerate(styles) if style == "co_purchase"]

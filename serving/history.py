@@ -17,8 +17,8 @@ from collections import Counter
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from learner.features import BehaviourFeatures
-from serving.state import CatalogueSnapshot
+from learner.rich_features import RichFeatures
+from serving.state import CatalogueSnapshot, ServingState
 from streams.records import Interaction, InvalidRecord, Item, decode
 from streams.settings import KafkaSettings
 from streams.topics import CATALOG, INTERACTIONS
@@ -37,14 +37,16 @@ class LiveBehaviour:
     (('WHITE HANGING HEART T-LIGHT HOLDER', '22423'), [True, False])
     """
 
-    def __init__(self, features: BehaviourFeatures | None = None) -> None:
-        self.features = features if features is not None else BehaviourFeatures()
-        self._texts: list[str] = []
+    def __init__(self, features: RichFeatures | None = None) -> None:
+        self.features = features if features is not None else RichFeatures()
+        self._texts: list[str] = []  # what the text tower encodes (Item.text)
+        self._titles: list[str] = []  # what a shopper reads
         self._titled: list[bool] = []
         self._recommendable = np.zeros(0, dtype=bool)
         self.generation = 0
         self.counts: Counter[str] = Counter()
         self._snapshot: CatalogueSnapshot | None = None
+        self._all = np.arange(0)
         self._sync_index()
 
     # ------------------------------------------------------------------ learning
@@ -52,11 +54,12 @@ class LiveBehaviour:
     def learn_item(self, item: Item) -> None:
         index = self.features.add_item(item.item_id)
         self._sync_index()
-        title = item.title.strip() or item.item_id
-        if self._texts[index] != title or not self._titled[index]:
-            self._texts[index] = title
+        text, title = item.text, item.title.strip() or item.item_id
+        if self._texts[index] != text or not self._titled[index]:
+            self._texts[index] = text
             self._titled[index] = True
             self.generation += 1
+        self._titles[index] = title  # display only: no new state needed
         if not self._recommendable[index]:
             self._recommendable[index] = True
             self.generation += 1
@@ -82,6 +85,7 @@ class LiveBehaviour:
             return
         for index in range(len(self._texts), len(codes)):
             self._texts.append(codes.code_of(index))
+            self._titles.append(codes.code_of(index))
             self._titled.append(False)
         grown = np.zeros(len(self._texts), dtype=bool)
         grown[: len(self._recommendable)] = self._recommendable
@@ -91,10 +95,18 @@ class LiveBehaviour:
     # ------------------------------------------------------------------ reading
 
     def title(self, index: int) -> str:
-        return self._texts[index]
+        return self._titles[index]
 
     def item_id(self, index: int) -> str:
         return self.features.index.code_of(index)
+
+    def ranking_inputs(self, state: ServingState, user_id: str, max_history: int) -> tuple[list[int], np.ndarray]:
+        """What the model ranks a shopper's catalogue from: their usable history (oldest first) and the feature
+        rows of every item of ``state`` — the same inputs for ``/recommend`` and ``recloop eval``."""
+        if len(self._all) != state.n_items:
+            self._all = np.arange(state.n_items)
+        history = state.usable_history(self.features.history(user_id, max_history))
+        return history, self.features.matrix(user_id, self._all)
 
     def snapshot(self) -> CatalogueSnapshot:
         """An immutable copy for building a state in another thread (cached until something changes)."""

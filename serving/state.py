@@ -27,8 +27,8 @@ from torch import nn
 
 from learner.artifacts import Unpacked, load_adapter_into, shipped_item_vectors, vectors_for_texts
 from learner.encoder import Base, encode_texts
-from learner.features import FEATURE_NAMES
 from learner.model import FusionHead, ModelConfig, RankingModel, recency_weights
+from learner.rich_features import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class StateBuilder:
 
     def __init__(self, base: Base, config: ModelConfig | None = None) -> None:
         self.base = base
-        self.config = config or ModelConfig(feature_names=FEATURE_NAMES)
+        self.config = config or ModelConfig()
         if self.config.feature_names != FEATURE_NAMES:
             raise ValueError(f"serving computes features {FEATURE_NAMES}, config names {self.config.feature_names}")
         #: Version 0, also the model adapters are checked against for compatibility.

@@ -119,7 +119,7 @@ class StateUpdater:
             started = time.perf_counter()
             current = self.holder.current
             try:
-                state = await asyncio.to_thread(self._build, raw, self.live.snapshot(), current)
+                state = await asyncio.to_thread(self.build, raw, self.live.snapshot(), current)
             except (AdapterRejected, InvalidRecord) as exc:
                 reason = getattr(exc, "reason", str(exc))
                 kind = "invalid_record" if isinstance(exc, InvalidRecord) else rejection_kind(reason)
@@ -142,7 +142,7 @@ class StateUpdater:
         self.listener.swapped(swap, "adapter")
         return Outcome(True, swap)
 
-    def _build(self, raw: bytes, catalogue: CatalogueSnapshot, current: ServingState | None) -> ServingState | None:
+    def build(self, raw: bytes, catalogue: CatalogueSnapshot, current: ServingState | None) -> ServingState | None:
         """Decode, verify and build (in a worker thread); None when this exact version already serves."""
         update = decode(AdapterUpdate, raw)
         content = verify(update, self.key, self.builder.base.fingerprint, model=self.builder.reference)

@@ -52,14 +52,13 @@ import multiprocessing.connection
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
-from faust.types import TP
 
 from learner.artifacts import AdapterRejected
 from learner.settings import LearnerConfigError, LearnerSettings
@@ -142,37 +141,51 @@ class Inbox:
     Why not ``stream.take``: Faust delivers every topic from one consumer loop, and when an agent's
     queue is full that loop *waits*, stalling every other agent. A take buffer stops draining its
     queue while the batch trains, so a slow step froze ingest (measured: a 30 s stall on 2 cores).
-    The inbox is drained as fast as events arrive; instead of blocking, it asks for the partition
-    to be paused past ``high_water`` pending events and resumed below ``low_water``.
+    The inbox is drained as fast as events arrive, up to ``high_water`` pending events; past that
+    :meth:`put` waits until :meth:`take` has brought them down to ``low_water``. While it waits the
+    agent reads nothing, and Faust's own stream-buffer flow control stops fetching the partition
+    (and fetches it again once the agent has read its buffer down); records Faust had already
+    fetched are still delivered, so nothing is lost. (``consumer.pause_partitions`` is not
+    lossless: Faust discards the already-fetched records of a paused partition — docs/learner.md.)
 
     >>> async def demo():
-    ...     calls = []
-    ...     inbox = Inbox(high_water=3, low_water=1, on_high=lambda: calls.append("pause"),
-    ...                   on_low=lambda: calls.append("resume"))
-    ...     for event in "abcd":
-    ...         inbox.put(event)
-    ...     return await inbox.take(3, within=0.01), await inbox.take(3, within=0.01), calls
+    ...     inbox = Inbox(high_water=3, low_water=1)
+    ...     for event in "abc":
+    ...         await inbox.put(event)
+    ...     late = asyncio.ensure_future(inbox.put("d"))  # full: waits for room
+    ...     await asyncio.sleep(0)
+    ...     paused = inbox.paused
+    ...     first = await inbox.take(2, within=0.01)  # down to low water: room again
+    ...     await late
+    ...     return paused, first, inbox.paused, await inbox.take(3, within=0.01)
     >>> asyncio.run(demo())
-    (['a', 'b', 'c'], ['d'], ['pause', 'resume'])
+    (True, ['a', 'b'], False, ['c', 'd'])
     """
 
-    def __init__(self, *, high_water: int, low_water: int, on_high: Callable[[], None],
-                 on_low: Callable[[], None]) -> None:
+    def __init__(self, *, high_water: int, low_water: int) -> None:
+        if not 0 <= low_water < high_water:
+            raise ValueError(f"need 0 <= low_water < high_water, got {low_water} and {high_water}")
         self.high_water, self.low_water = high_water, low_water
-        self._on_high, self._on_low = on_high, on_low
         self._events: deque[Any] = deque()
         self._arrived = asyncio.Event()
-        self.paused = False
+        self._room = asyncio.Event()
+        self._room.set()
 
     def __len__(self) -> int:
         return len(self._events)
 
-    def put(self, event: Any) -> None:
+    @property
+    def paused(self) -> bool:
+        """True while :meth:`put` holds back (from ``high_water`` pending events down to ``low_water``)."""
+        return not self._room.is_set()
+
+    async def put(self, event: Any) -> None:
+        """Add an event; if ``high_water`` events are pending, first wait until only ``low_water`` are."""
+        if len(self._events) >= self.high_water:
+            self._room.clear()
+        await self._room.wait()
         self._events.append(event)
         self._arrived.set()
-        if not self.paused and len(self._events) >= self.high_water:
-            self.paused = True
-            self._on_high()
 
     async def take(self, n: int, within: float) -> list[Any]:
         """Wait for a first event, then up to ``within`` seconds for ``n``; never returns an empty batch."""
@@ -189,8 +202,7 @@ class Inbox:
                 break
         batch = [self._events.popleft() for _ in range(min(n, len(self._events)))]
         if self.paused and len(self._events) <= self.low_water:
-            self.paused = False
-            self._on_low()
+            self._room.set()
         return batch
 
 
@@ -368,10 +380,7 @@ def register_learning_agents(r: RecloopApp, downstream: Downstream,
                     message.topic, message.partition, message.offset)))
         return batch
 
-    learner_tp = TP(learner_topic_name(r.app.conf.id), 0)
-    inbox = handles.inbox = Inbox(high_water=settings.max_pending_events, low_water=settings.max_pending_events // 2,
-                                  on_high=lambda: r.app.consumer.pause_partitions({learner_tp}),
-                                  on_low=lambda: r.app.consumer.resume_partitions({learner_tp}))
+    inbox = handles.inbox = Inbox(high_water=settings.max_pending_events, low_water=settings.max_pending_events // 2)
 
     async def adopt_foreign_updates(watcher: UpdatesWatcher, own: set[str], executor: Executor) -> bool:
         """Adopt updates someone else published (a rollback); True if the learner's weights changed."""
@@ -444,7 +453,7 @@ def register_learning_agents(r: RecloopApp, downstream: Downstream,
         trainer.add_done_callback(crash_on_failure)
         try:
             async for event in manual.events():
-                inbox.put(event)
+                await inbox.put(event)  # waits while the inbox is full: Faust then stops fetching this partition
         finally:
             trainer.cancel()
             stop.set()  # a running step returns at its next optimizer step; its events stay unacked

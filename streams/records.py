@@ -150,6 +150,19 @@ class Item:
             price=_optional(_number, d.get("price"), "price", minimum=0.0),
         )
 
+    @property
+    def text(self) -> str:
+        """What the text tower encodes: the title, then the description and the category when present (the
+        tower reads the first tokens only, so the title always counts); the id when there is nothing else.
+
+        >>> Item("1", "WHITE MUG ", description="Stoneware, 300 ml", category="kitchen").text
+        'WHITE MUG. Stoneware, 300 ml. kitchen'
+        >>> Item("2", "LANTERN").text, Item("3", " ").text
+        ('LANTERN', '3')
+        """
+        parts = [part.strip() for part in (self.title, self.description, self.category) if part and part.strip()]
+        return ". ".join(parts) if parts else self.item_id
+
 
 @dataclass(frozen=True, slots=True)
 class Interaction:

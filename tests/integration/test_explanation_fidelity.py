@@ -20,16 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from learner.baskets import (
-    Basket,
-    ItemIndex,
-    baskets_from_rows,
-    clean_transactions,
-    item_descriptions,
-    read_transactions,
-)
+from learner.baskets import Basket
 from learner.encoder import tiny_bert
-from learner.features import BehaviourFeatures
+from learner.rich_features import FEATURE_NAMES, RichFeatures, ShopperLog
+from ops.shop_files import load_shop
 from serving.app import Recommender
 from serving.history import LiveBehaviour
 from serving.settings import ServingSettings
@@ -45,11 +39,9 @@ K = 5
 @pytest.fixture(scope="module")
 def shop():
     torch.set_num_threads(1)
-    index = ItemIndex()
-    table = clean_transactions(read_transactions(DATA))
-    baskets = baskets_from_rows(table, index)
-    texts = [text or index.code_of(i) for i, text in enumerate(item_descriptions(table, index))]
-    features = BehaviourFeatures(index)
+    data = load_shop(DATA)
+    baskets, texts = data.baskets, data.item_texts()
+    features = RichFeatures(data.index)
     features.learn(baskets)
     by_user: dict[str, list[Basket]] = {}
     for basket in baskets:
@@ -62,12 +54,16 @@ def shop():
     return features, by_user, users, state
 
 
-def with_history(shared: BehaviourFeatures, user: str, baskets: list[Basket]) -> BehaviourFeatures:
+def with_history(shared: RichFeatures, user: str, baskets: list[Basket]) -> RichFeatures:
     """Features where ``user`` bought exactly ``baskets``; shop-wide statistics are ``shared``'s."""
-    features = BehaviourFeatures(shared.index)
-    features.cooccurrence, features.popularity, features.clock = shared.cooccurrence, shared.popularity, shared.clock
+    features = RichFeatures(shared.index)
+    for shop_wide in ("cooccurrence", "popularity", "popularity_7d", "clock", "_buyers", "_repeaters"):
+        setattr(features, shop_wide, getattr(shared, shop_wide))
     for part in (features.repeat, features.recent, features.long_history):
         part.learn(baskets)
+    log = features._shoppers[user] = ShopperLog()
+    for basket in baskets:
+        log.add(basket)
     return features
 
 
@@ -76,7 +72,7 @@ def without(baskets: list[Basket], item: int) -> list[Basket]:
     return [b for b in kept if b.items]
 
 
-def score_of(state, features: BehaviourFeatures, user: str, item: int) -> float:
+def score_of(state, features: RichFeatures, user: str, item: int) -> float:
     history = state.usable_history(features.history(user))
     scores, _ = state.score_all(history, features.matrix(user, np.arange(state.n_items)))
     return float(scores[item])
@@ -86,7 +82,8 @@ def mixed_head(state):
     """A head that weighs co-purchases and text as a trained version might."""
     head = frozen_head(state.config)
     with torch.no_grad():
-        head.linear.weight.copy_(torch.tensor([[1.0, 1.2, 0.1]]))
+        weights = dict.fromkeys(FEATURE_NAMES, 0.0) | {"repeat": 1.0, "knn": 1.2, "pop_30d": 0.1}
+        head.linear.weight.copy_(torch.tensor([[weights[name] for name in FEATURE_NAMES]]))
         head.log_text_scale.fill_(float(np.log(0.8)))
     return dataclasses.replace(state, head=head)
 

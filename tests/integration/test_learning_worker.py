@@ -85,10 +85,9 @@ def test_worker_learns_from_replayed_history_and_publishes_verified_adapters(kaf
     from learner.encoder import tiny_bert
     from ops.adapters import rollback
 
-    learner_env(monkeypatch, tiny="1", batch_size="400", batch_within_s="1", negatives="9",
-                min_examples_per_publish="64", max_gate_window="128")
-    messages = file_messages(DATA, kafka_settings, limit=4000)
-    first, rest = messages[:-1200], messages[-1200:]
+    learner_env(monkeypatch, tiny="1", batch_size="400", batch_within_s="1", window_baskets="8")
+    messages = file_messages(DATA, kafka_settings, limit=8000)
+    first, rest = messages[:-2400], messages[-2400:]
     worker = worker_factory()
     updates, status = replay_and_collect(kafka_settings, worker, first, timeout_s=300)
     check_chain(updates, tiny_bert(seed=0).fingerprint)
@@ -123,11 +122,11 @@ def test_worker_learns_from_replayed_history_and_publishes_verified_adapters(kaf
 def test_worker_learns_with_the_real_minilm_on_cpu(kafka_settings, worker_factory, monkeypatch):
     from learner.encoder import load_base
 
-    learner_env(monkeypatch, tiny="0", device="cpu", batch_size="150", batch_within_s="1", negatives="9",
-                min_examples_per_publish="48", max_gate_window="64")
+    learner_env(monkeypatch, tiny="0", device="cpu", batch_size="300", batch_within_s="1", window_baskets="6",
+                text_every_windows="2")
     worker = worker_factory()
     started = time.monotonic()
-    updates, status = replay_and_collect(kafka_settings, worker, file_messages(DATA, kafka_settings, limit=900),
+    updates, status = replay_and_collect(kafka_settings, worker, file_messages(DATA, kafka_settings, limit=5000),
                                          timeout_s=170)
     check_chain(updates, load_base().fingerprint)
     log.info("MiniLM on CPU: 2 adapters %.0fs after the replay started; first %.1fs after the learner started",

@@ -15,8 +15,11 @@ from learner import artifacts
 from learner.artifacts import AdapterRejected
 from learner.encoder import tiny_bert
 from learner.model import Example, ModelConfig, RankingModel
+from learner.rich_features import FEATURE_NAMES
 from learner.trainer import MicroBatchTrainer, TrainerConfig
 from streams.records import AdapterUpdate, decode, encode
+
+N_FEATURES = len(FEATURE_NAMES)
 
 KEY = b"test-signing-key"
 TEXTS = [f"{c} {t}" for c in "red blue green pink".split() for t in "heart mug lamp bag card".split()]
@@ -31,7 +34,7 @@ def trained(base) -> RankingModel:
     rng = np.random.default_rng(0)
     for _ in range(5):
         batch = [Example(history=tuple(rng.choice(20, 3)), positive=int(rng.integers(20)),
-                         negatives=tuple(rng.choice(20, 4)), features=rng.random((5, 3))) for _ in range(16)]
+                         negatives=tuple(rng.choice(20, 4)), features=rng.random((5, N_FEATURES))) for _ in range(16)]
         trainer.train_step(batch)
     model.refresh_item_vectors()  # training keeps the cache only roughly current
     return model
@@ -44,7 +47,7 @@ def saved(trained, tmp_path):
 
 
 def request_scores(model: RankingModel) -> torch.Tensor:
-    features = np.random.default_rng(1).random((20, 3))
+    features = np.random.default_rng(1).random((20, N_FEATURES))
     return model.score([3, 1, 4, 1, 5], list(range(20)), features)
 
 
@@ -158,4 +161,4 @@ def test_payload_carries_canonical_configs(saved):
     contents = json.loads(artifacts._safetensors_metadata(payload))
     assert contents["format"] == artifacts.PAYLOAD_FORMAT
     assert contents["adapter_config"]["target_modules"] == ["query", "value"]
-    assert contents["model_config"]["feature_names"] == ["repeat", "knn", "popularity"]
+    assert contents["model_config"]["feature_names"] == list(FEATURE_NAMES)

@@ -1,84 +1,51 @@
-"""Cleaning and basket building on tiny hand-made transaction tables."""
+"""Basket building from contract interactions, the item index and item texts, on tiny hand-made records."""
 
 from __future__ import annotations
 
-import datetime as dt
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from learner.baskets import (
-    Basket,
-    ItemIndex,
-    baskets_from_rows,
-    clean_transactions,
-    epoch_seconds,
-    item_descriptions,
-    load_baskets,
-    timestamp_groups,
-)
+from learner.baskets import Basket, ItemIndex, baskets_from_interactions, item_texts, timestamp_groups
+from streams.records import Interaction, Item
 
-T0 = dt.datetime(2011, 3, 1, 10, 0)
-T1 = dt.datetime(2011, 3, 1, 10, 1)
+T0, T1 = 1_700_000_000.0, 1_700_000_060.0
 
 
-def transactions(*rows: tuple) -> pa.Table:
-    """Rows of (InvoiceNo, StockCode, Quantity, InvoiceDate, CustomerID), with made-up descriptions."""
-    invoices, codes, quantities, dates, customers = zip(*rows, strict=True) if rows else ((),) * 5
-    return pa.table({
-        "InvoiceNo": pa.array(invoices, pa.string()),
-        "StockCode": pa.array(codes, pa.string()),
-        "Description": pa.array([f"ITEM {code} " for code in codes], pa.string()),
-        "Quantity": pa.array(quantities, pa.int64()),
-        "InvoiceDate": pa.array(dates, pa.timestamp("us")),
-        "CustomerID": pa.array(customers, pa.float64()),
-    })
+def event(n: int, user: str, item: str, ts: float, kind: str = "purchase", session: str | None = None,
+          quantity: int | None = 1) -> Interaction:
+    return Interaction(f"e{n}", user, item, kind, ts, session_id=session, quantity=quantity)
 
 
-@pytest.mark.parametrize("row, why", [
-    (("1", "22423", 2, T0, None), "no customer (null)"),
-    (("1", "22423", 2, T0, float("nan")), "no customer (NaN)"),
-    (("1", "22423", 0, T0, 1.0), "zero quantity"),
-    (("1", "22423", -3, T0, 1.0), "a return"),
-    (("C1", "22423", 2, T0, 1.0), "a cancellation"),
-    (("1", "POST", 2, T0, 1.0), "postage"),
-    (("1", "BANK CHARGES", 2, T0, 1.0), "a fee"),
-    (("1", "M", 2, T0, 1.0), "a manual line"),
+@pytest.mark.parametrize("kept, why", [
+    (event(1, "u", "A", T0, kind="view"), "a view"),
+    (event(1, "u", "A", T0, kind="add_to_cart"), "an add to cart"),
+    (event(1, "u", "A", T0, kind="return"), "a return"),
+    (event(1, "u", "A", T0, quantity=0), "zero quantity"),
 ])
-def test_clean_drops(row, why):
-    kept = clean_transactions(transactions(row, ("2", "85123A", 1, T0, 1.0)))
-    assert kept.column("InvoiceNo").to_pylist() == ["2"], why
-
-
-def test_clean_keeps_real_purchases_with_letter_suffixes():
-    kept = clean_transactions(transactions(("1", "85123A", 6, T0, 17850.0), ("1", "10002", 1, T0, 17850.0)))
-    assert kept.num_rows == 2
-
-
-def test_one_customer_one_minute_is_one_basket_of_distinct_items():
-    table = transactions(("1", "A1", 1, T0, 7.0), ("1", "B1", 1, T0, 7.0), ("2", "A1", 5, T0, 7.0),
-                         ("3", "C1", 1, T0, 8.0), ("4", "B1", 1, T1, 7.0))
+def test_only_purchases_make_baskets(kept, why):
     index = ItemIndex()
-    baskets = baskets_from_rows(table, index)
-    ts0, ts1 = epoch_seconds(pa.array([T0, T1])).tolist()
-    assert baskets == [Basket("7", ts0, (0, 1), "1"), Basket("8", ts0, (2,), "3"), Basket("7", ts1, (1,), "4")]
+    baskets = baskets_from_interactions([kept, event(2, "u", "B", T0)], index)
+    assert [b.items for b in baskets] == [(0,)] and index.codes == ("B",), why
+
+
+def test_a_missing_quantity_is_one_unit():
+    assert len(baskets_from_interactions([event(1, "u", "A", T0, quantity=None)], ItemIndex())) == 1
+
+
+def test_one_shopper_one_timestamp_is_one_basket_of_distinct_items():
+    events = [event(1, "7", "A1", T0, session="1"), event(2, "7", "B1", T0, session="1"),
+              event(3, "7", "A1", T0, session="2"), event(4, "8", "C1", T0, session="3"),
+              event(5, "7", "B1", T1, session="4")]
+    index = ItemIndex()
+    baskets = baskets_from_interactions(events, index)
+    assert baskets == [Basket("7", T0, (0, 1), "1"), Basket("8", T0, (2,), "3"), Basket("7", T1, (1,), "4")]
     assert index.codes == ("A1", "B1", "C1")
 
 
-def test_baskets_come_out_in_time_order_whatever_the_file_order():
-    table = transactions(("9", "B1", 1, T1, 2.0), ("8", "A1", 1, T0, 3.0), ("7", "C1", 1, T0, 1.0))
-    baskets = baskets_from_rows(table, ItemIndex())
-    assert [(b.user_id, b.invoice) for b in baskets] == [("1", "7"), ("3", "8"), ("2", "9")]
+def test_baskets_come_out_in_time_order_whatever_the_input_order():
+    events = [event(9, "2", "B1", T1), event(8, "3", "A1", T0), event(7, "1", "C1", T0)]
+    baskets = baskets_from_interactions(events, ItemIndex())
+    assert [(b.user_id, b.basket_id) for b in baskets] == [("1", "e7"), ("3", "e8"), ("2", "e9")]  # no session
     assert [b.items for b in baskets] == [(0,), (1,), (2,)]  # ints follow first purchase, so "seen" is a prefix
-
-
-def test_load_baskets_reads_cleans_and_groups(tmp_path):
-    path = tmp_path / "retail.parquet"
-    pq.write_table(transactions(("1", "22423", 1, T0, 7.0), ("C2", "22423", -1, T1, 7.0), ("3", "POST", 1, T1, 7.0)),
-                   path)
-    baskets, index = load_baskets(path)
-    assert [b.items for b in baskets] == [(0,)] and index.codes == ("22423",)
 
 
 def test_timestamp_groups_split_on_time_only():
@@ -93,9 +60,11 @@ def test_item_index_round_trip():
     assert index.code_of(index.index_of("Y")) == "Y" and "Z" not in index and index.index_of("Z") == -1
 
 
-def test_item_descriptions_are_stripped_and_skip_unknown():
-    table = pa.table({"StockCode": ["A", "A", "B"], "Description": ["Unknown", " MUG  ", None]})
-    assert item_descriptions(table, ItemIndex(["A", "B"])) == ["MUG", ""]
+def test_item_texts_join_what_the_catalog_has_and_fall_back_to_the_id():
+    catalog = {"A": Item("A", " MUG ", description="White, 300 ml", category="Kitchen"),
+               "B": Item("B", "CUP", description="  "), "C": Item("C", "BOWL", category="Kitchen")}
+    assert item_texts(catalog, ItemIndex(["A", "B", "C", "D"])) == [
+        "MUG. White, 300 ml. Kitchen", "CUP", "BOWL. Kitchen", "D"]
 
 
 def test_basket_is_frozen():

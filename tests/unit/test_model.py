@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,11 +13,14 @@ from learner.model import Example, ModelConfig, RankingModel, collate, recency_w
 
 PAIRS = [(c, t) for c in ("red", "white", "blue", "pink") for t in ("heart", "lantern", "mug", "bag", "card")]
 TEXTS = [f"{colour} {thing} number {i}" for i, (colour, thing) in enumerate(PAIRS)]
+#: The model is generic over its feature columns; three keep these tests readable (the deployed model's
+#: columns are learner.rich_features.FEATURE_NAMES, tested through the learner and serving).
+CONFIG = ModelConfig(feature_names=("repeat", "knn", "popularity"), secondary_weight=0.05)
 
 
 @pytest.fixture()
 def model(base):
-    model = RankingModel(base)
+    model = RankingModel(base, CONFIG)
     model.set_catalogue(TEXTS)
     return model
 
@@ -58,7 +63,7 @@ def test_user_vector_weights_recent_items_most(model):
 
 
 def test_history_longer_than_max_history_keeps_the_newest(base):
-    model = RankingModel(base, ModelConfig(max_history=2))
+    model = RankingModel(base, dataclasses.replace(CONFIG, max_history=2))
     model.set_catalogue(TEXTS)
     assert torch.allclose(model.user_vector([0, 1, 2, 3]), model.user_vector([2, 3]))
 
@@ -86,7 +91,7 @@ def test_example_checks_its_feature_rows():
 
 
 def test_collate_pads_and_masks():
-    config = ModelConfig()
+    config = CONFIG
     examples = [
         Example(history=(), positive=1, negatives=(2,), features=np.ones((2, 3))),
         Example(history=(4, 5), positive=6, negatives=(7, 8, 9), features=np.ones((4, 3))),
@@ -100,7 +105,7 @@ def test_collate_pads_and_masks():
 
 
 def test_models_from_one_base_are_independent(base, model):
-    other = RankingModel(base)
+    other = RankingModel(base, CONFIG)
     with torch.no_grad():
         next(p for n, p in other.encoder.named_parameters() if "lora_B" in n).add_(1.0)
     other.set_catalogue(TEXTS)
@@ -111,6 +116,6 @@ def test_models_from_one_base_are_independent(base, model):
 def test_config_round_trips_and_names_incompatibilities():
     config = ModelConfig(feature_names=("repeat", "knn"))
     assert ModelConfig.from_dict(config.to_dict()) == config
-    assert ModelConfig().incompatibilities(config) == [
+    assert CONFIG.incompatibilities(config) == [
         "feature_names: ('repeat', 'knn', 'popularity') != ('repeat', 'knn')"
     ]

@@ -69,3 +69,14 @@ def test_pacer_follows_event_time_scaled_by_speedup():
     assert pacer.delay(1000.0) == 0.0
     now[0] = 101.0
     assert pacer.delay(1030.0) == 2.0  # 30 s of event time = 3 s of wall time, 1 s already passed
+
+
+def test_item_titles_come_from_priced_lines_and_non_products_are_skipped():
+    rows = [("1", "22197", "SMALL POPCORN HOLDER", 1, datetime(2011, 1, 1, 9), 0.85, 1.0),
+            ("2", "22197", "POPCORN HOLDER", 1, datetime(2011, 2, 1, 9), 0.85, 1.0),
+            ("3", "22197", "damaged", -5, datetime(2011, 3, 1, 9), 0.0, None),  # a stock adjustment's note
+            ("4", "POST", "POSTAGE", 1, datetime(2011, 3, 1, 9), 18.0, 1.0)]
+    events = retail_events(table(rows))
+    assert [(i.item_id, i.title) for i in events.items] == [("22197", "POPCORN HOLDER")]
+    assert [e.item_id for e in events.interactions] == ["22197", "22197"]
+    assert events.skipped["not a product (postage, fee, manual line)"] == 1

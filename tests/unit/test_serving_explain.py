@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from learner.model import FusionHead, ModelConfig
+from learner.rich_features import FEATURE_NAMES
 from serving.explain import (
     STYLE_OF_TERM,
+    TERM_COLUMNS,
+    TERMS,
     Explainer,
     co_purchase_support,
     term_contributions,
@@ -17,6 +20,8 @@ from serving.explain import (
 from serving.state import StateBuilder
 from streams.records import EXPLANATION_STYLES
 from tests.unit.test_serving_state import make_live
+
+KNN = FEATURE_NAMES.index("knn")
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +55,15 @@ def test_styles_are_the_contract_ones():
 
 def test_contributions_of_the_linear_head_are_exact():
     head = FusionHead(ModelConfig(head_hidden=0))
-    features = np.array([[2.0, 1.0, 0.5], [0.0, 0.3, 1.0]])
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.linspace(-1.0, 1.0, len(FEATURE_NAMES)))
+    features = np.random.default_rng(0).random((2, len(FEATURE_NAMES)))
     cosine = np.array([0.4, -0.2])
     contributions = term_contributions(head, features, cosine)
     weights = head.linear.weight.detach().numpy()[0]
-    expected = np.column_stack([features * weights, cosine * head.log_text_scale.exp().item()])
+    per_column = features * weights
+    expected = np.column_stack([per_column[:, [FEATURE_NAMES.index(c) for c in TERM_COLUMNS[term]]].sum(1)
+                                for term in TERMS if term != "text"] + [cosine * head.log_text_scale.exp().item()])
     np.testing.assert_allclose(contributions, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -98,12 +107,12 @@ def test_repeat_purchases_are_explained_by_the_item_itself(state, live):
 def test_items_not_bought_before_cite_co_purchases(builder, live):
     state = builder.build(None, live.snapshot())
     with torch.no_grad():  # co-purchases weigh as much as repeats (after training they may well)
-        state.head.linear.weight[0, 1] = 1.0
+        state.head.linear.weight[0, KNN] = 1.0
     features = live.features
     explainer = Explainer(live.item_id, live.title)
     bought = set(features.history("u1"))
     rows = features.matrix("u1", np.arange(state.n_items))
-    fresh = [i for i in np.argsort(-rows[:, 1]) if i not in bought and rows[i, 1] > 0][:3]
+    fresh = [i for i in np.argsort(-rows[:, KNN]) if i not in bought and rows[i, KNN] > 0][:3]
     assert fresh, "the shop has co-purchases for u1"
     history = state.usable_history(features.history("u1"))
     _, cosine = state.score_all(history, rows)
@@ -123,7 +132,7 @@ def test_text_driven_scores_cite_similar_titles(builder, live):
         state.head.log_text_scale.fill_(0.0)
     explainer = Explainer(live.item_id, live.title)
     history = [live.features.index.index_of("I000")]  # RED HEART
-    rows = np.zeros((state.n_items, 3), dtype=np.float32)
+    rows = np.zeros((state.n_items, len(FEATURE_NAMES)), dtype=np.float32)
     candidates = [i for i in range(state.n_items) if i not in history]
     _, cosine = state.score_all(history, rows)
     explanations = explainer.explain(state, live.features, "u1", history, candidates, rows[candidates],

@@ -11,10 +11,13 @@ import torch
 
 from learner import artifacts
 from learner.model import Example, RankingModel
+from learner.rich_features import FEATURE_NAMES
 from learner.trainer import MicroBatchTrainer, TrainerConfig
 from serving.history import LiveBehaviour
 from serving.state import BASE_VERSION, StateBuilder, StateHolder
 from streams.records import Interaction, Item
+
+N_FEATURES = len(FEATURE_NAMES)
 
 KEY = b"serving-test-key"
 COLOURS = "red blue green pink white black".split()
@@ -61,7 +64,7 @@ def trained_model(base, texts, steps: int = 3) -> RankingModel:
     n = len(texts)
     for _ in range(steps):
         batch = [Example(history=tuple(rng.choice(n, 3)), positive=int(rng.integers(n)),
-                         negatives=tuple(rng.choice(n, 4)), features=rng.random((5, 3))) for _ in range(8)]
+                         negatives=tuple(rng.choice(n, 4)), features=rng.random((5, N_FEATURES))) for _ in range(8)]
         trainer.train_step(batch)
     model.refresh_item_vectors()
     return model

@@ -1,0 +1,442 @@
+"""The online ranker: how recloop's one ranking model learns from the stream, window by window.
+
+The live learner (:class:`learner.service.LearnerService`) and ``recloop eval`` both run this class;
+serving ranks with the weights it publishes. It learns in prequential order (test, then train):
+
+1. **Hold out.** When a basket of a known shopper is complete (event time moved past it), *before* the
+   features learn it, the feature rows of the whole catalogue are taken from the state of then, with
+   the text cosine to the shopper's history and the current scores. The basket joins a window.
+2. **Decide.** Once ``window_baskets`` are held out, the candidate (the weights trained so far, which
+   never saw the window) and the last accepted version both rank the window over the whole catalogue
+   — exactly what serving would have shown — and the :class:`~learner.gate.PublishGate` publishes the
+   candidate unless its NDCG@10 trails the accepted one's by more than the tolerance; else the weights
+   roll back to the accepted ones.
+3. **Train the head** on the window: a listwise loss over the whole catalogue (each bought item against
+   every item not bought), ``head_batch`` baskets plus ``head_replay`` older ones from a reservoir per
+   step, pulled toward the accepted head. Sampled negatives bias a head against repeat purchases: the
+   shopper's own items sit near the top of the ranking and were drawn as negatives far more often than
+   they occur (NDCG@10 .217 with sampled negatives vs .313 over the whole catalogue, same features).
+4. **Train the text tower**, sparingly: every ``text_every_windows`` windows, a few micro-batches of
+   examples where a shopper bought an item *new to them*, against hard negatives from the top of the
+   ranking and popularity-aware random ones (never their own past items); then the catalogue's item
+   vectors are re-encoded once, as every serving worker would otherwise have to.
+
+The head starts as the repeat baseline (column 0 with weight 1, a small text tie-breaker), so the
+model cannot start worse than repeat, and learns how to mix the other columns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from learner.baskets import Basket
+from learner.examples import NegativeSampler
+from learner.gate import GateDecision, PublishGate, WindowMetrics
+from learner.model import Example, RankingModel
+from learner.ranker_config import RankerConfig
+from learner.rich_features import FEATURE_NAMES, RichFeatures
+from learner.trainer import MicroBatchTrainer, Reservoir, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+K = 10
+
+
+def listwise_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over baskets of the mean over bought items of ``-log p(item)`` against every item not bought.
+
+    ``scores``, ``positive`` and ``valid`` are ``[baskets, items]``; ``valid`` masks padding.
+
+    >>> s = torch.tensor([[2.0, 0.0, 0.0]])
+    >>> round(float(listwise_loss(s, torch.tensor([[True, False, False]]), torch.ones(1, 3, dtype=torch.bool))), 4)
+    0.2395
+    """
+    negatives = valid & ~positive
+    log_rest = torch.logsumexp(scores.masked_fill(~negatives, -math.inf), dim=1, keepdim=True)
+    per_item = -(scores - torch.logaddexp(scores, log_rest))
+    per_basket = (per_item * positive).sum(1) / positive.sum(1).clamp(min=1)
+    return per_basket.mean()
+
+
+def batch_ndcg(scores: torch.Tensor, positive: torch.Tensor, n_targets: torch.Tensor) -> torch.Tensor:
+    """NDCG@10 per row of ``scores [B, N]`` (excluded items at ``-inf``), ``positive [B, N]`` marking bought
+    items, the ideal over ``min(10, n_targets)``.
+
+    >>> s = torch.tensor([[0.1, 0.9, 0.5, -math.inf]])
+    >>> batch_ndcg(s, torch.tensor([[False, True, False, False]]), torch.tensor([1])).tolist()
+    [1.0]
+    >>> round(batch_ndcg(s, torch.tensor([[False, False, True, False]]), torch.tensor([2])).item(), 4)
+    0.3869
+    """
+    k = min(K, scores.shape[1])
+    top = torch.topk(scores, k, dim=1).indices
+    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float32))
+    dcg = (positive.gather(1, top).float() * discounts).sum(1)
+    ideal_discounts = 1.0 / torch.log2(torch.arange(2, K + 2, dtype=torch.float32))
+    ideal = torch.cumsum(ideal_discounts, 0)[(n_targets.clamp(1, K) - 1).long()]
+    return torch.where(n_targets > 0, dcg / ideal, torch.zeros_like(dcg))
+
+
+@dataclass
+class HeldOut:
+    """A basket waiting in the window: what the model knew when it would have ranked it."""
+
+    user_id: str
+    ts: float
+    history: tuple[int, ...]
+    rows: np.ndarray  # [n_items, n_features] as of before the basket
+    allowed: np.ndarray  # [n_items] bool: items that could be recommended then (the catalogue)
+    cosine: np.ndarray  # [n_items] text cosine under the item vectors of then
+    positives: np.ndarray  # bought items inside the catalogue
+    n_targets: int  # all distinct items of the basket (unrankable ones count as misses)
+    top: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # best-ranked then (hard negatives)
+    scores: np.ndarray | None = None  # the candidate's scores (the weights do not change within a window)
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """Held-out baskets padded into tensors (catalogues of different sizes: padding is invalid)."""
+
+    rows: torch.Tensor  # [B, N, F]
+    cosine: torch.Tensor  # [B, N]
+    valid: torch.Tensor  # [B, N] bool
+    positive: torch.Tensor  # [B, N] bool
+    n_targets: torch.Tensor  # [B]
+
+    @classmethod
+    def of(cls, baskets: Sequence[HeldOut], n_features: int) -> Stacked:
+        width = max(len(h.rows) for h in baskets)
+        rows = torch.zeros(len(baskets), width, n_features)
+        cosine = torch.zeros(len(baskets), width)
+        valid = torch.zeros(len(baskets), width, dtype=torch.bool)
+        positive = torch.zeros(len(baskets), width, dtype=torch.bool)
+        for i, held in enumerate(baskets):
+            n = len(held.rows)
+            rows[i, :n] = torch.from_numpy(held.rows)
+            cosine[i, :n] = torch.from_numpy(held.cosine)
+            valid[i, :n] = torch.from_numpy(held.allowed)
+            positive[i, torch.from_numpy(held.positives)] = True
+        return cls(rows, cosine, valid, positive, torch.tensor([h.n_targets for h in baskets]))
+
+
+@dataclass
+class RetentionProbe:
+    """A fixed early slice (baskets before ``until``) held out of training for good, frozen as of its time,
+    and ranked by every accepted version: what the model forgot shows as a falling NDCG@10 on it."""
+
+    until: float
+    size: int = 300
+    baskets: list[HeldOut] = field(default_factory=list)
+    closed: bool = False
+    #: (version, NDCG@10 of the fused model, NDCG@10 of the text cosine alone) per scored version
+    scores: list[tuple[int, float, float]] = field(default_factory=list)
+
+    def takes(self, basket: Basket) -> bool:
+        return basket.ts < self.until
+
+    def retention(self, column: int = 1) -> float | None:
+        """Last scored version over the best one (``column`` 1: fused model, 2: text only)."""
+        if not self.scores:
+            return None
+        values = [row[column] for row in self.scores]
+        best = max(values)
+        return values[-1] / best if best > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class WindowOutcome:
+    """What closing one window did."""
+
+    decision: GateDecision
+    #: The newest basket time the weights now being trained have seen (the learner's watermark).
+    trained_through_ts: float
+    text_trained: bool
+
+
+class OnlineRanker:
+    """recloop's ranking model learning online (see the module docstring). Not thread-safe: one caller."""
+
+    def __init__(self, model: RankingModel, features: RichFeatures, config: RankerConfig | None = None, *,
+                 probe: RetentionProbe | None = None) -> None:
+        self.model = model
+        self.features = features
+        self.config = config or RankerConfig()
+        self.probe = probe
+        if model.config.feature_names != FEATURE_NAMES:
+            raise ValueError(f"the ranker computes {FEATURE_NAMES}, the model expects {model.config.feature_names}")
+        if self.config.full_finetune:
+            for name, param in model.encoder.named_parameters():
+                param.requires_grad_("lora_" not in name)
+        if not self.config.use_text:
+            with torch.no_grad():
+                model.head.log_text_scale.fill_(-30.0)  # exp(-30) ~ 1e-13: the text term is gone
+            model.head.log_text_scale.requires_grad_(False)
+        encoder_lr = self.config.full_finetune_lr if self.config.full_finetune else self.config.lora_lr
+        self.trainer = MicroBatchTrainer(model, TrainerConfig(lora_lr=encoder_lr, head_lr=0.0,
+                                                               anchor_l2=self.config.anchor_l2, seed=self.config.seed))
+        self.gate = PublishGate(metric="ndcg@10", tolerance=self.config.gate_tolerance,
+                                min_examples=min(50, self.config.window_baskets))
+        self._head_params = {name: p for name, p in model.head.named_parameters() if p.requires_grad}
+        self._head_optimizer = self._new_head_optimizer()
+        self._accepted = self.trainer.snapshot()
+        self._accepted_text_version = model.text_version
+        self._encoder_moved = False  # text steps since the last accepted version
+        self._sampler = NegativeSampler(self.config.sampled_negatives, popular_fraction=0.5, seed=self.config.seed)
+        self._rng = np.random.default_rng(self.config.seed)
+        self._replay = Reservoir(self.config.head_reservoir, seed=self.config.seed)
+        self.window: list[HeldOut] = []
+        self._probe_stack: Stacked | None = None
+        self._pop_column = FEATURE_NAMES.index("pop_30d")
+        self.versions = 0
+        self.windows = 0
+        self.refused = 0
+        self.head_steps = 0
+        self.text_steps = 0
+        self.timings = {"hold_out": 0.0, "head": 0.0, "text": 0.0, "refresh": 0.0, "gate": 0.0, "probe": 0.0}
+
+    # ------------------------------------------------------------------ 1. hold out
+
+    @property
+    def window_full(self) -> bool:
+        return len(self.window) >= self.config.window_baskets
+
+    def hold_out(self, baskets: Sequence[Basket], allowed: np.ndarray) -> list[HeldOut]:
+        """Take the baskets of one timestamp, *before* the features learn them, into the window.
+
+        ``allowed[i]``: item ``i`` could be recommended now (it is in the catalogue). Returns what was held out.
+        """
+        started = time.perf_counter()
+        n = min(self.model.n_items, len(allowed))
+        allowed = np.asarray(allowed[:n], dtype=bool)
+        held_out = []
+        if int(allowed.sum()) >= self.config.min_items:
+            for basket in baskets:
+                if self.features.knows(basket.user_id):
+                    held = self._held(basket, n, allowed)
+                    if held is not None:
+                        held_out.append(held)
+        if self.probe is not None and not self.probe.closed and baskets and not self.probe.takes(baskets[0]):
+            self.probe.closed = True
+            if self.probe.baskets:
+                self._score_probe()
+        self.timings["hold_out"] += time.perf_counter() - started
+        return held_out
+
+    def _held(self, basket: Basket, n: int, allowed: np.ndarray) -> HeldOut | None:
+        rows = self.features.matrix(basket.user_id, np.arange(n), now=basket.ts)
+        history = tuple(i for i in self.features.history(basket.user_id) if i < n)[-self.model.config.max_history:]
+        positives = np.array(sorted({i for i in basket.items if i < n and allowed[i]}), dtype=np.int64)
+        held = HeldOut(basket.user_id, basket.ts, history, rows, allowed, self._cosine(history, n), positives,
+                       len(basket.items))
+        if self.probe is not None and self.probe.takes(basket):
+            if not self.probe.closed and len(self.probe.baskets) < self.probe.size:
+                self.probe.baskets.append(held)
+            return None  # held out of training for good
+        if len(positives) == 0:
+            return None
+        scores = np.where(allowed, self._head_scores(rows, held.cosine), -np.inf)
+        depth = min(int(allowed.sum()), self.config.hard_negatives + len(basket.items) + len(history))
+        top = np.argpartition(-scores, depth - 1)[:depth]
+        held.top = top[np.argsort(-scores[top], kind="stable")]
+        held.scores = scores
+        self.window.append(held)
+        return held
+
+    def _cosine(self, history: Sequence[int], n: int) -> np.ndarray:
+        return (self.model.item_vectors[:n] @ self.model.user_vector(history)).cpu().numpy()
+
+    @torch.no_grad()
+    def _head_scores(self, rows: np.ndarray, cosine: np.ndarray) -> np.ndarray:
+        return self.model.head(torch.from_numpy(rows), torch.from_numpy(cosine)).numpy()
+
+    # ------------------------------------------------------------------ 2.-4. one window: decide, then train
+
+    def close_window(self, on_publish: Callable[[GateDecision], None] | None = None) -> WindowOutcome:
+        """Decide on the weights trained so far (``on_publish`` runs while they are loaded, e.g. to save them),
+        then train on the window."""
+        window, self.window = self.window, []
+        self.windows += 1
+        started = time.perf_counter()
+        stacked = Stacked.of(window, self.model.config.n_features)
+        taken = torch.full(stacked.cosine.shape, -math.inf)
+        for i, held in enumerate(window):
+            taken[i, : len(held.scores)] = torch.from_numpy(held.scores)
+        candidate = WindowMetrics(float(batch_ndcg(taken, stacked.positive, stacked.n_targets).mean()), math.nan,
+                                  len(window))
+        current = self.trainer.snapshot()
+        self._load_head(self._accepted)
+        serving = self._window_metrics(stacked)
+        self._load_head(current)
+        decision = self.gate.decide(candidate, serving)
+        self.timings["gate"] += time.perf_counter() - started
+        if decision.publish:
+            if on_publish is not None:
+                on_publish(decision)
+            if self.config.text_anchor == "accepted":
+                self.trainer.accept()
+            self._accepted = self.trainer.snapshot()
+            self._accepted_text_version = self.model.text_version
+            self.versions += 1
+            self._encoder_moved = False
+            if self.probe is not None and self.probe.closed and self.probe.baskets:
+                self._score_probe()
+        else:
+            self.refused += 1
+            log.info("window %d refused (%s)", self.windows, decision.reason)
+            self.rollback()
+        self._train_head(window)
+        text_trained = self.config.train_text and self.windows % self.config.text_every_windows == 0
+        if text_trained:
+            text_trained = self._train_text(window)
+        return WindowOutcome(decision, max(h.ts for h in window), text_trained)
+
+    def rollback(self) -> None:
+        """Back to the last accepted weights (the gate refused, or a candidate is dropped)."""
+        self.trainer.restore(self._accepted, self._accepted_text_version if not self._encoder_moved else None)
+        self._head_optimizer = self._new_head_optimizer()
+        if self._encoder_moved:
+            self._refresh()
+            self._encoder_moved = False
+
+    def adopt_current(self) -> None:
+        """The weights now loaded (an operator's rollback, or a resumed version) are the accepted ones."""
+        self.trainer.restore(self.trainer.snapshot())
+        self.trainer.accept()
+        self._accepted = self.trainer.snapshot()
+        self._accepted_text_version = self.model.text_version
+        self._head_optimizer = self._new_head_optimizer()
+        self._encoder_moved = False
+
+    @torch.no_grad()
+    def _window_metrics(self, stacked: Stacked) -> WindowMetrics:
+        """NDCG@10 of the head now loaded, over the whole catalogue of each held-out basket."""
+        scores = self.model.head(stacked.rows, stacked.cosine).masked_fill(~stacked.valid, -math.inf)
+        ndcg = batch_ndcg(scores, stacked.positive, stacked.n_targets)
+        return WindowMetrics(ndcg_at_10=float(ndcg.mean()), auc=math.nan, n=len(ndcg))
+
+    def _load_head(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, param in self._head_params.items():
+                param.copy_(state[f"head.{name}"])
+
+    def _new_head_optimizer(self) -> torch.optim.Optimizer:
+        scale = [p for name, p in self._head_params.items() if name == "log_text_scale"]
+        rest = [p for name, p in self._head_params.items() if name != "log_text_scale"]
+        return torch.optim.Adam([{"params": rest, "lr": self.config.head_lr},
+                                 {"params": scale, "lr": self.config.text_scale_lr}])
+
+    def _train_head(self, window: Sequence[HeldOut]) -> None:
+        started = time.perf_counter()
+        self.model.head.train()
+        anchor = {name: self._accepted[f"head.{name}"] for name in self._head_params}
+        for start in range(0, len(window), self.config.head_batch):
+            chunk = [*window[start : start + self.config.head_batch], *self._replay.sample(self.config.head_replay)]
+            batch = Stacked.of(chunk, self.model.config.n_features)
+            loss = listwise_loss(self.model.head(batch.rows, batch.cosine), batch.positive, batch.valid)
+            penalty = sum(((p - anchor[name]) ** 2).sum() for name, p in self._head_params.items())
+            self._head_optimizer.zero_grad(set_to_none=True)
+            (loss + self.config.head_anchor_l2 * penalty).backward()
+            nn.utils.clip_grad_norm_(list(self._head_params.values()), 1.0)
+            self._head_optimizer.step()
+            self.head_steps += 1
+        for held in window:
+            held.scores = None  # only the gate needed them
+            self._replay.offer(held)
+        self.model.head.eval()
+        self.timings["head"] += time.perf_counter() - started
+
+    def text_examples(self, window: Sequence[HeldOut]) -> list[Example]:
+        """Examples for the text tower: items new to the shopper, against other items new to them.
+
+        Repeat purchases are the behavioural columns' job; the text tower's is to find *new* items like the
+        ones a shopper bought. Items of their own history are never negatives: they sit close to the
+        history vector by construction, and pushing them away would teach the tower to scatter what
+        belongs together.
+        """
+        examples = []
+        for held in window:
+            known = set(held.history)
+            positives = np.array([i for i in held.positives.tolist() if i not in known], dtype=np.int64)
+            if len(positives) > self.config.text_positives:
+                positives = self._rng.choice(positives, self.config.text_positives, replace=False)
+            if len(positives) == 0:
+                continue
+            bought = set(held.positives.tolist())
+            excluded = bought | known | set(np.flatnonzero(~held.allowed).tolist())
+            by_popularity = np.argsort(-held.rows[:, self._pop_column], kind="stable")
+            popular = by_popularity[held.allowed[by_popularity]][:200]
+            hard = [int(i) for i in held.top if int(i) not in excluded][: self.config.hard_negatives]
+            sampled = self._sampler.sample(len(held.rows), popular, exclude=excluded | set(hard))
+            negatives = (*hard, *sampled)
+            if not negatives:
+                continue
+            for positive in positives.tolist():
+                candidates = np.array([positive, *negatives])
+                examples.append(Example(history=held.history, positive=positive, negatives=negatives,
+                                        features=held.rows[candidates]))
+        return examples
+
+    def _train_text(self, window: Sequence[HeldOut]) -> bool:
+        started = time.perf_counter()
+        examples = self.text_examples(window)
+        self._rng.shuffle(examples)
+        moved = False
+        for step in range(self.config.text_steps):
+            batch = examples[step * self.config.text_batch : (step + 1) * self.config.text_batch]
+            if not batch:
+                break
+            self.trainer.train_step(batch)
+            self.text_steps += 1
+            moved = self._encoder_moved = True
+        self.timings["text"] += time.perf_counter() - started
+        if moved:
+            self._refresh()
+        return moved
+
+    def _refresh(self) -> None:
+        """Re-encode the whole catalogue with the current encoder, as serving would for a new version."""
+        started = time.perf_counter()
+        self.model.refresh_item_vectors()
+        self.timings["refresh"] += time.perf_counter() - started
+
+    # ------------------------------------------------------------------ retention
+
+    @torch.no_grad()
+    def _score_probe(self) -> None:
+        """Rank the probe with the weights now loaded (the accepted ones: called right after an accept)."""
+        started = time.perf_counter()
+        if self._probe_stack is None:
+            self._probe_stack = Stacked.of(self.probe.baskets, self.model.config.n_features)
+        stacked = self._probe_stack
+        users = torch.stack([self.model.user_vector(held.history) for held in self.probe.baskets])
+        cosine = users @ self.model.item_vectors[: stacked.rows.shape[1]].T
+        fused = self.model.head(stacked.rows, cosine).masked_fill(~stacked.valid, -math.inf)
+        text = cosine.masked_fill(~stacked.valid, -math.inf)
+        self.probe.scores.append((self.versions, float(batch_ndcg(fused, stacked.positive, stacked.n_targets).mean()),
+                                  float(batch_ndcg(text, stacked.positive, stacked.n_targets).mean())))
+        self.timings["probe"] += time.perf_counter() - started
+
+    def report(self) -> dict:
+        """What the run did: versions, refusals, steps, where the time went, the retention curve, the head."""
+        probe = self.probe
+        return {
+            "versions": self.versions, "windows": self.windows, "refused": self.refused,
+            "head_steps": self.head_steps, "text_steps": self.text_steps,
+            "probe_baskets": len(probe.baskets) if probe else 0,
+            "retention": probe.retention(1) if probe else None,
+            "retention_text": probe.retention(2) if probe else None,
+            "probe": [{"version": v, "ndcg@10": round(f, 4), "text_ndcg@10": round(t, 4)}
+                      for v, f, t in (probe.scores if probe else [])],
+            "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+            "head_linear": dict(zip(("text", *FEATURE_NAMES), [
+                round(float(self.model.head.log_text_scale.detach().exp()), 4),
+                *[round(float(w), 4) for w in self.model.head.linear.weight.detach()[0]]], strict=True)),
+        }

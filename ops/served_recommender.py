@@ -1,0 +1,164 @@
+"""recloop as ``recloop eval`` scores it: the deployed learner trains, serving's code ranks.
+
+:class:`ServedRecommender` is a :class:`~learner.baselines.Recommender` for the prequential harness
+(:mod:`ops.evaluate`) built from the production pieces, in-process and without a broker:
+
+* learning: a real :class:`~learner.service.LearnerService` (the worker's learner) is fed the stream as
+  contract records (catalogue :class:`~streams.records.Item` s, purchase
+  :class:`~streams.records.Interaction` s) and an event-time watermark after each timestamp group;
+* publishing: every adapter it accepts is saved, signed and packed as an
+  :class:`~streams.records.AdapterUpdate`, then verified and built into a serving state by serving's
+  own :class:`~serving.updates.StateUpdater` — a forged or broken update would fail here as it fails there;
+* ranking: serving's :class:`~serving.history.LiveBehaviour` follows the same records, and scores are
+  :meth:`~serving.state.ServingState.score_all` of the state being served, from
+  :meth:`~serving.history.LiveBehaviour.ranking_inputs` — what ``GET /recommend`` ranks by.
+
+So the figure ``recloop eval`` prints for ``recloop`` is the figure of what a shopper would be served,
+one adapter version at a time (a version serves from the moment it is published, as on the topic).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import SecretStr
+
+from learner.artifacts import AdapterRejected
+from learner.baskets import Basket
+from learner.encoder import Base
+from learner.ranker import RetentionProbe
+from learner.ranker_config import RankerConfig
+from learner.service import LearnerService
+from learner.settings import LearnerSettings
+from serving.history import LiveBehaviour
+from serving.settings import ServingSettings
+from serving.state import StateBuilder, StateHolder, Swap
+from serving.updates import StateUpdater
+from streams.records import Interaction, Item, encode
+
+log = logging.getLogger(__name__)
+
+#: How far past a timestamp group the watermark goes: less than the data's time resolution.
+WATERMARK_S = 1e-3
+
+
+class _Counter:
+    """The swap listener of the evaluation: counts what serving workers would count."""
+
+    def __init__(self) -> None:
+        self.swaps = 0
+        self.refusals: list[str] = []
+
+    def swapped(self, swap: Swap, cause: str) -> None:
+        self.swaps += cause == "adapter"
+
+    def rejected(self, kind: str, reason: str) -> None:
+        self.refusals.append(f"{kind}: {reason}")
+
+
+class ServedRecommender:
+    """The deployed learner + serving's ranking, as one :class:`~learner.baselines.Recommender`.
+
+    ``items[i]`` is ``(item_id, text)`` of the harness's item int ``i``; an item joins the catalogue (both the
+    learner's and serving's) once it was sold, so the candidates are "every item seen before", as in the
+    protocol. ``probe_until``: baskets before it form the retention slice (held out of training).
+    """
+
+    def __init__(self, base: Base, items: Sequence[tuple[str, str]], *, name: str = "recloop",
+                 config: RankerConfig | None = None, probe_until: float | None = None,
+                 home: Path | None = None) -> None:
+        self.name = name
+        self._items = list(items)
+        self._home = Path(tempfile.mkdtemp(prefix=f"recloop-eval-{name}-")) if home is None else home
+        key = secrets.token_bytes(32)
+        settings = LearnerSettings.model_construct(adapter_key=SecretStr(key.hex()), device="cpu", torch_threads=0)
+        self.probe = RetentionProbe(probe_until) if probe_until is not None else None
+        self.learner = LearnerService(settings, self._home, key=key.hex().encode(), base=base,
+                                      ranker_config=config or RankerConfig(), probe=self.probe)
+        self.live = LiveBehaviour()
+        self.holder = StateHolder()
+        self._counter = _Counter()
+        self.updater = StateUpdater(StateBuilder(base), self.holder, self.live, key.hex().encode(), self._counter)
+        self.holder.swap(self.updater.builder.build(None, self.live.snapshot()))
+        self._max_history = ServingSettings.model_fields["max_history"].default
+        self._catalogued: set[int] = set()
+        self._position = np.zeros(0, dtype=np.int64)  # harness item int -> serving's index (-1: not there yet)
+
+    # ------------------------------------------------------------------ Recommender protocol
+
+    def learn(self, baskets: list[Basket]) -> None:
+        """One timestamp group, as the stream would carry it: purchases, then event time moves past them, then
+        the items first sold in it join the catalogue (the next group may be recommended them)."""
+        ts = baskets[0].ts
+        events = [Interaction(f"{b.user_id}|{ts}|{n}", b.user_id, self._items[item][0], "purchase", ts,
+                              session_id=b.basket_id or None)
+                  for b in baskets for n, item in enumerate(b.items)]
+        self._publish(self.learner.process(events).update)
+        self._publish(self.learner.advance_to(ts + WATERMARK_S).update)
+        for event in events:
+            self.live.learn_interaction(event)
+        self.live.features.advance_to(ts + WATERMARK_S)
+        new = [Item(*self._items[item]) for b in baskets for item in b.items if item not in self._catalogued]
+        if new:
+            self._catalogued.update(item for b in baskets for item in b.items)
+            self.learner.process(new)
+            for item in new:
+                self.live.learn_item(item)
+
+    def score(self, user_id: str, candidates: np.ndarray) -> np.ndarray:
+        state = self._state()
+        history, rows = self.live.ranking_inputs(state, user_id, self._max_history)
+        scores, _ = state.score_all(history, rows)
+        served = np.where(state.catalogue.recommendable[: state.n_items], scores.numpy(), -np.inf)
+        index = self._positions(candidates)
+        return np.where(index >= 0, served[np.maximum(index, 0)], -np.inf)
+
+    # ------------------------------------------------------------------ pieces
+
+    def _publish(self, update) -> None:
+        """What a serving worker does with an update on the topic: verify, build, swap."""
+        if update is None:
+            return
+        try:
+            state = self.updater.build(encode(update), self.live.snapshot(), self.holder.current)
+        except AdapterRejected as exc:  # serving would refuse it and keep serving what it has
+            self._counter.rejected("adapter", exc.reason)
+            return
+        if state is not None:
+            self._counter.swapped(self.holder.swap(state), "adapter")
+        self.learner.mark_published(update.version)
+
+    def _state(self):
+        """The serving state, extended to catalogue items that arrived since it was built."""
+        current = self.holder.current
+        if current.catalogue.generation != self.live.generation:
+            current = self.updater.builder.extend(current, self.live.snapshot())
+            self.holder.swap(current)
+        return current
+
+    def _positions(self, candidates: np.ndarray) -> np.ndarray:
+        index = self.live.features.index
+        if len(self._position) < len(self._items):
+            self._position = np.full(len(self._items), -1, dtype=np.int64)
+        missing = self._position[candidates] < 0
+        for item in candidates[missing].tolist():
+            self._position[item] = index.index_of(self._items[item][0])
+        return self._position[candidates]
+
+    @property
+    def versions_served(self) -> int:
+        return self._counter.swaps
+
+    def report(self) -> dict:
+        """The learner's ranker report, plus what serving did with its versions."""
+        return {**self.learner.ranker.report(), "versions_served": self.versions_served,
+                "rejected_updates": len(self._counter.refusals)}
+
+    def close(self) -> None:
+        shutil.rmtree(self._home, ignore_errors=True)

@@ -123,11 +123,11 @@ def test_worker_learns_with_the_real_minilm_on_cpu(kafka_settings, worker_factor
     from learner.encoder import load_base
 
     learner_env(monkeypatch, tiny="0", device="cpu", batch_size="300", batch_within_s="1", window_baskets="6",
-                text_every_windows="2")
+                text_every_windows="3")
     worker = worker_factory()
     started = time.monotonic()
-    updates, status = replay_and_collect(kafka_settings, worker, file_messages(DATA, kafka_settings, limit=5000),
-                                         timeout_s=170)
+    updates, status = replay_and_collect(kafka_settings, worker, file_messages(DATA, kafka_settings, limit=12000),
+                                         timeout_s=300)
     check_chain(updates, load_base().fingerprint)
     log.info("MiniLM on CPU: 2 adapters %.0fs after the replay started; first %.1fs after the learner started",
              time.monotonic() - started, status["first_published_after_s"])

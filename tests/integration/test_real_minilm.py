@@ -15,6 +15,7 @@ import torch
 from learner import artifacts
 from learner.encoder import base_state, load_base
 from learner.model import Example, RankingModel
+from learner.rich_features import FEATURE_NAMES
 from learner.trainer import MicroBatchTrainer, TrainerConfig
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
@@ -51,7 +52,7 @@ def test_real_minilm_trains_one_step_and_round_trips(tmp_path):
 
     rng = np.random.default_rng(0)
     batch = [Example(history=tuple(rng.choice(len(texts), 5)), positive=int(rng.integers(len(texts))),
-                     negatives=tuple(rng.choice(len(texts), 9)), features=rng.random((10, 3)))
+                     negatives=tuple(rng.choice(len(texts), 9)), features=rng.random((10, len(FEATURE_NAMES))))
              for _ in range(64)]
     trainer = MicroBatchTrainer(model, TrainerConfig(lora_lr=1e-3))
     result = trainer.train_step(batch)
@@ -70,7 +71,7 @@ def test_real_minilm_trains_one_step_and_round_trips(tmp_path):
     restored = artifacts.unpack(update.payload, tmp_path / "serving" / content.manifest.version)
     scorer = artifacts.load_scorer(base, restored, texts)
 
-    features = rng.random((len(texts), 3))
+    features = rng.random((len(texts), len(FEATURE_NAMES)))
     candidates = list(range(len(texts)))
     assert torch.allclose(scorer.score([1, 2, 3], candidates, features), model.score([1, 2, 3], candidates, features),
                           atol=1e-5)

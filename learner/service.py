@@ -29,27 +29,27 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from learner import artifacts
+from learner.adapter_store import UNPUBLISHED_PREFIX, mark_published, next_version, stored_adapters
 from learner.baskets import Basket
 from learner.encoder import Base, load_base, tiny_bert
 from learner.gate import GateDecision
-from learner.model import ModelConfig, RankingModel, pick_device
+from learner.model import ModelConfig, pick_device
 from learner.ranker import OnlineRanker, RetentionProbe
 from learner.ranker_config import RankerConfig
 from learner.rich_features import RichFeatures
 from learner.settings import LearnerSettings
+from learner.streaming_model import StreamingRankingModel
 from streams.records import AdapterUpdate, Impression, Interaction, Item, MetricSnapshot
 
 log = logging.getLogger(__name__)
@@ -57,78 +57,9 @@ log = logging.getLogger(__name__)
 #: Names of the snapshots the learner writes to ``recloop.ops.metrics``.
 GATE_METRIC = "learner.gate"
 
-_SEQUENCE = re.compile(r"^v(\d+)")
-#: Written into an adapter directory once the broker acknowledged its ``AdapterUpdate``.
-PUBLISHED_MARKER = "PUBLISHED"
-#: Prefix of an adapter directory that was saved but never published (moved aside on restart).
-UNPUBLISHED_PREFIX = ".unpublished-"
 
 LearnerRecord = Item | Interaction | Impression
 PURCHASE = "purchase"
-
-
-# --------------------------------------------------------------------------- local adapter store
-
-
-@dataclass(frozen=True)
-class StoredAdapter:
-    path: Path
-    manifest: artifacts.Manifest
-
-    @property
-    def sequence(self) -> int:
-        return version_sequence(self.manifest.version)
-
-    @property
-    def published(self) -> bool:
-        """Whether the broker acknowledged this adapter's update (see :func:`mark_published`)."""
-        return (self.path / PUBLISHED_MARKER).is_file()
-
-
-def version_sequence(version: str) -> int:
-    """The running number of a version id (``v000012`` and ``v000012-rollback-v000003`` are 12; others 0).
-
-    >>> version_sequence("v000012"), version_sequence("v000012-rollback-v000003"), version_sequence("x")
-    (12, 12, 0)
-    """
-    match = _SEQUENCE.match(version)
-    return int(match.group(1)) if match else 0
-
-
-def stored_adapters(root: str | Path) -> list[StoredAdapter]:
-    """Every complete adapter under ``<root>/adapters/``, oldest first (by running number, then time)."""
-    directory = artifacts.adapters_dir(root)
-    found = []
-    for path in sorted(directory.iterdir()) if directory.is_dir() else ():
-        if path.name.startswith(".") or not (path / artifacts.MANIFEST).is_file():
-            continue  # a .tmp-* directory of an interrupted save, or something else
-        try:
-            found.append(StoredAdapter(path, artifacts.read_manifest(path)))
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("skipping unreadable adapter %s: %s", path, exc)
-    return sorted(found, key=lambda a: (a.sequence, a.manifest.created_at, a.manifest.version))
-
-
-def next_version(root: str | Path, suffix: str = "") -> str:
-    """A new version id after every one ever saved here (published or not): ``v000001``, ``v000002``, …
-
-    >>> import tempfile
-    >>> next_version(tempfile.mkdtemp()), next_version(tempfile.mkdtemp(), "-rollback-v000003")
-    ('v000001', 'v000001-rollback-v000003')
-    """
-    directory = artifacts.adapters_dir(root)
-    names = [p.name.removeprefix(UNPUBLISHED_PREFIX) for p in directory.iterdir()] if directory.is_dir() else []
-    sequence = max((version_sequence(name) for name in names), default=0) + 1
-    return f"v{sequence:06d}{suffix}"
-
-
-def mark_published(root: str | Path, version: str) -> None:
-    """Record durably that ``version`` reached the updates topic; only such adapters are resumed from."""
-    path = artifacts.adapters_dir(root) / version / PUBLISHED_MARKER
-    with open(path, "w") as handle:
-        handle.write(f"{time.time():.3f}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 # --------------------------------------------------------------------------- the service
@@ -174,46 +105,6 @@ class LearnerStatus:
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "published": list(self.published[-20:]), "n_published": len(self.published)}
-
-
-class StreamingRankingModel(RankingModel):
-    """The ranking model as the learner trains it: its item tower encodes each distinct text once, in length buckets.
-
-    Product titles are short and uneven (3–15 WordPiece tokens on the UCI data, mean 7.4), so
-    padding the items of a step to the longest of them wastes about half the encoder's work.
-    Distinct texts are sorted by token count and encoded ``bucket_size`` at a time, each bucket
-    padded only to its own longest text; rows come back in the caller's order (items sharing a
-    text share its row). Padding is masked, so vectors equal :class:`RankingModel`'s up to float
-    rounding and adapters are interchangeable between the two.
-    """
-
-    def __init__(self, *args: Any, bucket_size: int = 16, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bucket_size = bucket_size
-        self._token_counts: dict[str, int] = {}
-
-    def encode_items(self, indices: Sequence[int]) -> torch.Tensor:
-        indices = list(indices)
-        texts = [self.item_texts[i] for i in indices]
-        position = {text: k for k, text in enumerate(dict.fromkeys(texts))}  # distinct text -> its slot
-        if len(position) == len(texts) and (self.bucket_size <= 0 or len(texts) <= self.bucket_size):
-            return super().encode_items(indices)
-        representative = list({text: i for i, text in zip(reversed(indices), reversed(texts), strict=True)}.items())
-        representative.sort(key=lambda pair: position[pair[0]])  # slot order
-        order = sorted(range(len(representative)), key=lambda k: self._tokens(representative[k][0]))
-        step = self.bucket_size if self.bucket_size > 0 else len(order)
-        encoded = torch.cat([super(StreamingRankingModel, self).encode_items(
-            [representative[k][1] for k in order[s:s + step]]) for s in range(0, len(order), step)])
-        row_of_slot = torch.empty(len(order), dtype=torch.long, device=encoded.device)
-        row_of_slot[torch.tensor(order, device=encoded.device)] = torch.arange(len(order), device=encoded.device)
-        return encoded[row_of_slot[torch.tensor([position[t] for t in texts], device=encoded.device)]]
-
-    def _tokens(self, text: str) -> int:
-        count = self._token_counts.get(text)
-        if count is None:
-            ids = self.tokenizer(text, truncation=True, max_length=self.config.max_length)["input_ids"]
-            count = self._token_counts[text] = len(ids)
-        return count
 
 
 def load_configured_base(settings: LearnerSettings) -> Base:

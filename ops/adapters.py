@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from learner import artifacts
-from learner.service import StoredAdapter, mark_published, next_version, stored_adapters
+from learner.adapter_store import StoredAdapter, mark_published, next_version, stored_adapters
 from streams import records
 from streams.records import AdapterUpdate
 from streams.settings import KafkaSettings

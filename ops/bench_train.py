@@ -37,7 +37,7 @@ from learner.encoder import Base, base_fingerprint, pool
 from learner.examples import ExampleBuilder, ExampleConfig
 from learner.model import Example, FusionHead, ModelConfig, pick_device, recency_weights
 from learner.rich_features import RichFeatures
-from learner.service import StreamingRankingModel
+from learner.streaming_model import StreamingRankingModel
 from learner.trainer import MicroBatchTrainer, TrainerConfig
 from ops.retail_events import read_table, retail_events
 

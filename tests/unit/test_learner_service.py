@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from learner import artifacts
+from learner.adapter_store import next_version, stored_adapters
 from learner.encoder import tiny_bert
 from learner.model import RankingModel
 from learner.rich_features import FEATURE_NAMES
-from learner.service import GATE_METRIC, LearnerService, next_version, stored_adapters
+from learner.service import GATE_METRIC, LearnerService
 from learner.settings import DEMO_KEY, LearnerConfigError, LearnerSettings
 from ops.retail_events import read_table, retail_events
 from streams.records import Interaction, Item
@@ -239,7 +240,7 @@ def test_settings_read_the_deployment_wide_variables(monkeypatch):
 
 def test_bucketed_encoding_equals_the_plain_item_tower(base):
     from learner.model import ModelConfig, RankingModel
-    from learner.service import StreamingRankingModel
+    from learner.streaming_model import StreamingRankingModel
 
     texts = ["MUG", "WHITE HANGING HEART T-LIGHT HOLDER", "MUG", "SET OF 3 CAKE TINS PANTRY DESIGN", "LANTERN",
              "JUMBO BAG RED RETROSPOT", "PACK OF 72 RETROSPOT CAKE CASES", "CARD"] * 3

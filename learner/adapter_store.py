@@ -1,0 +1,85 @@
+"""The learner's local store of adapters: ``<home>/adapters/<version>/``, which were published, what comes next.
+
+A version is saved (fsynced) before its update is sent, and marked ``PUBLISHED`` once the broker
+acknowledged it; a restart resumes only from published versions and moves the others aside.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from learner import artifacts
+
+log = logging.getLogger(__name__)
+
+_SEQUENCE = re.compile(r"^v(\d+)")
+#: Written into an adapter directory once the broker acknowledged its ``AdapterUpdate``.
+PUBLISHED_MARKER = "PUBLISHED"
+#: Prefix of an adapter directory that was saved but never published (moved aside on restart).
+UNPUBLISHED_PREFIX = ".unpublished-"
+
+
+@dataclass(frozen=True)
+class StoredAdapter:
+    path: Path
+    manifest: artifacts.Manifest
+
+    @property
+    def sequence(self) -> int:
+        return version_sequence(self.manifest.version)
+
+    @property
+    def published(self) -> bool:
+        """Whether the broker acknowledged this adapter's update (see :func:`mark_published`)."""
+        return (self.path / PUBLISHED_MARKER).is_file()
+
+
+def version_sequence(version: str) -> int:
+    """The running number of a version id (``v000012`` and ``v000012-rollback-v000003`` are 12; others 0).
+
+    >>> version_sequence("v000012"), version_sequence("v000012-rollback-v000003"), version_sequence("x")
+    (12, 12, 0)
+    """
+    match = _SEQUENCE.match(version)
+    return int(match.group(1)) if match else 0
+
+
+def stored_adapters(root: str | Path) -> list[StoredAdapter]:
+    """Every complete adapter under ``<root>/adapters/``, oldest first (by running number, then time)."""
+    directory = artifacts.adapters_dir(root)
+    found = []
+    for path in sorted(directory.iterdir()) if directory.is_dir() else ():
+        if path.name.startswith(".") or not (path / artifacts.MANIFEST).is_file():
+            continue  # a .tmp-* directory of an interrupted save, or something else
+        try:
+            found.append(StoredAdapter(path, artifacts.read_manifest(path)))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("skipping unreadable adapter %s: %s", path, exc)
+    return sorted(found, key=lambda a: (a.sequence, a.manifest.created_at, a.manifest.version))
+
+
+def next_version(root: str | Path, suffix: str = "") -> str:
+    """A new version id after every one ever saved here (published or not): ``v000001``, ``v000002``, …
+
+    >>> import tempfile
+    >>> next_version(tempfile.mkdtemp()), next_version(tempfile.mkdtemp(), "-rollback-v000003")
+    ('v000001', 'v000001-rollback-v000003')
+    """
+    directory = artifacts.adapters_dir(root)
+    names = [p.name.removeprefix(UNPUBLISHED_PREFIX) for p in directory.iterdir()] if directory.is_dir() else []
+    sequence = max((version_sequence(name) for name in names), default=0) + 1
+    return f"v{sequence:06d}{suffix}"
+
+
+def mark_published(root: str | Path, version: str) -> None:
+    """Record durably that ``version`` reached the updates topic; only such adapters are resumed from."""
+    path = artifacts.adapters_dir(root) / version / PUBLISHED_MARKER
+    with open(path, "w") as handle:
+        handle.write(f"{time.time():.3f}\n")
+        handle.flush()
+        os.fsync(handle.fileno())

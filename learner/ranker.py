@@ -42,6 +42,7 @@ from learner.examples import NegativeSampler
 from learner.gate import GateDecision, PublishGate, WindowMetrics
 from learner.model import Example, RankingModel
 from learner.ranker_config import RankerConfig
+from learner.ranking_metrics import ndcg_from_ranks
 from learner.rich_features import FEATURE_NAMES, RichFeatures
 from learner.trainer import MicroBatchTrainer, Reservoir, TrainerConfig
 
@@ -66,23 +67,37 @@ def listwise_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Ten
     return per_basket.mean()
 
 
-def batch_ndcg(scores: torch.Tensor, positive: torch.Tensor, n_targets: torch.Tensor) -> torch.Tensor:
-    """NDCG@10 per row of ``scores [B, N]`` (excluded items at ``-inf``), ``positive [B, N]`` marking bought
-    items, the ideal over ``min(10, n_targets)``.
+def target_ranks(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """``[B, P]`` 0-based expected ranks of each row's bought items (ties count half), ``inf``-padded.
+
+    Excluded items are at ``-inf`` in ``scores`` and rank below everything else.
+
+    >>> s = torch.tensor([[0.1, 0.9, 0.5, -math.inf], [1.0, 1.0, 0.0, 0.0]])
+    >>> target_ranks(s, torch.tensor([[False, False, True, False], [True, False, False, False]])).tolist()
+    [[1.0], [0.5]]
+    """
+    ascending = torch.sort(scores, dim=1).values
+    width = int(positive.sum(1).max().clamp(min=1))
+    ranks = torch.full((scores.shape[0], width), math.inf)
+    for row in range(scores.shape[0]):
+        values = scores[row, positive[row]]
+        above = scores.shape[1] - torch.searchsorted(ascending[row], values, right=True)
+        tied = torch.searchsorted(ascending[row], values, right=True) - torch.searchsorted(ascending[row], values)
+        ranks[row, : len(values)] = above + 0.5 * (tied - 1)
+    return ranks
+
+
+def window_ndcg(scores: torch.Tensor, positive: torch.Tensor, n_targets: torch.Tensor) -> np.ndarray:
+    """NDCG@10 per held-out basket over the whole catalogue: the metric of the gate, the probe and the eval
+    (:func:`learner.ranking_metrics.ndcg_from_ranks`).
 
     >>> s = torch.tensor([[0.1, 0.9, 0.5, -math.inf]])
-    >>> batch_ndcg(s, torch.tensor([[False, True, False, False]]), torch.tensor([1])).tolist()
+    >>> window_ndcg(s, torch.tensor([[False, True, False, False]]), torch.tensor([1])).tolist()
     [1.0]
-    >>> round(batch_ndcg(s, torch.tensor([[False, False, True, False]]), torch.tensor([2])).item(), 4)
+    >>> round(float(window_ndcg(s, torch.tensor([[False, False, True, False]]), torch.tensor([2]))[0]), 4)
     0.3869
     """
-    k = min(K, scores.shape[1])
-    top = torch.topk(scores, k, dim=1).indices
-    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float32))
-    dcg = (positive.gather(1, top).float() * discounts).sum(1)
-    ideal_discounts = 1.0 / torch.log2(torch.arange(2, K + 2, dtype=torch.float32))
-    ideal = torch.cumsum(ideal_discounts, 0)[(n_targets.clamp(1, K) - 1).long()]
-    return torch.where(n_targets > 0, dcg / ideal, torch.zeros_like(dcg))
+    return ndcg_from_ranks(target_ranks(scores, positive).numpy(), n_targets.numpy(), K)
 
 
 @dataclass
@@ -269,7 +284,7 @@ class OnlineRanker:
         taken = torch.full(stacked.cosine.shape, -math.inf)
         for i, held in enumerate(window):
             taken[i, : len(held.scores)] = torch.from_numpy(held.scores)
-        candidate = WindowMetrics(float(batch_ndcg(taken, stacked.positive, stacked.n_targets).mean()), math.nan,
+        candidate = WindowMetrics(float(window_ndcg(taken, stacked.positive, stacked.n_targets).mean()), math.nan,
                                   len(window))
         current = self.trainer.snapshot()
         self._load_head(self._accepted)
@@ -319,7 +334,7 @@ class OnlineRanker:
     def _window_metrics(self, stacked: Stacked) -> WindowMetrics:
         """NDCG@10 of the head now loaded, over the whole catalogue of each held-out basket."""
         scores = self.model.head(stacked.rows, stacked.cosine).masked_fill(~stacked.valid, -math.inf)
-        ndcg = batch_ndcg(scores, stacked.positive, stacked.n_targets)
+        ndcg = window_ndcg(scores, stacked.positive, stacked.n_targets)
         return WindowMetrics(ndcg_at_10=float(ndcg.mean()), auc=math.nan, n=len(ndcg))
 
     def _load_head(self, state: dict[str, torch.Tensor]) -> None:
@@ -420,8 +435,8 @@ class OnlineRanker:
         cosine = users @ self.model.item_vectors[: stacked.rows.shape[1]].T
         fused = self.model.head(stacked.rows, cosine).masked_fill(~stacked.valid, -math.inf)
         text = cosine.masked_fill(~stacked.valid, -math.inf)
-        self.probe.scores.append((self.versions, float(batch_ndcg(fused, stacked.positive, stacked.n_targets).mean()),
-                                  float(batch_ndcg(text, stacked.positive, stacked.n_targets).mean())))
+        self.probe.scores.append((self.versions, float(window_ndcg(fused, stacked.positive, stacked.n_targets).mean()),
+                                  float(window_ndcg(text, stacked.positive, stacked.n_targets).mean())))
         self.timings["probe"] += time.perf_counter() - started
 
     def report(self) -> dict:

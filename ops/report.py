@@ -136,8 +136,13 @@ def _plot(state: OpsState, figure: str, panels: Sequence[tuple[str, ...]], path:
         ax.set_title(" · ".join(TITLES.get(n, n) for n in names), fontsize=10, loc="left")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left", ncol=2)
+    return _save_timeline(fig, axes, path)
+
+
+def _save_timeline(fig, axes, path: Path) -> Path:
+    """Time axis under the last panel, then the PNG (the figure is closed)."""
     axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    axes[-1, 0].set_xlabel("processing time (UTC); dashed: adapter published; ▼: drift alarm")
+    axes[-1, 0].set_xlabel("processing time (UTC); dashed vertical: adapter published; ▼: drift alarm")
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -172,13 +177,7 @@ def _plot_served(state: OpsState, path: Path, hide_worker: bool) -> Path:
         ax.set_title(title, fontsize=10, loc="left")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left", ncol=2)
-    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    axes[-1, 0].set_xlabel("processing time (UTC); dashed vertical: adapter published; ▼: drift alarm")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_timeline(fig, axes, path)
 
 
 def _plot_alarms(state: OpsState, path: Path) -> Path:

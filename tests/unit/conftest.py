@@ -21,3 +21,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def worker(base):
+    """A serving worker with an in-memory publisher, serving version 0 (see ``test_serving_app.make_worker``)."""
+    from tests.unit.test_serving_app import make_worker
+
+    return make_worker(base)
+
+
+@pytest.fixture(scope="module")
+def client(worker):
+    """A FastAPI test client of ``worker``'s app."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    with TestClient(create_app(worker)) as client:
+        yield client

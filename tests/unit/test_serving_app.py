@@ -33,17 +33,6 @@ def make_worker(base, *, ready: bool = True) -> ServingWorker:
     return worker
 
 
-@pytest.fixture(scope="module")
-def worker(base):
-    return make_worker(base)
-
-
-@pytest.fixture(scope="module")
-def client(worker):
-    with TestClient(create_app(worker)) as client:
-        yield client
-
-
 def wait_until(predicate, timeout_s: float = 10.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

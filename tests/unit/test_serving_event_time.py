@@ -5,24 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from serving.app import create_app
 from streams.records import Impression, decode
-from tests.unit.test_serving_app import make_worker, published, wait_until
+from tests.unit.test_serving_app import published, wait_until
 
 REPLAYED = 1_291_191_960.0  # 2010-12-01, a visit of the Online Retail replay
-
-
-@pytest.fixture(scope="module")
-def worker(base):
-    return make_worker(base)
-
-
-@pytest.fixture(scope="module")
-def client(worker):
-    with TestClient(create_app(worker)) as client:
-        yield client
 
 
 def logged(worker, rec_id: str) -> Impression:

@@ -18,8 +18,10 @@ Data path::
   - ``learner-train`` drains its stream into an :class:`Inbox` and takes micro-batches from that
     (``n`` events, waiting at most ``within`` seconds — never a bare take). A ``stream.take``
     buffer stops draining while its batch trains; Faust's single delivery loop then blocks on
-    the full queue and *every* agent stalls (30 s stalls seen). The inbox pauses the internal
-    partition instead when too much is pending;
+    the full queue and *every* agent stalls (30 s stalls seen). When too much is pending the
+    agent stops reading instead, and Faust's stream-buffer flow control stops fetching the
+    internal partition alone (never ``consumer.pause_partitions``, which loses fetched records:
+    the learner stopped at 81,281 events of 229,515 — docs/learner.md, "Back-pressure");
   - each batch goes to the service with ``loop.run_in_executor``; by default
     (``RECLOOP_LEARNER_ISOLATION=process``) the service lives in a child process, because a
     training *thread* holds the GIL through its Python-heavy parts (example building, PEFT
@@ -170,6 +172,7 @@ class Inbox:
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self.times_paused = 0
 
     def __len__(self) -> int:
         return len(self._events)
@@ -181,8 +184,9 @@ class Inbox:
 
     async def put(self, event: Any) -> None:
         """Add an event; if ``high_water`` events are pending, first wait until only ``low_water`` are."""
-        if len(self._events) >= self.high_water:
+        if len(self._events) >= self.high_water and not self.paused:
             self._room.clear()
+            self.times_paused += 1
         await self._room.wait()
         self._events.append(event)
         self._arrived.set()
@@ -299,10 +303,16 @@ class LearningHandles:
 
     settings: LearnerSettings
     topic: faust.TopicT
+    inbox: Inbox
     ledger: AckLedger = field(default_factory=AckLedger)
     status: dict = field(default_factory=lambda: {"state": "loading"})
-    inbox: Inbox | None = None
     dead_lettered: int = 0
+
+    def page(self) -> dict:
+        """The worker's ``/learner/`` page: the service's status and the Faust side's counters."""
+        return {**self.status, "topic": self.topic.get_topic_name(), "unacked_events": len(self.ledger),
+                "pending_events": len(self.inbox), "paused": self.inbox.paused,
+                "times_paused": self.inbox.times_paused, "dead_lettered": self.dead_lettered}
 
 
 def _raw_topic(r: RecloopApp, name: str, *, partitions: int | None = None, internal: bool = False,
@@ -311,78 +321,121 @@ def _raw_topic(r: RecloopApp, name: str, *, partitions: int | None = None, inter
                        partitions=partitions, internal=internal, config=config)
 
 
-def register_learning_agents(r: RecloopApp, downstream: Downstream,
-                             settings: LearnerSettings | None = None) -> LearningHandles:
-    """Wire the learner into the worker. Fails now, at start-up, if no signing key is configured."""
-    settings = settings or LearnerSettings()
-    key = settings.signing_key()
-    if not settings.tiny:
-        from learner.encoder import base_model_dir
+class LearnerRouter:
+    """Everything the learner sees goes through one internal topic: accepted records and impressions."""
 
-        base_model_dir(settings.model_dir)  # a missing base is a start-up error too, not a crash at batch 1
-    if settings.device == "cuda":
-        import torch
+    def __init__(self, r: RecloopApp, handles: LearningHandles) -> None:
+        self.r, self.handles = r, handles
 
-        if not torch.cuda.is_available():
-            raise LearnerConfigError("RECLOOP_LEARNER_DEVICE=cuda, but torch sees no CUDA device (use auto or cpu)")
+    async def forward(self, record: LearnerRecord) -> None:
+        key, value = envelope(record)
+        await self.handles.topic.send(key=key, value=value)
 
-    learner_topic = _raw_topic(r, learner_topic_name(r.app.conf.id), partitions=1, internal=True,
-                               config={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
-    impressions = _raw_topic(r, r.kafka.topic(topics.IMPRESSIONS.name),
-                             partitions=topics.partitions_for(topics.IMPRESSIONS, r.kafka),
-                             config=topics.IMPRESSIONS.config())
-    model_updates = _raw_topic(r, r.kafka.topic(topics.MODEL_UPDATES.name), partitions=1,
-                               config=topics.MODEL_UPDATES.config())
-    ops_metrics = _raw_topic(r, r.kafka.topic(topics.OPS_METRICS.name), partitions=1,
-                             config=topics.OPS_METRICS.config())
-    handles = LearningHandles(settings, learner_topic)
+    async def send_dead_letter(self, letter: DeadLetter) -> None:
+        self.handles.dead_lettered += 1
+        await self.r.dlq.send(key=letter.source_topic.encode(), value=encode(letter))
 
-    async def forward(record: LearnerRecord) -> None:
-        key_bytes, value = envelope(record)
-        await learner_topic.send(key=key_bytes, value=value)
-
-    downstream.interaction.append(forward)
-    downstream.item.append(forward)
-
-    async def send_dead_letter(letter: DeadLetter) -> None:
-        handles.dead_lettered += 1
-        await r.dlq.send(key=letter.source_topic.encode(), value=encode(letter))
-
-    @r.app.agent(impressions, name="learner-impressions")
-    async def forward_impressions(stream: faust.StreamT) -> None:
+    async def forward_impressions(self, stream: faust.StreamT) -> None:
+        """Validate impressions (served recommendations) and forward them; a bad one is dead-lettered."""
         async for event in stream.events():
             message = event.message
             position = SourcePosition(message.topic, message.partition, message.offset)
             result = validate(Impression, event.value, key=event.key, source=position)
             if isinstance(result, DeadLetter):
-                await send_dead_letter(result)
+                await self.send_dead_letter(result)
             else:
-                await forward(result)
+                await self.forward(result)
 
-    async def publish(outcome: StepOutcome) -> None:
-        """Send what a step produced and wait until the broker has it (acks=all)."""
-        pending = []
+
+class TrainingAgent:
+    """The ``learner-train`` agent: inbox → micro-batches → the service in its executor → publish → acks.
+
+    The stream is read with acks off and drained into the :class:`Inbox`; a separate task takes
+    micro-batches from it, so a training step never stops the stream from being read (until the
+    inbox is full). An event is acked only once the service reports its step settled.
+    """
+
+    def __init__(self, r: RecloopApp, handles: LearningHandles, router: LearnerRouter, key: bytes, *,
+                 model_updates: faust.TopicT, ops_metrics: faust.TopicT) -> None:
+        self.r, self.handles, self.router, self.key = r, handles, router, key
+        self.settings = handles.settings
+        self.model_updates, self.ops_metrics = model_updates, ops_metrics
+        self.inbox = handles.inbox
+
+    async def consume(self, stream: faust.StreamT) -> None:
+        """The agent's body: start the service and the training task, then drain the stream into the inbox."""
+        manual = stream.noack()  # acks come from the ledger, once a step is settled
+        executor, stop = service_executor(self.settings, self.r.kafka.home, self.key)
+        training = asyncio.ensure_future(self.train(manual, executor))
+        training.add_done_callback(self._crash_on_failure)
+        try:
+            async for event in manual.events():
+                await self.inbox.put(event)  # waits while the inbox is full: Faust then stops fetching this partition
+        finally:
+            training.cancel()
+            stop.set()  # a running step returns at its next optimizer step; its events stay unacked
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    async def train(self, stream: faust.StreamT, executor: Executor) -> None:
+        """Micro-batches from the inbox → the service (in its executor) → publish → ack what is settled."""
+        loop = asyncio.get_running_loop()
+        self.handles.status = await loop.run_in_executor(executor, call_service, "status_dict")  # loads the model
+        own: set[str] = set()  # versions this learner published
+        watcher = UpdatesWatcher(self.r.kafka.bootstrap, self.r.kafka.topic(topics.MODEL_UPDATES.name))
+        await watcher.start()
+        try:
+            while True:
+                events = await self.inbox.take(self.settings.batch_size, within=self.settings.batch_within_s)
+                await self._adopt_foreign_updates(watcher, own, executor)
+                await self._step(stream, executor, events, own, watcher)
+        finally:
+            await watcher.stop()
+
+    async def _step(self, stream: faust.StreamT, executor: Executor, events: list, own: set[str],
+                    watcher: UpdatesWatcher) -> None:
+        loop = asyncio.get_running_loop()
+        batch = await self._decode(events)
+        started = loop.time()
+        outcome = await loop.run_in_executor(executor, call_service, "process", batch)
+        seconds = loop.time() - started
+        if outcome.update is not None and await self._adopt_foreign_updates(watcher, own, executor):
+            # a rollback landed while this step ran: publishing now would undo it; its adapter stays unpublished
+            log.warning("not publishing %s: another adapter was published meanwhile", outcome.update.version)
+            outcome = dataclasses.replace(outcome, update=None)
+        await self._publish(outcome)
         if outcome.update is not None:
-            pending.append(await model_updates.send(key=b"adapter", value=encode(outcome.update)))
-        for snapshot in outcome.metrics:
-            pending.append(await ops_metrics.send(key=snapshot.name.encode(), value=encode(snapshot)))
-        for future in pending:
-            await future
+            own.add(outcome.update.version)
+            await loop.run_in_executor(executor, call_service, "mark_published", outcome.update.version)
+        self.handles.status = outcome.status
+        self.handles.ledger.hold(outcome.step, events)
+        for settled in self.handles.ledger.release(outcome.settled_through):
+            await stream.ack(settled)
+        log.info("learner step %d: %d events, %d examples, %d trained in %.2fs, settled through %d, published %s",
+                 outcome.step, len(events), outcome.n_examples, outcome.n_trained, seconds, outcome.settled_through,
+                 outcome.published)
 
-    async def decode_batch(events: Sequence[faust.EventT]) -> list[LearnerRecord]:
+    async def _decode(self, events: Sequence[faust.EventT]) -> list[LearnerRecord]:
         batch: list[LearnerRecord] = []
         for event in events:
             try:
                 batch.append(open_envelope(event.key, event.value))
             except InvalidRecord as exc:
                 message = event.message
-                await send_dead_letter(dead_letter(event.value, key=event.key, error=str(exc), source=SourcePosition(
-                    message.topic, message.partition, message.offset)))
+                await self.router.send_dead_letter(dead_letter(event.value, key=event.key, error=str(exc), source=(
+                    SourcePosition(message.topic, message.partition, message.offset))))
         return batch
 
-    inbox = handles.inbox = Inbox(high_water=settings.max_pending_events, low_water=settings.max_pending_events // 2)
+    async def _publish(self, outcome: StepOutcome) -> None:
+        """Send what a step produced and wait until the broker has it (acks=all)."""
+        pending = []
+        if outcome.update is not None:
+            pending.append(await self.model_updates.send(key=b"adapter", value=encode(outcome.update)))
+        for snapshot in outcome.metrics:
+            pending.append(await self.ops_metrics.send(key=snapshot.name.encode(), value=encode(snapshot)))
+        for future in pending:
+            await future
 
-    async def adopt_foreign_updates(watcher: UpdatesWatcher, own: set[str], executor: Executor) -> bool:
+    async def _adopt_foreign_updates(self, watcher: UpdatesWatcher, own: set[str], executor: Executor) -> bool:
         """Adopt updates someone else published (a rollback); True if the learner's weights changed."""
         loop = asyncio.get_running_loop()
         adopted = False
@@ -400,69 +453,61 @@ def register_learning_agents(r: RecloopApp, downstream: Downstream,
                 log.error("not adopting adapter %s from %s: %s", update.version, watcher.topic, exc.reason)
         return adopted
 
-    async def run_trainer(stream: faust.StreamT, executor: Executor) -> None:
-        """Micro-batches from the inbox → the service (in its executor) → publish → ack what is settled."""
-        loop = asyncio.get_running_loop()
-        handles.status = await loop.run_in_executor(executor, call_service, "status_dict")  # loads the model
-        own: set[str] = set()  # versions this learner published
-        watcher = UpdatesWatcher(r.kafka.bootstrap, r.kafka.topic(topics.MODEL_UPDATES.name))
-        await watcher.start()
-        try:
-            while True:
-                events = await inbox.take(settings.batch_size, within=settings.batch_within_s)
-                await adopt_foreign_updates(watcher, own, executor)
-                await train_step(stream, executor, events, own, watcher)
-        finally:
-            await watcher.stop()
-
-    async def train_step(stream: faust.StreamT, executor: Executor, events: list, own: set[str],
-                         watcher: UpdatesWatcher) -> None:
-        loop = asyncio.get_running_loop()
-        batch = await decode_batch(events)
-        started = loop.time()
-        outcome = await loop.run_in_executor(executor, call_service, "process", batch)
-        seconds = loop.time() - started
-        if outcome.update is not None and await adopt_foreign_updates(watcher, own, executor):
-            # a rollback landed while this step ran: publishing now would undo it; its adapter stays unpublished
-            log.warning("not publishing %s: another adapter was published meanwhile", outcome.update.version)
-            outcome = dataclasses.replace(outcome, update=None)
-        await publish(outcome)
-        if outcome.update is not None:
-            own.add(outcome.update.version)
-            await loop.run_in_executor(executor, call_service, "mark_published", outcome.update.version)
-        handles.status = outcome.status
-        handles.ledger.hold(outcome.step, events)
-        for settled in handles.ledger.release(outcome.settled_through):
-            await stream.ack(settled)
-        log.info("learner step %d: %d events, %d examples, %d trained in %.2fs, settled through %d, published %s",
-                 outcome.step, len(events), outcome.n_examples, outcome.n_trained, seconds, outcome.settled_through,
-                 outcome.published)
-
-    def crash_on_failure(task: asyncio.Task) -> None:
+    def _crash_on_failure(self, task: asyncio.Task) -> None:
         """A failed trainer stops the worker: a restart re-reads every unsettled event from its committed offset,
         where a silently restarted agent would leave them unacked forever."""
         if not task.cancelled() and task.exception() is not None:
             log.error("learner failed; stopping the worker", exc_info=task.exception())
-            asyncio.ensure_future(r.app.crash(task.exception()))
+            asyncio.ensure_future(self.r.app.crash(task.exception()))
+
+
+def check_learner_settings(settings: LearnerSettings) -> bytes:
+    """The signing key; fails now, at start-up, if there is none, the base model is missing or CUDA is absent."""
+    key = settings.signing_key()
+    if not settings.tiny:
+        from learner.encoder import base_model_dir
+
+        base_model_dir(settings.model_dir)  # a missing base is a start-up error too, not a crash at batch 1
+    if settings.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LearnerConfigError("RECLOOP_LEARNER_DEVICE=cuda, but torch sees no CUDA device (use auto or cpu)")
+    return key
+
+
+def register_learning_agents(r: RecloopApp, downstream: Downstream,
+                             settings: LearnerSettings | None = None) -> LearningHandles:
+    """Wire the learner into the worker. Fails now, at start-up, if no signing key is configured."""
+    settings = settings or LearnerSettings()
+    key = check_learner_settings(settings)
+    learner_topic = _raw_topic(r, learner_topic_name(r.app.conf.id), partitions=1, internal=True,
+                               config={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+    impressions = _raw_topic(r, r.kafka.topic(topics.IMPRESSIONS.name),
+                             partitions=topics.partitions_for(topics.IMPRESSIONS, r.kafka),
+                             config=topics.IMPRESSIONS.config())
+    model_updates = _raw_topic(r, r.kafka.topic(topics.MODEL_UPDATES.name), partitions=1,
+                               config=topics.MODEL_UPDATES.config())
+    ops_metrics = _raw_topic(r, r.kafka.topic(topics.OPS_METRICS.name), partitions=1,
+                             config=topics.OPS_METRICS.config())
+    inbox = Inbox(high_water=settings.max_pending_events, low_water=settings.max_pending_events // 2)
+    handles = LearningHandles(settings, learner_topic, inbox)
+    router = LearnerRouter(r, handles)
+    trainer = TrainingAgent(r, handles, router, key, model_updates=model_updates, ops_metrics=ops_metrics)
+    downstream.interaction.append(router.forward)
+    downstream.item.append(router.forward)
+
+    @r.app.agent(impressions, name="learner-impressions")
+    async def forward_impressions(stream: faust.StreamT) -> None:
+        await router.forward_impressions(stream)
 
     @r.app.agent(learner_topic, name="learner-train")
     async def train(stream: faust.StreamT) -> None:
-        manual = stream.noack()  # acks come from the ledger, once a step is settled
-        executor, stop = service_executor(settings, r.kafka.home, key)
-        trainer = asyncio.ensure_future(run_trainer(manual, executor))
-        trainer.add_done_callback(crash_on_failure)
-        try:
-            async for event in manual.events():
-                await inbox.put(event)  # waits while the inbox is full: Faust then stops fetching this partition
-        finally:
-            trainer.cancel()
-            stop.set()  # a running step returns at its next optimizer step; its events stay unacked
-            executor.shutdown(wait=False, cancel_futures=True)
+        await trainer.consume(stream)
 
     @r.app.page("/learner/")
     async def learner_status(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
-        return web.json({**handles.status, "unacked_events": len(handles.ledger), "pending_events": len(inbox),
-                         "paused": inbox.paused, "dead_lettered": handles.dead_lettered})
+        return web.json(handles.page())
 
     log.info("learner enabled: trainer on %s, batches of %d events within %.1fs, service in a %s",
              learner_topic_name(r.app.conf.id), settings.batch_size, settings.batch_within_s, settings.isolation)

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install kafka-jars demo test test-fast lint bench clean stop
+.PHONY: install kafka-jars demo test test-slow test-fast lint bench clean stop
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "recloop needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -22,8 +22,13 @@ kafka-jars: install
 demo: kafka-jars
 	$(BIN)/recloop demo
 
+# `make test`: every test but the long ones (~12 min on 2 cores); `make test-slow`: the long ones (marked
+# `slow`: the quick evaluation, the 200k-event learner test, real-MiniLM and live-eval runs). CI runs both.
 test: kafka-jars
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: kafka-jars
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not kafka and not slow" $(PYTEST_ARGS)

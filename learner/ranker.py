@@ -191,9 +191,7 @@ class OnlineRanker:
             for name, param in model.encoder.named_parameters():
                 param.requires_grad_("lora_" not in name)
         if not self.config.use_text:
-            with torch.no_grad():
-                model.head.log_text_scale.fill_(-30.0)  # exp(-30) ~ 1e-13: the text term is gone
-            model.head.log_text_scale.requires_grad_(False)
+            self._remove_text_term()
         encoder_lr = self.config.full_finetune_lr if self.config.full_finetune else self.config.lora_lr
         self.trainer = MicroBatchTrainer(model, TrainerConfig(lora_lr=encoder_lr, head_lr=0.0,
                                                                anchor_l2=self.config.anchor_l2, seed=self.config.seed))
@@ -216,6 +214,21 @@ class OnlineRanker:
         self.head_steps = 0
         self.text_steps = 0
         self.timings = {"hold_out": 0.0, "head": 0.0, "text": 0.0, "refresh": 0.0, "gate": 0.0, "probe": 0.0}
+
+    def _remove_text_term(self) -> None:
+        """The ``recloop_no_text`` ablation: the head never reads the cosine — neither its linear term
+        (scale ~1e-13, frozen) nor the MLP's input column (zero weights, zero gradient)."""
+        head = self.model.head
+        with torch.no_grad():
+            head.log_text_scale.fill_(-30.0)
+        head.log_text_scale.requires_grad_(False)
+        if head.mlp is not None:
+            first = head.mlp[0]
+            with torch.no_grad():
+                first.weight[:, -1] = 0.0
+            mask = torch.ones_like(first.weight)
+            mask[:, -1] = 0.0
+            first.weight.register_hook(lambda grad: grad * mask)
 
     # ------------------------------------------------------------------ 1. hold out
 
@@ -308,7 +321,8 @@ class OnlineRanker:
             log.info("window %d refused (%s)", self.windows, decision.reason)
             self.rollback()
         self._train_head(window)
-        text_trained = self.config.train_text and self.windows % self.config.text_every_windows == 0
+        text_trained = (self.config.train_text and self.config.use_text
+                        and self.windows % self.config.text_every_windows == 0)
         if text_trained:
             text_trained = self._train_text(window)
         return WindowOutcome(decision, max(h.ts for h in window), text_trained)

@@ -276,6 +276,8 @@ class Recommender:
     async def recommend(self, state: ServingState, user_id: str, k: int, ts: float | None = None) -> Recommendation:
         features = self.live.features
         rec_id, now = f"{self._rec_prefix}{next(self._rec_ids):016x}", time.time() if ts is None else ts
+        if ts is not None:
+            self.live.visit(ts)
         if not features.knows(user_id):
             return self._popular(state, user_id, k, rec_id, now)
         history, rows = self.live.ranking_inputs(state, user_id, self.settings.max_history)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 
 import numpy as np
@@ -99,6 +100,18 @@ class LiveBehaviour:
 
     def item_id(self, index: int) -> str:
         return self.features.index.code_of(index)
+
+    def visit(self, ts: float) -> None:
+        """A shopper visits at event time ``ts``: every basket before it is complete and counts for ranking
+        (the offline protocol's rule: a basket is ranked with everything of strictly earlier timestamps).
+        Never past the wall clock, so a request cannot move event time into the future.
+
+        >>> live = LiveBehaviour()
+        >>> live.learn_interaction(Interaction("e1", "u1", "A", "purchase", 1291191960.0))
+        >>> live.features.knows("u1"), live.visit(1291191961.0), live.features.knows("u1")
+        (False, None, True)
+        """
+        self.features.advance_to(min(ts, time.time()))
 
     def ranking_inputs(self, state: ServingState, user_id: str, max_history: int) -> tuple[list[int], np.ndarray]:
         """What the model ranks a shopper's catalogue from: their usable history (oldest first) and the feature

@@ -303,10 +303,32 @@ def eval_command(
         "--full-finetune", help="Also run the full fine-tune (every encoder weight trained, no LoRA; slow)")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar (there is none when stderr is not a terminal)")
                      ] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="Through the real loop: broker, worker with its learner, serving workers (docs/evaluation.md, "
+                       "'Live')")] = False,
+    limit_baskets: Annotated[int | None, typer.Option(
+        min=1, help="--live: evaluate only the first N baskets of the evaluated period")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="--live: evaluate from this time on (ISO-8601 or epoch s; default: the test period, last 91 days)")
+                     ] = None,
+    history_days: Annotated[float | None, typer.Option(
+        min=0.0, help="--live: replay only this many days of history before the evaluated period (default: all)")
+                            ] = None,
+    pace: Annotated[str, typer.Option(
+        help="--live: 'keep-up' (before each evaluated basket wait until the learner and serving have consumed "
+             "everything produced) or events/s for the evaluated period")] = "keep-up",
+    servers: Annotated[int, typer.Option(min=1, help="--live: serving workers (asked in turn)")] = 1,
+    learner_off: Annotated[bool, typer.Option(
+        "--learner-off", help="--live: run the worker with RECLOOP_LEARNER=off (the comparison run)")] = False,
+    window_baskets: Annotated[int | None, typer.Option(
+        min=1, help="--live: held-out baskets per publish decision (default: the learner's, 200)")] = None,
+    keep_up_timeout: Annotated[float, typer.Option(
+        min=1.0, help="--live: longest wait for the loop to keep up before a basket is asked (s)")] = 120.0,
 ) -> None:
     """Offline prequential evaluation of the baselines, the frozen base and recloop (with its ablations); prints JSON.
 
-    The test period is the data's last 91 days; see docs/evaluation.md.
+    The test period is the data's last 91 days; see docs/evaluation.md. With --live, the same protocol through
+    the real loop (broker, worker, serving), compared with the offline recloop and repeat on the same baskets.
     """
     from learner.baskets import DEFAULT_DATA_PATH
     from ops.progress import event_progress
@@ -316,6 +338,12 @@ def eval_command(
     data = data or DEFAULT_DATA_PATH
     if not data.is_file():
         _fail(f"no dataset at {data}")
+    if live:
+        _eval_live(data, quick=quick, tiny=tiny, model_dir=model_dir, out=out, limit_baskets=limit_baskets,
+                   since=_parse_time(since), history_days=history_days, pace=pace, servers=servers,
+                   learner=not learner_off, window_baskets=window_baskets, keep_up_timeout=keep_up_timeout,
+                   quiet=quiet)
+        return
     with event_progress(enabled=not quiet and sys.stderr.isatty(), console=console, label="eval",
                         unit="baskets") as progress:
         try:
@@ -330,6 +358,35 @@ def eval_command(
                                        progress=progress, ablations=ablations, full_finetune=full_finetune)
         except ShopDataError as exc:
             _fail(str(exc))
+    print(json.dumps(result, indent=2))
+
+
+def _eval_live(data: Path, *, quick: bool, tiny: bool, model_dir: Path | None, out: Path, limit_baskets: int | None,
+               since: float | None, history_days: float | None, pace: str, servers: int, learner: bool,
+               window_baskets: int | None, keep_up_timeout: float, quiet: bool) -> None:
+    """``recloop eval --live``: prints the JSON and writes it to ``out/eval_live.json``."""
+    from ops.eval_live import run_live_eval
+    from ops.shop_files import ShopDataError
+
+    try:
+        rate = None if pace == "keep-up" else float(pace)
+    except ValueError:
+        raise typer.BadParameter(f"--pace must be 'keep-up' or events per second, got {pace!r}") from None
+    if rate is not None and rate <= 0:
+        raise typer.BadParameter("--pace must be positive")
+    settings = KafkaSettings()
+    ensure_broker(settings)
+    say = (lambda line: None) if quiet else (lambda line: console.print(f"[dim]eval --live:[/] {line}"))
+    try:
+        result = run_live_eval(settings, data_path=data, quick=quick, tiny=tiny, model_dir=model_dir, since=since,
+                               limit_baskets=limit_baskets, history_days=history_days, pace=rate, servers=servers,
+                               learner=learner, window_baskets=window_baskets, keep_up_timeout_s=keep_up_timeout,
+                               say=say)
+    except (ShopDataError, RuntimeError, TimeoutError) as exc:
+        _fail(str(exc))
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval_live.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

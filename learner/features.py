@@ -38,6 +38,12 @@ BASIC_COLUMNS = ("repeat", "knn", "popularity")
 
 PURCHASE = "purchase"
 
+#: How long (event time, seconds) a basket waits for more of its lines once *other* shoppers' later events
+#: arrive. Partitions reach a consumer interleaved, so another shopper's later event does not prove a basket
+#: complete; the shopper's own later event does (a shopper's events share a partition). A replay delivers
+#: hours of event time per fetch: replays set it higher (``RECLOOP_BASKET_LATENESS_S``).
+BASKET_LATENESS_S = 600.0
+
 
 class BehaviourFeatures:
     """Online repeat, co-purchase and popularity state, and the feature matrix the ranking model reads.
@@ -51,8 +57,10 @@ class BehaviourFeatures:
     """
 
     def __init__(self, index: ItemIndex | None = None, *, half_life_days: float = 90.0, recent_baskets: int = 3,
-                 basket_decay: float = 0.7, window_days: float = 30.0, history_baskets: int = 20) -> None:
+                 basket_decay: float = 0.7, window_days: float = 30.0, history_baskets: int = 20,
+                 lateness_s: float = BASKET_LATENESS_S) -> None:
         self.index = index if index is not None else ItemIndex()
+        self.lateness_s = lateness_s
         self.basket_decay = basket_decay
         self.repeat = RepeatScorer(half_life_days)
         self.cooccurrence = CoOccurrence()
@@ -66,6 +74,7 @@ class BehaviourFeatures:
         #: baskets still open: timestamp -> shopper -> items in first-seen order
         self._open: dict[float, dict[str, dict[int, None]]] = defaultdict(dict)
         self._open_invoice: dict[tuple[float, str], str] = {}
+        self._open_ts_of: dict[str, set[float]] = {}  # shopper -> timestamps of their open baskets
 
     # ------------------------------------------------------------------ learning
 
@@ -74,12 +83,25 @@ class BehaviourFeatures:
 
     def learn_interaction(self, user_id: str, item_id: str, type: str, ts: float,
                           basket_id: str | None = None) -> None:
-        """Learn one event. Purchases join the shopper's basket at ``ts``; earlier baskets are closed."""
-        self.advance_to(ts)
+        """Learn one event. Purchases join the shopper's basket at ``ts``. The shopper's own earlier baskets are
+        complete now; other shoppers' once event time is ``lateness_s`` past them (see :data:`BASKET_LATENESS_S`).
+
+        >>> f = BehaviourFeatures(lateness_s=600)
+        >>> f.learn_interaction("a", "X", "purchase", 0.0); f.learn_interaction("b", "Y", "purchase", 60.0)
+        >>> f.learn_interaction("a", "Z", "purchase", 0.0)  # a late line of a's basket: still one basket
+        >>> f.learn_interaction("a", "X", "purchase", 120.0); f.history("a"), f.knows("b")
+        ((0, 2), False)
+        """
+        self.advance_to(ts - self.lateness_s)
+        own = self._open_ts_of.get(user_id)
+        if own and min(own) < ts:
+            self._close([(t, user_id) for t in own if t < ts])
+        self.clock = max(self.clock, ts)
         if type != PURCHASE:
             return
         item = self.index.add(item_id)
         self._open[ts].setdefault(user_id, {})[item] = None
+        self._open_ts_of.setdefault(user_id, set()).add(ts)
         self._open_invoice.setdefault((ts, user_id), basket_id or "")
 
     def learn(self, baskets: Iterable[Basket]) -> None:
@@ -98,16 +120,29 @@ class BehaviourFeatures:
         if now <= self.clock and not any(ts < now for ts in self._open):
             return
         self.clock = max(self.clock, now)
-        closed = sorted(ts for ts in self._open if ts < now)
-        for ts in closed:
-            shoppers = self._open.pop(ts)
-            baskets = [Basket(user, ts, tuple(items), self._open_invoice.pop((ts, user), ""))
-                       for user, items in shoppers.items()]
+        self._close([(ts, user) for ts in self._open if ts < now for user in self._open[ts]])
+        self._advance_windows(now)
+
+    def _close(self, open_baskets: list[tuple[float, str]]) -> None:
+        """Learn the open baskets ``(ts, shopper)``, oldest first, the baskets of one timestamp as one group."""
+        users_at: dict[float, list[str]] = defaultdict(list)
+        for ts, user in open_baskets:
+            users_at[ts].append(user)
+        for ts in sorted(users_at):
+            shoppers = self._open[ts]
+            baskets = []
+            for user in users_at[ts]:
+                baskets.append(Basket(user, ts, tuple(shoppers.pop(user)), self._open_invoice.pop((ts, user), "")))
+                own = self._open_ts_of[user]
+                own.discard(ts)
+                if not own:
+                    del self._open_ts_of[user]
+            if not shoppers:
+                del self._open[ts]
             if self.before_learn is not None:
                 self._advance_windows(ts)
                 self.before_learn(baskets)
             self.learn(baskets)
-        self._advance_windows(now)
 
     def _advance_windows(self, now: float) -> None:
         """Move the time windows (popularity) to ``now``."""

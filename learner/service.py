@@ -129,7 +129,7 @@ class LearnerService:
             torch.set_num_threads(settings.torch_threads)
         self.base = base if base is not None else load_configured_base(settings)
         ranker_config = ranker_config or settings.ranker_config()
-        self.features = RichFeatures()
+        self.features = RichFeatures(lateness_s=settings.basket_lateness_s)
         self.model = StreamingRankingModel(self.base, ModelConfig(), device=str(device), seed=settings.seed,
                                            bucket_size=settings.encode_bucket_size)
         self.status = LearnerStatus()

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from learner.features import BASKET_LATENESS_S
 from learner.ranker_config import DEFAULTS as _RANKER
 from learner.ranker_config import RankerConfig
 
@@ -65,6 +66,11 @@ class LearnerSettings(BaseSettings):
     max_pending_events: int = Field(default=20_000, ge=2)
     #: Recent event ids the learner remembers, to learn an event redelivered to it only once.
     dedup_window: int = Field(default=100_000, ge=0)
+
+    #: Event-time seconds a basket waits for its late lines (``learner.features.BASKET_LATENESS_S``); one
+    #: deployment-wide name, read by serving workers too.
+    basket_lateness_s: float = Field(default=BASKET_LATENESS_S, ge=0,
+                                     validation_alias=AliasChoices("RECLOOP_BASKET_LATENESS_S", "basket_lateness_s"))
 
     # -- learning (defaults: learner/ranker_config.py, the one place they are stated)
     #: Baskets held out per publish decision (a new version at most every this many baskets).

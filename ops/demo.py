@@ -154,7 +154,9 @@ def run_demo(settings: KafkaSettings, *, data: Path, limit: int | None, speedup:
     console.print(f"topics ready: {', '.join(r.name for r in results)}")
     messages = file_messages(data, settings, limit=limit)
     home = settings.home / "demo"
-    env = recloop_env(settings, RECLOOP_DEMO="1", **({"RECLOOP_LEARNER_TINY": "1"} if tiny else {}))
+    # the replay runs far faster than event time: partitions reach the worker hours of event time apart
+    env = recloop_env(settings, RECLOOP_DEMO="1", RECLOOP_BASKET_LATENESS_S="86400",
+                      **({"RECLOOP_LEARNER_TINY": "1"} if tiny else {}))
     worker_port = free_port()
     # The production consumer group: a second demo run resumes where the first stopped.
     worker = ChildProcess(["worker"], {**env, "RECLOOP_WORKER_WEB_PORT": str(worker_port)}, home / "worker.log")

@@ -544,6 +544,9 @@ def run_live_eval(base_settings: KafkaSettings, *, data_path: Path, quick: bool 
                       # the trainer's micro-batch wait: with the default 2 s every keep-up wait would take >= 2 s
                       RECLOOP_LEARNER_BATCH_WITHIN_S=os.environ.get("RECLOOP_LEARNER_BATCH_WITHIN_S", "0.25"),
                       RECLOOP_LOG_LEVEL=os.environ.get("RECLOOP_LOG_LEVEL", "INFO"),
+                      # the history is replayed as fast as the broker takes it: partitions then reach the worker
+                      # hours of event time apart, and a basket must wait that long for its late lines
+                      RECLOOP_BASKET_LATENESS_S=os.environ.get("RECLOOP_BASKET_LATENESS_S", "86400"),
                       **({"RECLOOP_BASE_MODEL_DIR": str(model_dir)} if model_dir else {}))
     env.pop("RECLOOP_DEMO", None)
     worker_port = free_port()

@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel
 
 from learner.encoder import Base
-from learner.rich_features import FEATURE_NAMES
+from learner.rich_features import FEATURE_NAMES, RichFeatures
 from serving.explain import Explainer
 from serving.history import HistoryFollower, LiveBehaviour
 from serving.settings import MAX_K, ServingSettings
@@ -330,7 +330,7 @@ class ServingWorker:
         self.kafka = kafka
         self.key = settings.signing_key()
         self.metrics = ServingMetrics()
-        self.live = live if live is not None else LiveBehaviour()
+        self.live = live if live is not None else LiveBehaviour(RichFeatures(lateness_s=settings.basket_lateness_s))
         self.holder = StateHolder()
         self.builder = StateBuilder(base)
         self.updater = StateUpdater(self.builder, self.holder, self.live, self.key, self.metrics)

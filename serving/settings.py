@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from learner.features import BASKET_LATENESS_S
 from learner.settings import DEMO_KEY  # the key RECLOOP_DEMO=1 signs with: public, demo mode only
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class ServingSettings(BaseSettings):
     default_k: int = Field(default=10, ge=1, le=MAX_K)
     #: History items (most recent) that shape the shopper's text vector.
     max_history: int = Field(default=50, ge=1)
+    #: Event-time seconds a basket waits for its late lines (the learner reads the same variable).
+    basket_lateness_s: float = Field(default=BASKET_LATENESS_S, ge=0,
+                                     validation_alias=AliasChoices("RECLOOP_BASKET_LATENESS_S", "basket_lateness_s"))
     #: Scoring above this many ms (moving average) moves off the event loop into a thread.
     inline_scoring_ms: float = Field(default=5.0, ge=0)
     #: Impressions waiting to be produced before new ones are dropped (and counted).

@@ -28,11 +28,28 @@ def test_streamed_events_give_the_same_features_as_whole_baskets():
 
 
 def test_a_basket_is_invisible_until_event_time_moves_past_it():
-    features = BehaviourFeatures()
+    features = BehaviourFeatures(lateness_s=60.0)
     features.learn_interaction("u1", "A", "purchase", 10.0)
     assert not features.knows("u1")
-    features.learn_interaction("u9", "B", "view", 11.0)  # any later event closes the basket
+    features.learn_interaction("u1", "B", "view", 11.0)  # the shopper's own later event closes it at once
     assert features.knows("u1") and features.history("u1") == (0,)
+    features.learn_interaction("u2", "A", "purchase", 20.0)
+    features.learn_interaction("u9", "B", "view", 79.0)  # another shopper's: only once past the lateness
+    assert not features.knows("u2")
+    features.learn_interaction("u9", "B", "view", 81.0)
+    assert features.knows("u2")
+    features.learn_interaction("u3", "A", "purchase", 100.0)
+    features.advance_to(100.5)  # a watermark (a visit's event time) closes everything before it
+    assert features.knows("u3")
+
+
+def test_a_basket_interleaved_with_other_partitions_stays_one_basket():
+    """Partitions reach the consumer interleaved: a basket's lines may come after other shoppers' later events."""
+    features = BehaviourFeatures()
+    for user, item, ts in [("u1", "A", 0.0), ("u2", "B", 60.0), ("u1", "C", 0.0), ("u3", "D", 300.0),
+                           ("u1", "E", 0.0), ("u1", "A", 900.0)]:
+        features.learn_interaction(user, item, "purchase", ts)
+    assert features.long_history.recent("u1") == [(0, 2, 4)]
 
 
 def test_returns_and_views_do_not_count_as_purchases():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -155,7 +156,9 @@ def run_demo(settings: KafkaSettings, *, data: Path, limit: int | None, speedup:
     messages = file_messages(data, settings, limit=limit)
     home = settings.home / "demo"
     # the replay runs far faster than event time: partitions reach the worker hours of event time apart
+    # and a decision every 50 held-out baskets (200 by default), so a short demo shows versions being served
     env = recloop_env(settings, RECLOOP_DEMO="1", RECLOOP_BASKET_LATENESS_S="86400",
+                      RECLOOP_LEARNER_WINDOW_BASKETS=os.environ.get("RECLOOP_LEARNER_WINDOW_BASKETS", "50"),
                       **({"RECLOOP_LEARNER_TINY": "1"} if tiny else {}))
     worker_port = free_port()
     # The production consumer group: a second demo run resumes where the first stopped.

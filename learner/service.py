@@ -43,6 +43,7 @@ from learner import artifacts
 from learner.adapter_store import UNPUBLISHED_PREFIX, mark_published, next_version, stored_adapters
 from learner.baskets import Basket
 from learner.encoder import Base, load_base, tiny_bert
+from learner.features import PURCHASE
 from learner.gate import GateDecision
 from learner.model import ModelConfig, pick_device
 from learner.ranker import OnlineRanker, RetentionProbe
@@ -59,7 +60,6 @@ GATE_METRIC = "learner.gate"
 
 
 LearnerRecord = Item | Interaction | Impression
-PURCHASE = "purchase"
 
 
 # --------------------------------------------------------------------------- the service
@@ -208,9 +208,7 @@ class LearnerService:
         decided on (publish or roll back), then trained on (see :mod:`learner.ranker`).
         """
         with self._lock:
-            self._step += 1
-            self._closed_in_step = False
-            self._outcomes = []
+            self._begin_step()
             if self._stop.is_set():
                 return StepOutcome(self._step, self._settled_through(), 0, 0)
             held_before, trained_before = self.status.examples, self.status.trained
@@ -229,13 +227,16 @@ class LearnerService:
     def advance_to(self, ts: float) -> StepOutcome:
         """Event time is now ``ts`` (a watermark): every basket before it is complete, held out and learned."""
         with self._lock:
-            self._step += 1
-            self._closed_in_step = False
-            self._outcomes = []
+            self._begin_step()
             held_before, trained_before = self.status.examples, self.status.trained
             self.features.advance_to(ts)
             self._close_full_window()
             return self._outcome(0, held_before, trained_before)
+
+    def _begin_step(self) -> None:
+        self._step += 1
+        self._closed_in_step = False
+        self._outcomes = []
 
     def _outcome(self, n_records: int, held_before: int, trained_before: int) -> StepOutcome:
         self.status.steps = self._step

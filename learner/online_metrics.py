@@ -35,10 +35,12 @@ What is measured, and over what:
   ``rec_id`` within ``label_window_s`` of event time (the learner's label window:
   :class:`streams.settings.JoinSettings`); counted when the window closes, so recent
   impressions are not counted before their clicks could arrive. Impressions and responses travel on
-  different topics and partitions, which a worker reads at different paces, so an impression closes
-  only when event time (the latest seen on either) passes its window plus ``grace_s``; a response
-  that comes later still is counted in ``impressions_late_responses``, the sign that the grace is too
-  short. A response may also arrive before its impression: it waits for it.
+  different topics and partitions, which a worker reads at different paces (one topic may be read
+  hours of event time ahead of the other), so each stream keeps its own event time: an impression
+  closes only when the *responses'* event time passes its window plus ``grace_s``; a response that
+  comes later still is counted in ``impressions_late_responses``, the sign that the grace is too
+  short. A response may also arrive before its impression: it waits for it until the *impressions'*
+  event time passes the response's plus ``grace_s`` (an impression precedes its responses).
 * **Explanation helpfulness** (``explanation_helpful_rate``, label ``style``): rolling share of helpful
   votes per explanation style.
 
@@ -306,7 +308,8 @@ class PrequentialEvaluator:
         self._open: OrderedDict[str, _Shown] = OrderedDict()
         self._closed: OrderedDict[str, None] = OrderedDict()  # recent rec_ids, to drop redelivered impressions
         self._early: OrderedDict[str, tuple[float, set[str]]] = OrderedDict()  # responses before impressions
-        self._clock = -math.inf  # event time of the impression/response streams
+        self._shown_clock = -math.inf  # event time of the impression stream
+        self._response_clock = -math.inf  # event time of the interaction stream
         self.helpful: dict[str, utils.Rolling] = {}
         self.feedback_total: dict[str, int] = {}
 
@@ -400,7 +403,10 @@ class PrequentialEvaluator:
         self.responded_total += bool(shown.responded)
         while len(self._open) > self.max_open_impressions:
             self._close(next(iter(self._open)))  # bounded state: the oldest closes early
-        self.expire(impression.ts)
+        self._shown_clock = max(self._shown_clock, impression.ts)
+        while self._early and next(iter(self._early.values()))[0] + self.grace_s < self._shown_clock:
+            self._early.popitem(last=False)  # its impression would have come by now
+        self.expire(self._response_clock)  # an impression already past its window closes at once
         return True
 
     def respond(self, interaction: Interaction) -> None:
@@ -429,17 +435,16 @@ class PrequentialEvaluator:
                 self._early.popitem(last=False)
 
     def expire(self, now: float) -> int:
-        """Event time is ``now``: close every impression whose label window has passed; return how many."""
-        self._clock = max(self._clock, now)
+        """The responses' event time is ``now``: close every impression whose label window (and grace) has
+        passed; return how many."""
+        self._response_clock = max(self._response_clock, now)
         closed = 0
         while self._open:
             rec_id, shown = next(iter(self._open.items()))
-            if shown.ts + self.label_window_s + self.grace_s >= self._clock:
+            if shown.ts + self.label_window_s + self.grace_s >= self._response_clock:
                 break
             self._close(rec_id)
             closed += 1
-        while self._early and next(iter(self._early.values()))[0] + self.label_window_s + self.grace_s < self._clock:
-            self._early.popitem(last=False)
         return closed
 
     def _close(self, rec_id: str) -> None:

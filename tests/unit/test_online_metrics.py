@@ -150,9 +150,11 @@ def test_ctr_joins_responses_to_impressions_by_rec_id_within_the_label_window():
     evaluator.learn_one(buy("c4", "u1", "c", T0 + 100, type="add_to_cart", rec_id="r3"))
     evaluator.show(impression("r3", T0 + 90))
     assert evaluator.snapshot(1.7e9)[0].name != "ctr"  # nothing closed yet: no CTR
-    evaluator.show(impression("r4", T0 + 850))  # past r1..r3's windows, but within the grace
+    evaluator.show(impression("r4", T0 + 850))
+    evaluator.learn_one(buy("v1", "u2", "a", T0 + 850, type="view"))  # past r1..r3's windows, within the grace
     assert ("ctr", ()) not in by_name(evaluator.snapshot(1.7e9))
-    evaluator.show(impression("r5", T0 + 1000))  # past the grace: r1..r3 close
+    evaluator.show(impression("r5", T0 + 1000))
+    evaluator.learn_one(buy("v2", "u2", "a", T0 + 1000, type="view"))  # past the grace: r1..r3 close
     evaluator.learn_one(buy("c5", "u1", "a", T0 + 1000, type="click", rec_id="r1"))  # too late: r1 is closed
     metrics = by_name(evaluator.snapshot(1.7e9))
     assert metrics[("ctr", ())] == pytest.approx(2 / 3)
@@ -160,6 +162,28 @@ def test_ctr_joins_responses_to_impressions_by_rec_id_within_the_label_window():
     assert metrics[("impressions_late_responses", ())] == 1
     # 9 shown items became labelled examples, scored with what serving showed
     assert ("log_loss", (("scorer", "served"), ("source", "impressions"))) in metrics
+
+
+def test_ctr_join_survives_one_topic_read_hours_ahead_of_the_other():
+    """Each stream keeps its own event time: responses read far ahead of their impressions still join,
+    and impressions read far ahead of the responses stay open for them."""
+    ahead = PrequentialEvaluator(MemoryScorer(["a", "b", "c"]), label_window_s=600, grace_s=300)
+    ahead.learn_one(buy("c1", "u1", "a", T0 + 60, type="click", rec_id="r1"))
+    ahead.learn_one(buy("p1", "u2", "b", T0 + 36_000))  # the interaction topic is ten hours further on
+    ahead.show(impression("r1", T0))  # joins the waiting click, and closes at once (its window has passed)
+    ahead.show(impression("r2", T0 + 10))
+    metrics = by_name(ahead.snapshot(1.7e9))
+    assert metrics[("impressions_responded", ())] == 1 and metrics[("ctr", ())] == pytest.approx(1 / 2)
+
+    behind = PrequentialEvaluator(MemoryScorer(["a", "b", "c"]), label_window_s=600, grace_s=300)
+    behind.show(impression("r1", T0))
+    behind.show(impression("r9", T0 + 36_000))  # the impression topic is ten hours further on
+    behind.learn_one(buy("c1", "u1", "b", T0 + 60, type="click", rec_id="r1"))
+    assert by_name(behind.snapshot(1.7e9))[("impressions_responded", ())] == 1
+    # A response whose impression never comes is dropped once the impressions pass it by the grace.
+    behind.learn_one(buy("c2", "u1", "b", T0 + 70, type="click", rec_id="lost"))
+    behind.show(impression("r10", T0 + 36_500))
+    assert "lost" not in behind._early
 
 
 def test_explanation_helpfulness_is_a_rolling_rate_per_style():

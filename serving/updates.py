@@ -6,6 +6,15 @@ applies every new one. An update is applied only if its sha256, its HMAC signatu
 fingerprint and its architecture all check out; anything else is logged with its reason and
 counted, and the version already serving keeps serving.
 
+**Lineages.** The adapters trained on one frozen base form a lineage; a worker serves only its own
+base's. Publication order decides, never the version number: at boot the newest update of this
+worker's base is tried first, whatever numbers another lineage used; afterwards each new update of
+this base that verifies is served (a rollback republishes an older version as the newest). Updates
+of another base found at boot (a run on another base model earlier on the same topic) are skipped
+with one log line saying how many and which base, not refused one by one. One that arrives while the
+worker runs is refused and counted like any other: a learner on another base is publishing to this
+worker's topic, and the operator must hear about it.
+
 Decoding, verifying and building run in a worker thread (``asyncio.to_thread``): a version
 without shipped item vectors re-encodes the whole catalogue, ~20 s of CPU with MiniLM. The
 swap itself is one reference assignment on the event loop. If several updates arrive while a
@@ -18,10 +27,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from learner.artifacts import AdapterRejected, verify
@@ -33,7 +43,7 @@ from streams.topics import MAX_MESSAGE_BYTES, MODEL_UPDATES
 
 log = logging.getLogger(__name__)
 
-#: How many of the newest published updates a booting worker tries before falling back to version 0.
+#: How many of the newest published updates of its base a booting worker tries before falling back to version 0.
 BOOT_CANDIDATES = 16
 
 #: Reason prefixes of :class:`AdapterRejected` and what an operator's dashboard calls them.
@@ -60,6 +70,89 @@ def rejection_kind(reason: str) -> str:
         if reason.startswith(prefix):
             return kind
     return "other"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Which base an update was trained on, read without decoding its payload."""
+
+    version: str
+    base_fingerprint: str
+
+
+def peek_lineage(raw: bytes) -> Lineage | None:
+    """The version and base of an encoded update; None when it is not readable as one (verify says why later).
+
+    >>> peek_lineage(b'{"version": "v000003", "base_fingerprint": "abc", "payload": ""}')
+    Lineage(version='v000003', base_fingerprint='abc')
+    >>> peek_lineage(b'not json') is None
+    True
+    """
+    try:
+        data = orjson.loads(raw)
+        return Lineage(str(data["version"]), str(data["base_fingerprint"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+@dataclass
+class OtherLineage:
+    """The updates of one other base seen at boot: how many, the first and last version published."""
+
+    count: int = 0
+    first: str = ""
+    last: str = ""
+
+    def add(self, version: str) -> None:
+        self.first = self.first or version
+        self.last = version
+        self.count += 1
+
+
+@dataclass
+class BootBacklog:
+    """What a booting worker read from the topic: the newest ``size`` updates it may serve (its own base, or
+    unreadable ones, which verification then refuses with their reason), and the other bases' only counted.
+
+    Only those candidates are kept in memory: until compaction runs the topic may hold many multi-MB versions.
+    """
+
+    base_fingerprint: str
+    size: int = BOOT_CANDIDATES
+    read: int = 0
+    candidates: deque[bytes] = field(init=False, repr=False)
+    other_bases: dict[str, OtherLineage] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.candidates = deque(maxlen=self.size)
+
+    def extend(self, messages: Iterable[bytes | None]) -> None:
+        for raw in messages:
+            self.read += 1
+            if raw is None:  # a compaction tombstone
+                continue
+            lineage = peek_lineage(raw)
+            if lineage is not None and lineage.base_fingerprint != self.base_fingerprint:
+                self.other_bases.setdefault(lineage.base_fingerprint, OtherLineage()).add(lineage.version)
+            else:
+                self.candidates.append(raw)
+
+    @property
+    def skipped(self) -> int:
+        return sum(other.count for other in self.other_bases.values())
+
+    def describe_skipped(self) -> str:
+        """One line for the log: how many updates of which other bases were skipped.
+
+        >>> backlog = BootBacklog("mine")
+        >>> backlog.extend([b'{"version": "v000001", "base_fingerprint": "0123456789abcdef"}',
+        ...                 b'{"version": "v000002", "base_fingerprint": "0123456789abcdef"}'])
+        >>> backlog.describe_skipped()
+        'skipped 2 published update(s) trained on another base: 2 on base 0123456789ab… (v000001 … v000002)'
+        """
+        parts = [f"{other.count} on base {fingerprint[:12]}… ({other.first} … {other.last})"
+                 for fingerprint, other in self.other_bases.items()]
+        return f"skipped {self.skipped} published update(s) trained on another base: {'; '.join(parts)}"
 
 
 @dataclass(frozen=True)
@@ -94,6 +187,21 @@ class StateUpdater:
         self.key = key
         self.listener = listener
         self._lock = asyncio.Lock()
+
+    async def boot(self, backlog: BootBacklog) -> Outcome | None:
+        """Serve the newest update of this base in ``backlog`` that verifies, else version 0; None means version 0.
+
+        Updates of other bases are another lineage: one log line says how many were skipped.
+        """
+        if backlog.skipped:
+            log.info("%s; this worker's base is %s… (a new lineage starts here)", backlog.describe_skipped(),
+                     self.builder.base.fingerprint[:12])
+        log.info("read %d published updates; trying the newest %d of this base", backlog.read,
+                 len(backlog.candidates))
+        outcome = await self.apply_newest(list(backlog.candidates))
+        if outcome is None:
+            await self.serve_base()
+        return outcome
 
     async def serve_base(self) -> Swap:
         """Serve version 0 (no adapter yet, or none verified)."""
@@ -204,21 +312,14 @@ class UpdateFollower:
             await consumer.stop()
 
     async def _boot(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
-        """Serve the newest update that verifies among the last ``BOOT_CANDIDATES`` published, else version 0.
-
-        Only those are kept in memory: until compaction runs the topic may hold many multi-MB versions.
-        """
+        """Serve the newest update of this base that verifies among its last ``BOOT_CANDIDATES``, else version 0."""
         ends = await consumer.end_offsets(partitions)
-        backlog: deque[bytes | None] = deque(maxlen=BOOT_CANDIDATES)
-        seen = 0
+        backlog = BootBacklog(self.updater.builder.base.fingerprint, BOOT_CANDIDATES)
         while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
             batches = await consumer.getmany(timeout_ms=1000)
             for tp in sorted(batches):
                 backlog.extend(m.value for m in batches[tp])
-                seen += len(batches[tp])
-        log.info("read %d published updates; trying the newest %d", seen, len(backlog))
-        if await self.updater.apply_newest(list(backlog)) is None:
-            await self.updater.serve_base()
+        await self.updater.boot(backlog)
         self.booted.set()
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 
 import numpy as np
+import orjson
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -16,6 +18,7 @@ from learner.encoder import tiny_bert
 from learner.model import ModelConfig, RankingModel
 from serving.app import MemoryPublisher, ServingWorker, create_app
 from serving.settings import ServingConfigError, ServingSettings
+from serving.updates import BootBacklog
 from streams.records import ExplanationFeedback, Impression, Interaction, Item, decode, encode
 from tests.unit.test_serving_state import make_live
 
@@ -249,6 +252,41 @@ def test_newest_valid_update_wins_and_repeats_are_not_rebuilt(base, tmp_path):
     assert outcome.swap is not None and worker.holder.current.version == "v2"
     again = asyncio.run(worker.updater.apply_newest([v1, v2]))
     assert again.accepted and again.swap is None and worker.holder.current.version == "v2"
+
+
+def test_boot_skips_another_bases_lineage_in_one_line_and_serves_this_bases_newest(base, tmp_path, caplog):
+    """A MiniLM run's versions, then a run on this base numbered from 1 again: the new lineage is served."""
+    other = tiny_bert(seed=1)
+    earlier = [publishable(other, tmp_path / "other", f"v{n:06d}") for n in range(1, 6)]
+    ours = [publishable(base, tmp_path, "v000001"), publishable(base, tmp_path, "v000002", bias=0.7)]
+    worker = make_worker(base, ready=False)
+    backlog = BootBacklog(base.fingerprint)
+    backlog.extend([*earlier, None, *ours])
+    with caplog.at_level(logging.INFO, logger="serving.updates"):
+        outcome = asyncio.run(worker.updater.boot(backlog))
+    assert outcome is not None and worker.holder.current.version == "v000002"
+    assert worker.metrics.rejected_count == 0 and backlog.read == 8 and len(backlog.candidates) == 2
+    skipped = [r.getMessage() for r in caplog.records if "another base" in r.getMessage()]
+    assert skipped == [f"skipped 5 published update(s) trained on another base: 5 on base {other.fingerprint[:12]}… "
+                       f"(v000001 … v000005); this worker's base is {base.fingerprint[:12]}… (a new lineage starts "
+                       "here)"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_boot_with_only_another_bases_updates_serves_version_0(base, tmp_path):
+    worker = make_worker(base, ready=False)
+    backlog = BootBacklog(base.fingerprint)
+    backlog.extend([publishable(tiny_bert(seed=1), tmp_path, "v000009")])
+    assert asyncio.run(worker.updater.boot(backlog)) is None
+    assert worker.holder.current.version == "v0" and worker.metrics.rejected_count == 0
+
+
+def test_the_boot_backlog_keeps_only_the_newest_candidates_of_this_base():
+    backlog = BootBacklog("mine", size=2)
+    backlog.extend(orjson.dumps({"version": f"v{n}", "base_fingerprint": "mine"}) for n in range(5))
+    backlog.extend([b"unreadable"])  # kept: verification refuses it with its reason
+    assert [orjson.loads(raw)["version"] for raw in list(backlog.candidates)[:1]] == ["v4"]
+    assert backlog.candidates[-1] == b"unreadable" and backlog.skipped == 0
 
 
 def test_new_catalogue_items_are_folded_into_the_serving_version(base):

@@ -25,7 +25,9 @@ from streams.records import DeadLetter, ExplanationFeedback, Interaction, Item, 
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Any], Awaitable[None]]
+#: What receives an accepted record: ``handler(record, position)``, ``position`` being where the record was
+#: read (a handler that keeps durable state skips redeliveries by it, see :mod:`streams.monitor_state`).
+Handler = Callable[[Any, SourcePosition], Awaitable[None]]
 
 
 async def _ignore(_: Any) -> None:
@@ -78,7 +80,7 @@ def register_ingest_agents(r: RecloopApp, stats: IngestStats, downstream: Downst
             stats.accepted(source, getattr(result, "type", cls.__name__.lower()))
             metrics.accepted.labels(source).inc()
             for handler in handlers:
-                await handler(result)
+                await handler(result, position)
 
     @r.app.agent(r.interactions, name="ingest-interactions")
     async def ingest_interactions(stream: faust.StreamT) -> None:

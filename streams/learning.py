@@ -327,7 +327,7 @@ class LearnerRouter:
     def __init__(self, r: RecloopApp, handles: LearningHandles) -> None:
         self.r, self.handles = r, handles
 
-    async def forward(self, record: LearnerRecord) -> None:
+    async def forward(self, record: LearnerRecord, position: SourcePosition | None = None) -> None:  # position: unused
         key, value = envelope(record)
         await self.handles.topic.send(key=key, value=value)
 

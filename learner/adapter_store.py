@@ -2,6 +2,11 @@
 
 A version is saved (fsynced) before its update is sent, and marked ``PUBLISHED`` once the broker
 acknowledged it; a restart resumes only from published versions and moves the others aside.
+
+Version numbers run across lineages: a learner on a new base model in the same home numbers its first
+version after every adapter stored there, whatever base it was trained on (serving workers follow
+publication order, not numbers, but a number never names two adapters of one home). Versions another
+home published reach this store only when the learner adopts them (a rollback on the same base).
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -75,6 +76,8 @@ class SignalSpec:
 
     name: str
     detector: str  #: short detector name, used as ``DriftAlarm.detector``
+    #: Makes a fresh detector; a picklable callable (a class or a ``functools.partial``), not a lambda, so a
+    #: monitor holding the detectors can be checkpointed (:mod:`streams.monitor_state`).
     make: Callable[[], base.DriftDetector]
     worse: Direction = "any"  #: "up": a rise is a degradation; "down": a fall is; "any": both are
     #: Observations to ignore after an alarm: a detector that just reset re-learns its baseline.
@@ -85,17 +88,17 @@ def default_signals(seed: int = 0) -> tuple[SignalSpec, ...]:
     """The detectors the worker runs, with hyperparameters tuned on seeded streams (see the module doc)."""
     return (
         # delta=0.002: the river default; ≈ no false alarm on 10k stationary Bernoulli values.
-        SignalSpec("miss@10", "adwin", lambda: drift.ADWIN(delta=0.002), worse="up"),
+        SignalSpec("miss@10", "adwin", partial(drift.ADWIN, delta=0.002), worse="up"),
         # alpha=1e-6 instead of river's 0.005: KSWIN tests at every step, so a per-test 0.5 %
         # false-alarm rate would alarm every few hundred stationary impressions.
         SignalSpec("score", "kswin",
-                   lambda: drift.KSWIN(alpha=1e-6, window_size=600, stat_size=200, seed=seed), cooldown=200),
+                   partial(drift.KSWIN, alpha=1e-6, window_size=600, stat_size=200, seed=seed), cooldown=200),
         # delta is the smallest shift worth a look (3 points of share, 5 % of log-price, 0.1 nats),
         # thresholds keep a stationary 10k-event stream alarm-free on 40 seeds.
-        SignalSpec("new_user", "page_hinkley", lambda: _page_hinkley(delta=0.03, threshold=20.0)),
-        SignalSpec("new_item", "page_hinkley", lambda: _page_hinkley(delta=0.03, threshold=20.0)),
-        SignalSpec("price", "page_hinkley", lambda: _page_hinkley(delta=0.05, threshold=40.0)),
-        SignalSpec("category", "page_hinkley", lambda: _page_hinkley(delta=0.1, threshold=50.0)),
+        SignalSpec("new_user", "page_hinkley", partial(_page_hinkley, delta=0.03, threshold=20.0)),
+        SignalSpec("new_item", "page_hinkley", partial(_page_hinkley, delta=0.03, threshold=20.0)),
+        SignalSpec("price", "page_hinkley", partial(_page_hinkley, delta=0.05, threshold=40.0)),
+        SignalSpec("category", "page_hinkley", partial(_page_hinkley, delta=0.1, threshold=50.0)),
     )
 
 

@@ -560,6 +560,17 @@ class OnlineMonitor:
         self.warmup_baskets = warmup_baskets
         self._reset()
 
+    def __getstate__(self) -> dict:
+        """Everything but the clock, which is not state (a test's may be a lambda): unpickling sets
+        ``time.time``, and :meth:`streams.monitor_state.MonitorCheckpoint.load` the worker's clock."""
+        state = dict(self.__dict__)
+        del state["clock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.clock = time.time
+
     def _reset(self) -> None:
         self.catalogue: dict[str, tuple[str | None, float | None]] = {}
         self.users: set[str] = set()

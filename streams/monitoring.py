@@ -12,16 +12,24 @@ holds, :class:`learner.served_quality.ServedQuality`); this module only moves re
   and a drift-alarm counter are registered on the worker's registry, so ``/metrics/`` shows them next
   to the ingest counters.
 
+Metrics carry the label ``worker=<id>``, the worker's stable id (``RECLOOP_WORKER_ID``, by default the host
+name: :mod:`streams.worker_identity`), so a restarted worker continues its own rows. The monitor's state
+survives a restart: it is checkpointed to the worker's state directory after every publication and at a
+graceful stop, with the offsets it covers, and restored at start (:mod:`streams.monitor_state` says what
+a ``kill -9`` can still lose).
+
 The handlers are put *first* in the ``Downstream`` lists: the monitor scores an event before any
 learner sees it (test, then train), whichever order the agents were registered in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-import socket
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import faust
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -36,6 +44,8 @@ from streams import topics
 from streams.agents import Downstream
 from streams.app import RecloopApp, _raw_topic
 from streams.ingest import SourcePosition, validate
+from streams.monitor_state import FILE_NAME as CHECKPOINT_FILE
+from streams.monitor_state import CheckpointedMonitor, MonitorCheckpoint
 from streams.records import (
     DeadLetter,
     DriftAlarm,
@@ -47,6 +57,7 @@ from streams.records import (
     encode,
 )
 from streams.settings import JoinSettings
+from streams.worker_identity import claim_worker_identity
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +96,18 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
     """
     settings = settings or MonitoringSettings()
     join = join or JoinSettings()
-    evaluator = PrequentialEvaluator(scorer, window=settings.window, rank_every=settings.rank_every,
-                                     label_window_s=join.label_window_s, grace_s=settings.join_grace_s)
-    served = ServedQuality(window_s=settings.served_window_s, grace_s=settings.join_grace_s, window=settings.window)
-    monitor = OnlineMonitor(evaluator, served=served, warmup_baskets=settings.warmup_baskets)
-    worker_id = f"{socket.gethostname()}:{r.worker.web_port}"
+    identity = claim_worker_identity(Path(r.app.conf.datadir), r.worker.id)
+    worker_id = identity.id
+    checkpoint = None
+    if scorer is None:  # the monitor owns all its state; a shared scorer is its owner's to keep
+        checkpoint = MonitorCheckpoint(identity.state_dir / CHECKPOINT_FILE, monitoring_fingerprint(settings, join))
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is None:
+        state = CheckpointedMonitor(build_monitor(settings, join, scorer))
+        log.info("monitor starts cold (worker %s)%s", worker_id,
+                 "" if checkpoint is not None else ": a shared scorer, so no checkpoint")
+    monitor = state.monitor
+    saving = asyncio.Lock()
     metrics_topic = _raw_topic(r.app, r.kafka, topics.OPS_METRICS)
     drift_topic = _raw_topic(r.app, r.kafka, topics.OPS_DRIFT)
     impressions = _raw_topic(r.app, r.kafka, topics.IMPRESSIONS)
@@ -106,14 +124,25 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
             await drift_topic.send(key=key, value=value)
             alarm_counter.labels(alarm.signal, alarm.severity).inc()
 
-    async def on_interaction(interaction: Interaction) -> None:
-        await publish(monitor.learn_interaction(interaction))
+    async def on_interaction(interaction: Interaction, position: SourcePosition) -> None:
+        await publish(state.interaction(interaction, position))
 
-    async def on_feedback(feedback: ExplanationFeedback) -> None:
-        await publish(monitor.learn_feedback(feedback))
+    async def on_feedback(feedback: ExplanationFeedback, position: SourcePosition) -> None:
+        await publish(state.feedback(feedback, position))
 
-    async def on_item(item: Item) -> None:
-        monitor.learn_item(item)
+    async def on_item(item: Item, position: SourcePosition) -> None:
+        state.item(item, position)
+
+    async def save_checkpoint(why: str) -> None:
+        if checkpoint is None:
+            return
+        async with saving:
+            if not state.changed:
+                return
+            started = time.perf_counter()
+            data = checkpoint.dumps(state)  # here, between two records: the monitor and its offsets agree
+            await asyncio.get_running_loop().run_in_executor(None, checkpoint.write, data)
+            log.debug("monitor checkpoint (%s): %d bytes in %.3fs", why, len(data), time.perf_counter() - started)
 
     downstream.interaction.insert(0, on_interaction)
     downstream.feedback.insert(0, on_feedback)
@@ -123,15 +152,15 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
     async def monitor_impressions(stream: faust.StreamT) -> None:
         async for event in stream.events():
             message = event.message
-            result = validate(Impression, event.value, key=event.key,
-                              source=SourcePosition(message.topic, message.partition, message.offset))
+            position = SourcePosition(message.topic, message.partition, message.offset)
+            result = validate(Impression, event.value, key=event.key, source=position)
             if isinstance(result, DeadLetter):
                 if dead_letter_impressions:
                     await r.dlq.send(key=message.topic.encode(), value=encode(result))
                 log.debug("invalid impression %s[%d]@%d: %s", message.topic, message.partition, message.offset,
                           result.error)
                 continue
-            await publish(monitor.learn_impression(result))
+            await publish(state.impression(result, position))
 
     @r.app.timer(interval=settings.publish_interval_s, name="publish-metrics")
     async def publish_metrics() -> None:
@@ -140,6 +169,14 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
             key, value = metric_message(snapshot)
             await metrics_topic.send(key=key, value=value)
         gauges.update(snapshots)
+        await save_checkpoint("interval")
+
+    @r.app.on_before_shutdown.connect
+    async def checkpoint_at_shutdown(app: faust.App, **kwargs) -> None:
+        # Sent after the consumer stopped and before the final commit: nothing applied later is committed.
+        await save_checkpoint("shutdown")
+        log.info("monitor checkpoint written at shutdown (worker %s, %d redelivered records skipped)", worker_id,
+                 state.skipped)
 
     if own_registry:
         @r.app.page("/metrics/monitoring/")
@@ -147,6 +184,24 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
             return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
 
     return monitor
+
+
+def build_monitor(settings: MonitoringSettings, join: JoinSettings, scorer: Scorer | None = None) -> OnlineMonitor:
+    """A cold monitor configured by ``settings`` and ``join``."""
+    evaluator = PrequentialEvaluator(scorer, window=settings.window, rank_every=settings.rank_every,
+                                     label_window_s=join.label_window_s, grace_s=settings.join_grace_s)
+    served = ServedQuality(window_s=settings.served_window_s, grace_s=settings.join_grace_s, window=settings.window)
+    return OnlineMonitor(evaluator, served=served, warmup_baskets=settings.warmup_baskets)
+
+
+def monitoring_fingerprint(settings: MonitoringSettings, join: JoinSettings) -> str:
+    """The settings a monitor's state depends on (not how often it is published), as one string.
+
+    >>> monitoring_fingerprint(MonitoringSettings(window=500), JoinSettings(label_window_s=60))
+    'join_grace_s=600.0,label_window_s=60.0,rank_every=4,served_window_s=604800.0,warmup_baskets=1000,window=500'
+    """
+    values = {**settings.model_dump(exclude={"publish_interval_s"}), "label_window_s": join.label_window_s}
+    return ",".join(f"{k}={v}" for k, v in sorted(values.items()))
 
 
 def metric_message(snapshot: MetricSnapshot) -> tuple[bytes, bytes]:

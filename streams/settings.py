@@ -73,6 +73,10 @@ class WorkerSettings(BaseSettings):
 
     #: Faust application id: the consumer group. Workers with the same id share partitions.
     app_id: str = "recloop-worker"
+    #: This worker's stable id (``RECLOOP_WORKER_ID``): the ``worker`` label of its metrics and the name of its
+    #: state directory. Empty: the host name, ``<host>-2`` … for further workers running at the same time on
+    #: the same data directory, kept across restarts (:mod:`streams.worker_identity`).
+    id: str = ""
     #: Port of the worker's web endpoint (``/counts``, ``/metrics``).
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_host: str = "127.0.0.1"

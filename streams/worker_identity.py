@@ -50,12 +50,12 @@ _held: dict[Path, tuple[WorkerIdentity, int]] = {}
 
 
 def safe_name(worker_id: str) -> str:
-    """A file-system-safe directory name for ``worker_id``.
+    """A file-system-safe directory name for ``worker_id`` (no separators, no leading dot).
 
-    >>> safe_name("shop-7"), safe_name("host/a b")
-    ('shop-7', 'host_a_b')
+    >>> safe_name("shop-7"), safe_name("host/a b"), safe_name("..")
+    ('shop-7', 'host_a_b', '_')
     """
-    return re.sub(r"[^A-Za-z0-9._-]", "_", worker_id) or "_"
+    return re.sub(r"^\.+", "_", re.sub(r"[^A-Za-z0-9._-]", "_", worker_id)) or "_"
 
 
 def default_ids(host: str) -> list[str]:

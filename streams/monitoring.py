@@ -175,7 +175,7 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
     async def checkpoint_at_shutdown(app: faust.App, **kwargs) -> None:
         # Sent after the consumer stopped and before the final commit: nothing applied later is committed.
         await save_checkpoint("shutdown")
-        log.info("monitor checkpoint written at shutdown (worker %s, %d redelivered records skipped)", worker_id,
+        log.info("monitor checkpoint up to date at shutdown (worker %s, %d redelivered records skipped)", worker_id,
                  state.skipped)
 
     if own_registry:

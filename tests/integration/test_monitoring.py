@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import io
+import socket
 import subprocess
 import sys
+import time
 
 import orjson
 import pytest
@@ -282,3 +284,67 @@ def test_adapter_history_is_read_in_creation_order():
     for version, created in (("v2", 2.0e9), ("v1", 1.9e9)):
         state.apply("adapters", encode(adapter_update(version, None, created)))
     assert [a.version for a in state.adapter_list()] == ["v1", "v2"]
+
+
+def _worker_metrics(state: OpsState, feed: OpsFeed) -> dict:
+    """The latest value of each of the worker's own metrics, and of the bandit's posteriors per (segment, style)."""
+    feed.poll(state, timeout_s=0.5)
+    latest = {}
+    for s in state.latest():
+        if set(s.labels) == {"worker"}:
+            latest[s.name] = s.value
+        elif s.name == "explanation_style_rate":
+            latest[(s.labels["segment"], s.labels["style"])] = (round(s.value, 6), s.window)
+    return latest
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_monitoring_continues_across_a_graceful_stop_and_a_kill_9(kafka_settings, worker_factory, monkeypatch):
+    """Metric totals and bandit posteriors continue after a restart instead of starting from zero, under the
+    same worker label; after ``kill -9`` too, once a checkpoint covered what the worker had applied."""
+    monkeypatch.setenv("RECLOOP_MONITOR_PUBLISH_INTERVAL_S", "1")
+    monkeypatch.setenv("RECLOOP_MONITOR_RANK_EVERY", "1")
+    monkeypatch.setenv("RECLOOP_LEARNER", "off")
+    events = shop_events()  # 1,800 purchases in 600 baskets of 3 lines
+    regular_votes = [ExplanationFeedback(f"vote-{i}", "regular-1", "r1", "item-1", f"x{i}", "history", helpful,
+                                         T0 + i) for i, helpful in enumerate([True, True, True, False, True, False])]
+    state, feed = OpsState(), OpsFeed(kafka_settings)
+
+    def measured(purchases: int, votes: int, helpful: int) -> dict:
+        # regular-1 bought 15 baskets before any vote: the "regular" segment, in a monitor that remembers that.
+        rate = (1 + helpful) / (2 + votes)  # Beta(1, 1) prior
+        return wait_for(lambda: (m := _worker_metrics(state, feed)).get("baseline.purchases_evaluated") == purchases
+                        and m.get(("regular", "history")) == (round(rate, 6), votes) and m,
+                        timeout_s=120, message=lambda: f"{purchases} purchases and {votes} votes measured "
+                                                       f"(latest: {_worker_metrics(state, feed)})")
+
+    def send_part(end: int, start: int, votes: list[ExplanationFeedback]) -> None:
+        lines = events[start:end]
+        asyncio.run(send(kafka_settings, [("interactions", e.user_id.encode(), encode(e)) for e in lines]))
+        wait_for(lambda: _worker_metrics(state, feed).get("baseline.purchases_evaluated", 0) >= end,
+                 timeout_s=120, message="the purchases measured")  # votes after purchases: a stable segment
+        asyncio.run(send(kafka_settings, [("explanation-feedback", f.user_id.encode(), encode(f)) for f in votes]))
+
+    try:
+        first = worker_factory()
+        send_part(900, 0, regular_votes[:4])
+        measured(900, 4, 3)
+        first.stop()  # SIGTERM: a graceful stop writes a last checkpoint
+
+        second = worker_factory()
+        assert "monitor restored from" in second.child.log_tail(20_000)
+        send_part(1350, 900, regular_votes[4:5])
+        measured(1350, 5, 4)  # not 450 and 1: continued
+        time.sleep(3)  # a checkpoint follows each publication (every second here)
+        second.child.process.kill()  # kill -9
+        second.child.process.wait()
+
+        third = worker_factory()
+        assert "monitor restored from" in third.child.log_tail(20_000)
+        send_part(1800, 1350, regular_votes[5:])
+        latest = measured(1800, 6, 4)
+    finally:
+        feed.close()
+    assert latest["impressions"] == 0 and latest[("regular", "history")] == (0.625, 6)
+    assert state.workers == {socket.gethostname()}  # one row per worker, whatever its process

@@ -299,7 +299,6 @@ def _worker_metrics(state: OpsState, feed: OpsFeed) -> dict:
 
 
 @pytest.mark.kafka
-@pytest.mark.slow
 def test_monitoring_continues_across_a_graceful_stop_and_a_kill_9(kafka_settings, worker_factory, monkeypatch):
     """Metric totals and bandit posteriors continue after a restart instead of starting from zero, under the
     same worker label; after ``kill -9`` too, once a checkpoint covered what the worker had applied."""

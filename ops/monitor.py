@@ -9,6 +9,12 @@ impressions), throughput, consumer lag, the other online metrics with a sparklin
 versions and gate decisions.
 ``--once`` draws one frame from everything published so far and exits (scripts and tests).
 
+Workers label their snapshots with a stable id (:mod:`streams.worker_identity`), so a restarted worker
+continues its own rows. A worker whose latest snapshot is more than ``stale_after_s`` older than the
+newest snapshot of any worker has stopped: its rows are hidden, and one line says how many were
+(:class:`DashboardSettings`; ``RECLOOP_DASHBOARD_ALL_WORKERS=1`` shows them). The reference is the newest
+snapshot, not the wall clock, so a report made after a run still shows the workers of its end.
+
 The reading side (:class:`OpsFeed`, :class:`OpsState`) is shared with ``recloop report``.
 """
 
@@ -18,12 +24,14 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -52,6 +60,17 @@ SERVED_COLUMNS = (("served.ndcg_at_10", "NDCG@10"), ("served.repeat_ndcg_at_10",
                   ("served.lift_over_repeat", "lift"), ("served.hr_at_10", "HR@10"),
                   ("served.recall_at_10", "Recall@10"), ("served.followed_share", "followed"))
 SERVED_HEADLINE = "served.ndcg_at_10"
+
+
+class DashboardSettings(BaseSettings):
+    """Which workers ``recloop monitor`` and ``recloop report`` show (env ``RECLOOP_DASHBOARD_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RECLOOP_DASHBOARD_", frozen=True, extra="ignore")
+
+    #: Show the rows of stopped workers too.
+    all_workers: bool = False
+    #: A worker whose latest snapshot is this much older than the newest one of any worker has stopped.
+    stale_after_s: float = Field(default=300.0, gt=0)
 
 
 def metric_key(snapshot: MetricSnapshot) -> MetricKey:
@@ -141,6 +160,36 @@ class OpsState:
     def latest(self) -> list[MetricSnapshot]:
         return [series[-1] for _, series in sorted(self.series.items())]
 
+    def worker_last_seen(self) -> dict[str, float]:
+        """When each worker (``worker`` label) published its latest snapshot."""
+        seen: dict[str, float] = {}
+        for (_, labels), series in self.series.items():
+            worker = dict(labels).get("worker")
+            if worker:
+                seen[worker] = max(seen.get(worker, -math.inf), max(s.ts for s in series))
+        return seen
+
+    def stopped_workers(self, stale_after_s: float) -> list[str]:
+        """Workers whose latest snapshot is more than ``stale_after_s`` older than the newest of any worker.
+
+        >>> state = OpsState()
+        >>> for worker, ts in (("a", 1000.0), ("b", 1290.0), ("c", 1400.0)):
+        ...     state.add_metric(MetricSnapshot("ctr", 0.1, 10, ts, {"worker": worker}))
+        >>> state.stopped_workers(300.0), state.stopped_workers(50.0)
+        (['a'], ['a', 'b'])
+        """
+        seen = self.worker_last_seen()
+        newest = max(seen.values(), default=0.0)
+        return sorted(worker for worker, ts in seen.items() if ts < newest - stale_after_s)
+
+    def without_workers(self, workers: Iterable[str]) -> OpsState:
+        """A copy without the metric series of ``workers``; alarms, adapters and gate decisions are kept."""
+        hidden = set(workers)
+        view = OpsState(history=self.history, gates=self.gates, alarms=self.alarms, adapters=self.adapters,
+                        invalid=self.invalid)
+        view.series = {key: series for key, series in self.series.items() if dict(key[1]).get("worker") not in hidden}
+        return view
+
     def adapter_list(self) -> list[AdapterInfo]:
         return sorted(self.adapters.values(), key=lambda a: a.created_at)
 
@@ -177,6 +226,24 @@ class ServedRow:
     def value(self, name: str) -> float:
         last = self.last(name)
         return last.value if last is not None else math.nan
+
+
+def visible_workers(state: OpsState, dashboard: DashboardSettings) -> tuple[OpsState, list[str]]:
+    """What to draw (stopped workers' series left out unless ``dashboard.all_workers``) and who was left out."""
+    hidden = [] if dashboard.all_workers else state.stopped_workers(dashboard.stale_after_s)
+    return (state.without_workers(hidden) if hidden else state), hidden
+
+
+def hidden_workers_note(hidden: Sequence[str], dashboard: DashboardSettings) -> str:
+    """The line that says how many stopped workers' rows are not shown.
+
+    >>> hidden_workers_note(["host-2"], DashboardSettings())
+    '1 stopped worker hidden (no snapshot within 5m of the newest): host-2; RECLOOP_DASHBOARD_ALL_WORKERS=1 shows it'
+    """
+    n = len(hidden)
+    return (f"{n} stopped worker{'s' if n != 1 else ''} hidden (no snapshot within {age(dashboard.stale_after_s)} "
+            f"of the newest): {', '.join(hidden)}; RECLOOP_DASHBOARD_ALL_WORKERS=1 shows "
+            f"{'them' if n != 1 else 'it'}")
 
 
 class OpsFeed:
@@ -325,11 +392,16 @@ def _labels(labels: tuple[tuple[str, str], ...], hide_worker: bool) -> str:
 
 
 def render(state: OpsState, *, counts: dict | None, lag: dict | None, title: str,
-           now: float | None = None) -> Group:
+           now: float | None = None, dashboard: DashboardSettings | None = None) -> Group:
     """One frame of the dashboard."""
     now = time.time() if now is None else now
+    dashboard = dashboard or DashboardSettings()
+    state, hidden = visible_workers(state, dashboard)
     hide_worker = len(state.workers) <= 1
-    parts: list = [Text(title, style="bold"), served_table(state, hide_worker, now)]
+    parts: list = [Text(title, style="bold")]
+    if hidden:
+        parts.append(Text(hidden_workers_note(hidden, dashboard), style="yellow"))
+    parts.append(served_table(state, hide_worker, now))
 
     throughput = Table(title="throughput (worker /counts/)", title_justify="left")
     for column in ("topic", "accepted", "duplicates", "dead-lettered", "events/s"):
@@ -439,8 +511,11 @@ def served_table(state: OpsState, hide_worker: bool, now: float) -> Table:
 
 def run_monitor(kafka: KafkaSettings, *, worker_url: str, group_id: str, once: bool, interval_s: float,
                 console: Console, get_json: Callable[[str], dict | None] | None = None,
-                max_frames: int | None = None) -> int:
-    """Draw the dashboard until interrupted (or one frame with ``once``); return an exit code."""
+                max_frames: int | None = None, dashboard: DashboardSettings | None = None) -> int:
+    """Draw the dashboard until interrupted (or one frame with ``once``); return an exit code.
+
+    ``dashboard``: which workers to show (default from ``RECLOOP_DASHBOARD_*``)."""
+    dashboard = dashboard or DashboardSettings()
     from ops.processes import get_json as http_json
 
     get_json = get_json or http_json
@@ -451,7 +526,7 @@ def run_monitor(kafka: KafkaSettings, *, worker_url: str, group_id: str, once: b
 
     def frame() -> Group:
         return render(state, counts=get_json(worker_url.rstrip("/") + "/counts/"), lag=lag.read(),
-                      title=f"{title} — {_when(time.time())} UTC")
+                      title=f"{title} — {_when(time.time())} UTC", dashboard=dashboard)
 
     try:
         if once:

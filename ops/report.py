@@ -13,6 +13,10 @@ change in a metric can be read against what changed in the model and in the data
 
 Time on the x axis is processing time (UTC): when the worker measured, which is also when adapters
 were created.
+
+Stopped workers' series (no snapshot within ``RECLOOP_DASHBOARD_STALE_AFTER_S`` of the newest) are left
+out unless ``RECLOOP_DASHBOARD_ALL_WORKERS=1``; ``summary.md`` says which were
+(:class:`ops.monitor.DashboardSettings`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,16 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ops.monitor import SERVED_COLUMNS, MetricKey, OpsFeed, OpsState, _figure  # noqa: E402
+from ops.monitor import (  # noqa: E402
+    SERVED_COLUMNS,
+    DashboardSettings,
+    MetricKey,
+    OpsFeed,
+    OpsState,
+    _figure,
+    hidden_workers_note,
+    visible_workers,
+)
 from streams.settings import KafkaSettings  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -62,17 +75,26 @@ class ReportResult:
     snapshots: int = 0
     alarms: int = 0
     adapters: int = 0
+    #: Stopped workers whose series were left out.
+    hidden_workers: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"out": str(self.out), "images": [p.name for p in self.images], "summary": "summary.md",
-                "snapshots": self.snapshots, "alarms": self.alarms, "adapters": self.adapters}
+                "snapshots": self.snapshots, "alarms": self.alarms, "adapters": self.adapters,
+                "hidden_workers": self.hidden_workers}
 
 
-def write_report(state: OpsState, out: Path) -> ReportResult:
-    """Write the PNGs and ``summary.md`` for everything in ``state`` into ``out``."""
+def write_report(state: OpsState, out: Path, dashboard: DashboardSettings | None = None) -> ReportResult:
+    """Write the PNGs and ``summary.md`` for everything in ``state`` into ``out``.
+
+    ``dashboard``: which workers to show (default from ``RECLOOP_DASHBOARD_*``); ``snapshots`` counts every
+    snapshot read, shown or not."""
     out.mkdir(parents=True, exist_ok=True)
-    result = ReportResult(out=out, snapshots=sum(len(s) for s in state.series.values()) + len(state.gates),
-                          alarms=len(state.alarms), adapters=len(state.adapters))
+    dashboard = dashboard or DashboardSettings()
+    snapshots = sum(len(s) for s in state.series.values()) + len(state.gates)
+    state, hidden = visible_workers(state, dashboard)
+    result = ReportResult(out=out, snapshots=snapshots, alarms=len(state.alarms), adapters=len(state.adapters),
+                          hidden_workers=hidden)
     hide_worker = len(state.workers) <= 1
     if state.served():
         result.images.append(_plot_served(state, out / "served.png", hide_worker))
@@ -82,20 +104,22 @@ def write_report(state: OpsState, out: Path) -> ReportResult:
             result.images.append(_plot(state, figure, present, out / f"{figure}.png", hide_worker))
     if state.alarms or state.gates:
         result.images.append(_plot_alarms(state, out / "drift.png"))
-    (out / "summary.md").write_text(summary_markdown(state, result, hide_worker))
+    notes = [hidden_workers_note(hidden, dashboard) + "."] if hidden else []
+    (out / "summary.md").write_text(summary_markdown(state, result, hide_worker, notes))
     log.info("report written to %s: %d images", out, len(result.images))
     return result
 
 
-def run_report(kafka: KafkaSettings, out: Path, *, timeout_s: float = 60.0) -> ReportResult:
-    """Read the ops topics to their current end and write the report."""
+def run_report(kafka: KafkaSettings, out: Path, *, timeout_s: float = 60.0,
+               dashboard: DashboardSettings | None = None) -> ReportResult:
+    """Read the ops topics to their current end and write the report (``dashboard``: which workers)."""
     state = OpsState(history=1_000_000)
     feed = OpsFeed(kafka)
     try:
         feed.read_to_end(state, timeout_s=timeout_s)
     finally:
         feed.close()
-    return write_report(state, out)
+    return write_report(state, out, dashboard)
 
 
 # --------------------------------------------------------------------------- plots
@@ -239,11 +263,14 @@ def served_markdown(state: OpsState, hide_worker: bool) -> list[str]:
     return [*lines, ""]
 
 
-def summary_markdown(state: OpsState, result: ReportResult, hide_worker: bool) -> str:
-    """The report's text: period covered, each metric's last/min/mean/max, alarms, adapters, images."""
+def summary_markdown(state: OpsState, result: ReportResult, hide_worker: bool, notes: Sequence[str] = ()) -> str:
+    """The report's text: ``notes`` (e.g. which workers are left out), period covered, each metric's
+    last/min/mean/max, alarms, adapters, images."""
     times = ([s.ts for series in state.series.values() for s in series] + [a.ts for a in state.alarms]
              + [g.ts for g in state.gates])
     lines = ["# recloop report", ""]
+    for note in notes:
+        lines += [note, ""]
     if times:
         lines.append(f"Period (processing time, UTC): {_dt(min(times)):%Y-%m-%d %H:%M:%S} – "
                      f"{_dt(max(times)):%Y-%m-%d %H:%M:%S}. ")

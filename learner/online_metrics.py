@@ -542,9 +542,10 @@ class OnlineMonitor:
     signals; see ``docs/operations.md``). A basket's value is the mean over its lines (new-user: whether
     the shopper was new at the basket).
 
-    "New" means new to this monitor, whose memory starts empty with the worker, so at first every
+    "New" means new to this monitor, whose memory starts empty with a new worker, so at first every
     shopper and item is new. The new-user and new-item signals therefore start only after
-    ``warmup_baskets`` baskets; otherwise every start of a worker would raise the same alarm.
+    ``warmup_baskets`` baskets; otherwise every new worker would raise the same alarm. A restarted
+    worker restores the whole monitor, its basket count included (:mod:`streams.monitor_state`).
     """
 
     def __init__(self, evaluator: PrequentialEvaluator | None = None, drift: DriftMonitor | None = None,

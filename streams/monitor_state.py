@@ -19,7 +19,8 @@ What a ``kill -9`` can still lose: records applied after the last checkpoint who
 already committed are not delivered again, so up to one checkpoint interval of monitoring updates is
 missing after a crash (records not yet committed are redelivered; their ``event_id`` is usually in
 the deduplication table already, and then the monitor does not see them either). A graceful stop
-writes a checkpoint after the consumer stopped and loses nothing.
+writes a checkpoint after the agents stopped and after the consumer's final commit
+(:class:`streams.monitoring.StopHook`) and loses nothing.
 
 The file is a pickle of the worker's own state in its own data directory: it is trusted like the
 rest of that directory. Never point ``RECLOOP_HOME`` at files from elsewhere.

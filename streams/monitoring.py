@@ -28,7 +28,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import faust
@@ -171,12 +171,12 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
         gauges.update(snapshots)
         await save_checkpoint("interval")
 
-    @r.app.on_before_shutdown.connect
-    async def checkpoint_at_shutdown(app: faust.App, **kwargs) -> None:
-        # Sent after the consumer stopped and before the final commit: nothing applied later is committed.
+    async def checkpoint_at_shutdown() -> None:
         await save_checkpoint("shutdown")
         log.info("monitor checkpoint up to date at shutdown (worker %s, %d redelivered records skipped)", worker_id,
                  state.skipped)
+
+    r.app.sensors.add(StopHook(checkpoint_at_shutdown))
 
     if own_registry:
         @r.app.page("/metrics/monitoring/")
@@ -184,6 +184,19 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
             return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
 
     return monitor
+
+
+class StopHook(faust.Sensor):
+    """Runs ``on_stop`` when the worker stops, *last*: Faust stops its sensors after the agents and after the
+    consumer's final offset commit. A checkpoint written here covers every record whose offset was committed
+    (``app.on_before_shutdown`` comes before both, and agents still apply buffered records after it)."""
+
+    def __init__(self, on_stop: Callable[[], Awaitable[None]]) -> None:
+        super().__init__()
+        self._on_stop = on_stop
+
+    async def on_stop(self) -> None:
+        await self._on_stop()
 
 
 def build_monitor(settings: MonitoringSettings, join: JoinSettings, scorer: Scorer | None = None) -> OnlineMonitor:

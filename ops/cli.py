@@ -269,6 +269,10 @@ def demo(
     tiny: Annotated[bool, typer.Option("--tiny", help="A tiny random encoder instead of MiniLM (smoke runs)")] = False,
     servers: Annotated[int, typer.Option(min=1, max=8, help="Serving workers")] = 2,
     out: Annotated[Path | None, typer.Option(help="Report directory (default reports/demo-<time>)")] = None,
+    resume: Annotated[bool, typer.Option("--continue", help="Continue the previous demo run (its topics, worker "
+                                                            "state and adapters; the replay goes on after the last "
+                                                            "interaction it replayed) instead of starting fresh")
+                      ] = False,
 ) -> None:
     """The whole loop on this machine: broker, worker, serving workers, replay and simulated shoppers."""
     from ops.demo import run_demo
@@ -278,7 +282,7 @@ def demo(
     ensure_broker(settings)
     out = out or Path("reports") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     raise typer.Exit(code=run_demo(settings, data=data, limit=limit, speedup=speedup, tiny=tiny, servers=servers,
-                                   report_dir=out, console=console))
+                                   report_dir=out, console=console, resume=resume))
 
 
 # ------------------------------------------------------------------ eval

@@ -6,6 +6,9 @@ loop: before each real basket it asks a serving worker for recommendations, clic
 shopper really buys in the following days, and rates the explanations. A live table shows the
 stream, the model versions served and the simulated shoppers' behaviour. Ctrl-C stops everything
 cleanly; at the end a report (PNG plots + summary) is written and its path printed.
+
+Each run starts fresh on topics and state of its own, or continues the previous run (``--continue``);
+the first line it prints says which (:mod:`ops.demo_runs`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -24,6 +28,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from ops.demo_runs import DemoRun, latest_run, new_run, remove_older_runs
 from ops.processes import ChildProcess, free_port, get_json, recloop_env, wait_json
 from ops.replay import OutgoingMessage, Pacer, file_messages, produce
 from ops.simulator import ShopperSimulator, ShopperVisit, visits
@@ -43,6 +48,8 @@ class LoopStats:
     feedback: int = 0
     helpful: int = 0
     errors: int = 0
+    #: event time of the last interaction replayed (where ``--continue`` picks up)
+    replayed_through_ts: float | None = None
     versions: Counter = field(default_factory=Counter)
     helpful_by_style: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
 
@@ -75,13 +82,22 @@ class Dashboard:
             health = get_json(f"{url}/healthz") or {}
             serving.add_row(url, str(health.get("status", "down")), str(health.get("model_version")),
                             str(health.get("swaps", "")), str(health.get("rejected_updates", "")),
-                            str(health.get("last_swap_apply_ms", "")), str(health.get("scoring_ms", "")))
+                            milliseconds(health.get("last_swap_apply_ms")), milliseconds(health.get("scoring_ms")))
         shoppers = Table(title="simulated shoppers")
         row = loop.row()
         for column in row:
             shoppers.add_column(column, justify="right")
         shoppers.add_row(*row.values())
         return Group(stream, serving, shoppers)
+
+
+def milliseconds(value: float | None) -> str:
+    """A duration for the dashboard: three decimals, empty when unknown.
+
+    >>> milliseconds(0.0012345678901234567), milliseconds(None)
+    ('0.001', '')
+    """
+    return "" if value is None else f"{value:.3f}"
 
 
 async def visit_and_react(client: httpx.AsyncClient, url: str, visit: ShopperVisit, simulator: ShopperSimulator,
@@ -120,7 +136,7 @@ def by_timestamp(messages: list[OutgoingMessage]) -> list[tuple[float, list[Outg
 
 
 async def drive(settings: KafkaSettings, messages: list[OutgoingMessage], server_urls: list[str],
-                dashboard: Dashboard, live: Live, *, speedup: float | None, seed: int) -> LoopStats:
+                dashboard: Dashboard, live: Live, stats: LoopStats, *, speedup: float | None, seed: int) -> None:
     items = [m for m in messages if m.kind == "item"]
     events = [m for m in messages if m.kind != "item"]
     purchases = [records.decode(Interaction, m.value) for m in events]
@@ -128,7 +144,6 @@ async def drive(settings: KafkaSettings, messages: list[OutgoingMessage], server
     for visit in visits(purchases):
         visits_at[visit.ts].append(visit)
     simulator = ShopperSimulator(seed=seed)
-    stats = LoopStats()
     produced = [0]
     servers = itertools.cycle(server_urls)
     pacer = Pacer(speedup=speedup)
@@ -142,26 +157,45 @@ async def drive(settings: KafkaSettings, messages: list[OutgoingMessage], server
             await asyncio.gather(*(visit_and_react(client, next(servers), visit, simulator, stats)
                                    for visit in visits_at.get(ts, [])))
             await produce(group, settings, on_progress=lambda n: produced.__setitem__(0, produced[0] + n))
+            stats.replayed_through_ts = ts
             if time.monotonic() - last_frame > 1.0:
                 live.update(await asyncio.to_thread(dashboard.render, produced[0], len(messages), stats))
                 last_frame = time.monotonic()
     live.update(await asyncio.to_thread(dashboard.render, produced[0], len(messages), stats))
-    return stats
+
+
+def choose_run(settings: KafkaSettings, *, resume: bool, console: Console) -> DemoRun:
+    """The previous run when ``resume`` and there is one, else a fresh run; says which on the console."""
+    previous = latest_run(settings) if resume else None
+    if previous is not None:
+        since = (datetime.fromtimestamp(previous.replayed_through_ts, UTC).isoformat()
+                 if previous.replayed_through_ts is not None else "the start")
+        console.print(f"continuing demo run {previous.run_id}: its topics ({previous.topic_prefix}.*), worker state "
+                      f"and adapters ({previous.directory}); replaying the interactions from {since} on")
+        return previous
+    run = new_run(settings)
+    console.print(f"{'no earlier demo run to continue: ' if resume else ''}starting fresh: demo run {run.run_id}, "
+                  f"topics {run.topic_prefix}.*, state in {run.directory} (`recloop demo --continue` continues it)")
+    return run
 
 
 def run_demo(settings: KafkaSettings, *, data: Path, limit: int | None, speedup: float | None, tiny: bool,
-             servers: int, report_dir: Path, console: Console, seed: int = 0) -> int:
+             servers: int, report_dir: Path, console: Console, resume: bool = False, seed: int = 0) -> int:
+    run = choose_run(settings, resume=resume, console=console)
+    removed = remove_older_runs(settings)
+    if removed:
+        console.print(f"removed {len(removed)} older demo run(s): {', '.join(r.run_id for r in removed)}")
+    settings = run.settings(settings)
     results = create_topics(settings)
     console.print(f"topics ready: {', '.join(r.name for r in results)}")
-    messages = file_messages(data, settings, limit=limit)
-    home = settings.home / "demo"
+    messages = file_messages(data, settings, since=run.replayed_through_ts, limit=limit)
+    home = run.directory
     # the replay runs far faster than event time: partitions reach the worker hours of event time apart
     # and a decision every 50 held-out baskets (200 by default), so a short demo shows versions being served
     env = recloop_env(settings, RECLOOP_DEMO="1", RECLOOP_BASKET_LATENESS_S="86400",
                       RECLOOP_LEARNER_WINDOW_BASKETS=os.environ.get("RECLOOP_LEARNER_WINDOW_BASKETS", "50"),
                       **({"RECLOOP_LEARNER_TINY": "1"} if tiny else {}))
     worker_port = free_port()
-    # The production consumer group: a second demo run resumes where the first stopped.
     worker = ChildProcess(["worker"], {**env, "RECLOOP_WORKER_WEB_PORT": str(worker_port)}, home / "worker.log")
     ports = [free_port() for _ in range(servers)]
     serving = [ChildProcess(["serve", "--port", str(port), *(["--tiny"] if tiny else [])], env,
@@ -169,6 +203,7 @@ def run_demo(settings: KafkaSettings, *, data: Path, limit: int | None, speedup:
     children = [worker, *serving]
     worker_url = f"http://127.0.0.1:{worker_port}/counts/"
     server_urls = [f"http://127.0.0.1:{port}" for port in ports]
+    stats = LoopStats()
     try:
         for child in children:
             child.start()
@@ -178,7 +213,7 @@ def run_demo(settings: KafkaSettings, *, data: Path, limit: int | None, speedup:
             wait_json(f"{url}/healthz", child, timeout_s=300)
         dashboard = Dashboard(settings, worker_url, server_urls)
         with Live(console=console, refresh_per_second=2) as live:
-            stats = asyncio.run(drive(settings, messages, server_urls, dashboard, live, speedup=speedup, seed=seed))
+            asyncio.run(drive(settings, messages, server_urls, dashboard, live, stats, speedup=speedup, seed=seed))
         console.print(f"served {stats.recommendations:,} recommendations from versions {dict(stats.versions)}")
         return write_report(settings, report_dir, console)
     except KeyboardInterrupt:
@@ -190,11 +225,12 @@ def run_demo(settings: KafkaSettings, *, data: Path, limit: int | None, speedup:
     finally:
         for child in reversed(children):
             child.stop()
+        run.save(stats.replayed_through_ts)
 
 
 def write_report(settings: KafkaSettings, out: Path, console: Console) -> int:
     """Write the report of what the demo's topics recorded; prints where it is."""
-    report = ChildProcess(["report", "--out", str(out)], recloop_env(settings), settings.home / "demo" / "report.log")
+    report = ChildProcess(["report", "--out", str(out)], recloop_env(settings), settings.home / "report.log")
     report.start()
     code = report.process.wait(timeout=600)
     if code != 0:

@@ -52,13 +52,17 @@ def create_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = ALL_TO
         admin.close()
 
 
-def delete_topics(settings: KafkaSettings) -> None:
-    """Delete every topic under ``settings.topic_prefix``, best effort (benchmarks clean up after themselves:
-    a MiniLM run leaves megabytes of adapters per version on the broker otherwise)."""
+def delete_topics(settings: KafkaSettings, *, app_id: str | None = None) -> None:
+    """Delete every topic under ``settings.topic_prefix`` and, given a worker's Faust ``app_id``, its internal
+    topics (table changelogs, repartition topics), best effort: benchmarks and demo runs clean up after
+    themselves (a MiniLM run leaves megabytes of adapters per version on the broker otherwise)."""
     try:
         admin = admin_client(settings)
         try:
-            admin.delete_topics([t for t in admin.list_topics() if t.startswith(settings.topic_prefix + ".")])
+            names = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix + ".")
+                     or (app_id is not None and t.startswith(app_id + "-"))]
+            if names:
+                admin.delete_topics(names)
         finally:
             admin.close()
     except Exception as exc:  # the benchmark's numbers matter more than the clean-up

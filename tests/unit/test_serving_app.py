@@ -281,6 +281,17 @@ def test_boot_with_only_another_bases_updates_serves_version_0(base, tmp_path):
     assert worker.holder.current.version == "v0" and worker.metrics.rejected_count == 0
 
 
+def test_publication_order_decides_not_the_version_number(base, tmp_path):
+    """A learner whose home was wiped publishes v000001 again, other weights: the newest publication serves."""
+    worker = make_worker(base, ready=False)
+    asyncio.run(worker.updater.apply(publishable(base, tmp_path / "old", "v000007")))
+    restarted = publishable(base, tmp_path / "new", "v000001", bias=0.9)
+    assert asyncio.run(worker.updater.apply(restarted)).swap is not None
+    assert worker.holder.current.version == "v000001"
+    again = publishable(base, tmp_path / "newer", "v000001", bias=0.3)  # the same id, other weights
+    assert asyncio.run(worker.updater.apply(again)).swap is not None
+
+
 def test_the_boot_backlog_keeps_only_the_newest_candidates_of_this_base():
     backlog = BootBacklog("mine", size=2)
     backlog.extend(orjson.dumps({"version": f"v{n}", "base_fingerprint": "mine"}) for n in range(5))

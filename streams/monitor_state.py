@@ -28,6 +28,7 @@ rest of that directory. Never point ``RECLOOP_HOME`` at files from elsewhere.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -121,6 +122,8 @@ class MonitorCheckpoint:
     def __init__(self, path: Path, fingerprint: str) -> None:
         self.path = path
         self.fingerprint = fingerprint
+        self.failures = 0
+        self._saving: asyncio.Lock | None = None
 
     def dumps(self, state: CheckpointedMonitor) -> bytes:
         """The checkpoint's bytes. Cheap enough to call on the event loop (about 0.1 s for 200k purchases),
@@ -147,6 +150,28 @@ class MonitorCheckpoint:
         data = self.dumps(state)
         self.write(data)
         return len(data)
+
+    async def save_async(self, state: CheckpointedMonitor, why: str) -> bool:
+        """The worker's save: when ``state`` changed, pickle it now (on the event loop, between two records) and
+        write it in a thread. One save at a time. A failure is logged and returns False, never raises: a
+        checkpoint that cannot be written must not stop the worker (a restart continues from the previous one)."""
+        if self._saving is None:
+            self._saving = asyncio.Lock()
+        async with self._saving:
+            if not state.changed:
+                return True
+            started = time.perf_counter()
+            try:
+                data = self.dumps(state)
+                await asyncio.get_running_loop().run_in_executor(None, self.write, data)
+            except Exception:
+                state.changed = True
+                self.failures += 1
+                log.error("monitor checkpoint (%s) failed (%d so far): a restart would continue from the previous "
+                          "one", why, self.failures, exc_info=self.failures == 1)
+                return False
+            log.debug("monitor checkpoint (%s): %d bytes in %.3fs", why, len(data), time.perf_counter() - started)
+            return True
 
     def load(self, clock: Callable[[], float] = time.time) -> CheckpointedMonitor | None:
         """The saved monitor (its clock set to ``clock``) and offsets; None when there is none to continue."""

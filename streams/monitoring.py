@@ -24,10 +24,8 @@ learner sees it (test, then train), whichever order the agents were registered i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -98,16 +96,8 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
     join = join or JoinSettings()
     identity = claim_worker_identity(Path(r.app.conf.datadir), r.worker.id)
     worker_id = identity.id
-    checkpoint = None
-    if scorer is None:  # the monitor owns all its state; a shared scorer is its owner's to keep
-        checkpoint = MonitorCheckpoint(identity.state_dir / CHECKPOINT_FILE, monitoring_fingerprint(settings, join))
-    state = checkpoint.load() if checkpoint is not None else None
-    if state is None:
-        state = CheckpointedMonitor(build_monitor(settings, join, scorer))
-        log.info("monitor starts cold (worker %s)%s", worker_id,
-                 "" if checkpoint is not None else ": a shared scorer, so no checkpoint")
+    state, checkpoint = restore_or_build_monitor(identity.state_dir, settings, join, scorer)
     monitor = state.monitor
-    saving = asyncio.Lock()
     metrics_topic = _raw_topic(r.app, r.kafka, topics.OPS_METRICS)
     drift_topic = _raw_topic(r.app, r.kafka, topics.OPS_DRIFT)
     impressions = _raw_topic(r.app, r.kafka, topics.IMPRESSIONS)
@@ -133,16 +123,8 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
     async def on_item(item: Item, position: SourcePosition) -> None:
         state.item(item, position)
 
-    async def save_checkpoint(why: str) -> None:
-        if checkpoint is None:
-            return
-        async with saving:
-            if not state.changed:
-                return
-            started = time.perf_counter()
-            data = checkpoint.dumps(state)  # here, between two records: the monitor and its offsets agree
-            await asyncio.get_running_loop().run_in_executor(None, checkpoint.write, data)
-            log.debug("monitor checkpoint (%s): %d bytes in %.3fs", why, len(data), time.perf_counter() - started)
+    async def save_checkpoint(why: str) -> bool:
+        return checkpoint is None or await checkpoint.save_async(state, why)
 
     downstream.interaction.insert(0, on_interaction)
     downstream.feedback.insert(0, on_feedback)
@@ -172,9 +154,9 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
         await save_checkpoint("interval")
 
     async def checkpoint_at_shutdown() -> None:
-        await save_checkpoint("shutdown")
-        log.info("monitor checkpoint up to date at shutdown (worker %s, %d redelivered records skipped)", worker_id,
-                 state.skipped)
+        if checkpoint is not None and await save_checkpoint("shutdown"):
+            log.info("monitor checkpoint up to date at shutdown (worker %s, %d redelivered records skipped)",
+                     worker_id, state.skipped)
 
     r.app.sensors.add(StopHook(checkpoint_at_shutdown))
 
@@ -197,6 +179,21 @@ class StopHook(faust.Sensor):
 
     async def on_stop(self) -> None:
         await self._on_stop()
+
+
+def restore_or_build_monitor(state_dir: Path, settings: MonitoringSettings, join: JoinSettings,
+                             scorer: Scorer | None = None) -> tuple[CheckpointedMonitor, MonitorCheckpoint | None]:
+    """The worker's monitor: restored from its checkpoint in ``state_dir`` when there is one to continue, else
+    cold; and the checkpoint to save it to (None with a ``scorer`` of another owner: that state is not ours)."""
+    if scorer is not None:
+        log.info("monitor starts cold: it shares another component's scorer, so it keeps no checkpoint")
+        return CheckpointedMonitor(build_monitor(settings, join, scorer)), None
+    checkpoint = MonitorCheckpoint(state_dir / CHECKPOINT_FILE, monitoring_fingerprint(settings, join))
+    state = checkpoint.load()
+    if state is None:
+        log.info("monitor starts cold: no checkpoint to continue in %s", state_dir)
+        state = CheckpointedMonitor(build_monitor(settings, join))
+    return state, checkpoint
 
 
 def build_monitor(settings: MonitoringSettings, join: JoinSettings, scorer: Scorer | None = None) -> OnlineMonitor:

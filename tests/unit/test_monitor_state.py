@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import random
 import zlib
 
 import pytest
 
-from learner.online_metrics import OnlineMonitor, PrequentialEvaluator
+from learner.online_metrics import FeatureScorer, OnlineMonitor, PrequentialEvaluator
 from streams.ingest import SourcePosition
 from streams.monitor_state import AppliedOffsets, CheckpointedMonitor, MonitorCheckpoint
+from streams.monitoring import MonitoringSettings, restore_or_build_monitor
 from streams.records import ExplanationFeedback, Impression, Interaction, Item, RecommendedItem
+from streams.settings import JoinSettings
 
 T0 = 1.7e9
 STYLES = ("history", "popular", "similar")
@@ -154,3 +157,35 @@ def test_the_clock_is_not_part_of_the_state(tmp_path):
     checkpoint = MonitorCheckpoint(tmp_path / "monitor.pickle", fingerprint="f")
     checkpoint.save(state)
     assert checkpoint.load(clock=lambda: 42.0).monitor.clock() == 42.0
+
+
+def test_a_failed_save_is_logged_and_retried_and_never_raises(tmp_path, caplog):
+    state = CheckpointedMonitor(new_monitor())
+    feed(state, stream()[:50])
+    checkpoint = MonitorCheckpoint(tmp_path / "monitor.pickle", fingerprint="f")
+    state.monitor.unpicklable = lambda: None  # e.g. a component that keeps a lambda
+    assert asyncio.run(checkpoint.save_async(state, "interval")) is False
+    assert state.changed and checkpoint.failures == 1 and not (tmp_path / "monitor.pickle").exists()
+    assert "monitor checkpoint (interval) failed (1 so far)" in caplog.text and "Traceback" in caplog.text
+    del state.monitor.unpicklable
+    assert asyncio.run(checkpoint.save_async(state, "interval")) is True and not state.changed
+    assert asyncio.run(checkpoint.save_async(state, "shutdown")) is True  # nothing changed: nothing written
+    assert checkpoint.load().applied == state.applied
+
+
+def test_the_workers_monitor_is_restored_with_its_settings_or_starts_cold(tmp_path):
+    settings, join = MonitoringSettings(rank_every=1, warmup_baskets=0), JoinSettings()
+    state, checkpoint = restore_or_build_monitor(tmp_path, settings, join)
+    assert state.monitor.evaluator.purchases_evaluated == 0
+    feed(state, stream())
+    assert asyncio.run(checkpoint.save_async(state, "shutdown"))  # the worker's whole monitor pickles
+
+    restored, _ = restore_or_build_monitor(tmp_path, settings, join)
+    assert restored.monitor.snapshot(T0) == state.monitor.snapshot(T0) and restored.applied == state.applied
+    other, _ = restore_or_build_monitor(tmp_path, MonitoringSettings(rank_every=1, warmup_baskets=0, window=50), join)
+    assert other.monitor.evaluator.purchases_evaluated == 0  # other window sizes: a cold start
+
+
+def test_a_monitor_sharing_another_components_scorer_keeps_no_checkpoint(tmp_path):
+    state, checkpoint = restore_or_build_monitor(tmp_path, MonitoringSettings(), JoinSettings(), FeatureScorer())
+    assert checkpoint is None and not state.applied.offsets

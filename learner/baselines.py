@@ -37,6 +37,7 @@ import math
 import random
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -230,7 +231,7 @@ class ShopperHistory:
 
     def __init__(self, max_baskets: int = 3) -> None:
         self.max_baskets = max_baskets
-        self._baskets: defaultdict[str, deque[tuple[int, ...]]] = defaultdict(lambda: deque(maxlen=max_baskets))
+        self._baskets: defaultdict[str, deque[tuple[int, ...]]] = defaultdict(partial(deque, maxlen=max_baskets))
 
     def learn(self, baskets: Iterable[Basket]) -> None:
         for basket in baskets:

@@ -76,6 +76,10 @@ class BehaviourFeatures:
         self._open_invoice: dict[tuple[float, str], str] = {}
         self._open_ts_of: dict[str, set[float]] = {}  # shopper -> timestamps of their open baskets
 
+    def __getstate__(self) -> dict:
+        """Pickled without :attr:`before_learn`: the hook is wiring of the process that runs it, not state."""
+        return {**self.__dict__, "before_learn": None}
+
     # ------------------------------------------------------------------ learning
 
     def add_item(self, item_id: str) -> int:

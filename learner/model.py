@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import json
 import logging
 import math
@@ -246,7 +245,7 @@ class RankingModel(nn.Module):
         #: (see :meth:`text_changed`); ``_exact`` maps an item to the text these weights encoded it from.
         #: Lets :meth:`ensure_item_vectors` skip items already encoded by these weights.
         self.text_version = 0
-        self._text_versions = itertools.count(1)
+        self._next_text_version = 1
         self._exact: dict[int, str] = {}
         #: ``text_version`` -> (its ``_exact``, the vectors of those rows in that order), the last two versions
         self._kept: OrderedDict[int, tuple[dict[int, str], torch.Tensor]] = OrderedDict()
@@ -271,6 +270,32 @@ class RankingModel(nn.Module):
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The LoRA tensors as PEFT saves them (``…query.lora_A.weight``)."""
         return get_peft_model_state_dict(self.encoder)
+
+    def learning_state(self) -> dict:
+        """Everything learned beyond the frozen base, for a checkpoint: trainable tensors, the catalogue's texts
+        and cached vectors, and the text tower's version bookkeeping (see :mod:`learner.checkpoint`)."""
+        return {"params": {name: p.detach().cpu().clone() for name, p in self.trainable_parameters().items()},
+                "item_texts": list(self.item_texts), "item_vectors": self.item_vectors.detach().cpu().clone(),
+                "text_version": self.text_version, "next_text_version": self._next_text_version,
+                "exact": dict(self._exact), "adapter_version": self.adapter_version,
+                "kept": [(version, dict(exact), vectors.cpu().clone())
+                         for version, (exact, vectors) in self._kept.items()]}
+
+    @torch.no_grad()
+    def load_learning_state(self, state: dict) -> None:
+        """Put back :meth:`learning_state` (a model of the same base and configuration)."""
+        params = self.trainable_parameters()
+        if state["params"].keys() != params.keys():
+            raise ValueError("the checkpoint's trainable tensors do not match this model")
+        for name, p in params.items():
+            p.copy_(state["params"][name])
+        self.item_texts = list(state["item_texts"])
+        self.item_vectors = state["item_vectors"].to(self.device)
+        self.text_version, self._next_text_version = state["text_version"], state["next_text_version"]
+        self._exact = dict(state["exact"])
+        self.adapter_version = state["adapter_version"]
+        self._kept = OrderedDict((version, (exact, vectors.to(self.device)))
+                                 for version, exact, vectors in state["kept"])
 
     def current_base_fingerprint(self) -> str:
         """Recomputed from the live tensors; equals :attr:`base_fingerprint` unless the base was modified."""
@@ -311,7 +336,9 @@ class RankingModel(nn.Module):
             self._kept[self.text_version] = (self._exact, self.item_vectors[list(self._exact)].clone())
             while len(self._kept) > 2:
                 self._kept.popitem(last=False)
-        self.text_version = next(self._text_versions) if version is None else version
+        if version is None:
+            version, self._next_text_version = self._next_text_version, self._next_text_version + 1
+        self.text_version = version
         self._exact = {}
         exact, vectors = self._kept.pop(self.text_version, ({}, None))
         still = [k for k, (i, text) in enumerate(exact.items()) if i < self.n_items and self.item_texts[i] == text]

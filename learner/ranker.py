@@ -215,6 +215,25 @@ class OnlineRanker:
         self.text_steps = 0
         self.timings = {"hold_out": 0.0, "head": 0.0, "text": 0.0, "refresh": 0.0, "gate": 0.0, "probe": 0.0}
 
+    #: What :meth:`learning_state` carries besides the trainer's state and the head optimizer's moments.
+    _STATE = ("window", "probe", "versions", "windows", "refused", "head_steps", "text_steps", "timings",
+              "_accepted", "_accepted_text_version", "_encoder_moved", "_sampler", "_rng", "_replay")
+
+    def learning_state(self) -> dict:
+        """The window being held out, the replay reservoir, the accepted weights, the random generators and the
+        optimizers' moments: with the model's and the features' state, exactly where learning stands."""
+        return {**{name: getattr(self, name) for name in self._STATE}, "trainer": self.trainer.learning_state(),
+                "head_optimizer": self._head_optimizer.state_dict()}
+
+    def load_learning_state(self, state: dict) -> None:
+        """Put back :meth:`learning_state` (after the model's own state is loaded)."""
+        for name in self._STATE:
+            setattr(self, name, state[name])
+        self.trainer.load_learning_state(state["trainer"])
+        self._head_optimizer = self._new_head_optimizer()
+        self._head_optimizer.load_state_dict(state["head_optimizer"])
+        self._probe_stack = None
+
     def _remove_text_term(self) -> None:
         """The ``recloop_no_text`` ablation: the head never reads the cosine — neither its linear term
         (scale ~1e-13, frozen) nor the MLP's input column (zero weights, zero gradient)."""

@@ -17,11 +17,14 @@ One call to :meth:`LearnerService.process` is one step:
    returned as an ``AdapterUpdate``) or **refuse** (rolled back, a ``MetricSnapshot`` says why); then
    the head (and every few windows the text tower) trains on the window.
 
-:attr:`StepOutcome.settled_through` tells the caller which steps' events are fully accounted for:
-trained *and* covered by a durable decision. The worker acknowledges (commits) their offsets and
-no others, so a crash re-delivers exactly the events whose training had not been decided yet —
-the same thing a refusal would have discarded. Impressions are accepted and not used for training:
-the window's listwise loss needs what was bought, not what was shown.
+:attr:`StepOutcome.settled_through` tells the caller which steps' events are in the state on disk:
+:meth:`LearnerService.checkpoint` writes everything learned (:mod:`learner.checkpoint`) with the input
+offset it covers, and the worker commits offsets only up to there. A restarted service loads the
+checkpoint and the worker skips the records it already holds, so a restart continues exactly where
+the checkpoint left off: same features, window, reservoir, weights and random generators. Records
+are learned strictly in input order and a window is decided the moment it is full, so the state after
+a given input does not depend on how it was cut into micro-batches. Impressions are accepted and not
+used for training: the window's listwise loss needs what was bought, not what was shown.
 """
 
 from __future__ import annotations
@@ -39,11 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learner import artifacts
+from learner import artifacts, checkpoint
 from learner.adapter_store import UNPUBLISHED_PREFIX, mark_published, next_version, stored_adapters
 from learner.baskets import Basket
 from learner.encoder import Base, load_base, tiny_bert
-from learner.features import PURCHASE
 from learner.gate import GateDecision
 from learner.model import ModelConfig, pick_device
 from learner.ranker import OnlineRanker, RetentionProbe
@@ -70,15 +72,26 @@ class StepOutcome:
     """What one :meth:`LearnerService.process` call did and what the caller must send."""
 
     step: int
-    #: Every step up to this one is trained and covered by a durable decision: its events may be committed.
+    #: Every step up to this one is in the last checkpoint on disk: its events may be committed.
     settled_through: int
     n_examples: int
     n_trained: int
-    decision: GateDecision | None = None
-    update: AdapterUpdate | None = None
+    #: The gate's decisions of this step, oldest first (one per window that filled up), and the versions published.
+    decisions: tuple[GateDecision, ...] = ()
+    updates: tuple[AdapterUpdate, ...] = ()
     metrics: tuple[MetricSnapshot, ...] = ()
     #: The service's counters after the step, for the worker's ``/learner/`` page.
     status: dict = field(default_factory=dict)
+
+    @property
+    def decision(self) -> GateDecision | None:
+        """The step's last decision."""
+        return self.decisions[-1] if self.decisions else None
+
+    @property
+    def update(self) -> AdapterUpdate | None:
+        """The step's last published version (the newest weights)."""
+        return self.updates[-1] if self.updates else None
 
     @property
     def published(self) -> str | None:
@@ -102,6 +115,11 @@ class LearnerStatus:
     items: int = 0
     held_out: int = 0
     first_published_after_s: float | None = None
+    #: the input offset the checkpoint on disk covers (records at or below it are learned and saved)
+    checkpointed_through: int | None = None
+    checkpoints: int = 0
+    last_checkpoint_s: float | None = None  # seconds the last checkpoint took to write
+    last_checkpoint_mb: float | None = None
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "published": list(self.published[-20:]), "n_published": len(self.published)}
@@ -118,9 +136,12 @@ class LearnerService:
 
     def __init__(self, settings: LearnerSettings, home: str | Path, *, key: bytes, base: Base | None = None,
                  clock: Callable[[], float] = time.time, stop: threading.Event | None = None,
-                 ranker_config: RankerConfig | None = None, probe: RetentionProbe | None = None) -> None:
+                 ranker_config: RankerConfig | None = None, probe: RetentionProbe | None = None,
+                 state_dir: str | Path | None = None) -> None:
         self.settings = settings
         self.home = Path(home)
+        #: where :meth:`checkpoint` writes (``None``: nothing is durable, e.g. ``recloop eval``)
+        self.state_dir = Path(state_dir) if state_dir is not None else None
         self.clock = clock
         self._key = key
         self._lock = threading.RLock()
@@ -140,13 +161,8 @@ class LearnerService:
         self._catalogued = np.zeros(0, dtype=bool)
         self._retitled: set[int] = set()
         self._step = 0
-        self._closed_in_step = False
+        self._checkpointed_step = 0  # every step up to this one is in the checkpoint on disk
         self._outcomes: list[tuple[GateDecision, AdapterUpdate | None, MetricSnapshot]] = []
-        #: The first step whose events are in each kind of unsettled state: open baskets (by (ts, shopper)),
-        #: the window being held out, and the window trained but not yet decided on.
-        self._open_steps: dict[tuple[float, str], int] = {}
-        self._window_step: int | None = None
-        self._undecided_step: int | None = None
         #: event-time watermarks: the newest interaction ``ts`` observed, and the newest basket in the weights
         #: being trained (published as ``trained_through_ts``; ``recloop bench freshness``)
         self._observed_ts: float | None = None
@@ -160,6 +176,8 @@ class LearnerService:
         #: set from another thread (or process) when the worker shuts down
         self._stop = stop if stop is not None else threading.Event()
         self._started = time.monotonic()
+        if self.state_dir is not None:
+            self._restore()
         log.info("learner ready: base %s (%s…) on %s, resuming from %s", self.base.name,
                  self.base.fingerprint[:12], device, self.current_version or "version 0")
 
@@ -202,26 +220,27 @@ class LearnerService:
         self._stop.set()
 
     def process(self, records: Sequence[LearnerRecord]) -> StepOutcome:
-        """One step over a micro-batch of records: catalogue items, then interactions in order.
+        """One step over a micro-batch of records, learned in input order (consecutive catalogue items together).
 
-        A basket is held out when event time passes it (before the features learn it); a full window is
-        decided on (publish or roll back), then trained on (see :mod:`learner.ranker`).
+        A basket is held out when event time passes it (before the features learn it); a window is
+        decided on (publish or roll back) the moment it is full, then trained on (see :mod:`learner.ranker`).
         """
         with self._lock:
             self._begin_step()
             if self._stop.is_set():
                 return StepOutcome(self._step, self._settled_through(), 0, 0)
             held_before, trained_before = self.status.examples, self.status.trained
-            self.add_items([r for r in records if isinstance(r, Item)])
-            interactions = self._first_seen([r for r in records if isinstance(r, Interaction)])
-            for event in interactions:
-                if event.type == PURCHASE:
-                    self._open_steps.setdefault((event.ts, event.user_id), self._step)
-                self.features.learn_interaction(event.user_id, event.item_id, event.type, event.ts,
-                                                basket_id=event.session_id)
-                self._observed_ts = event.ts if self._observed_ts is None else max(self._observed_ts, event.ts)
-            self._sync_catalogue()
-            self._close_full_window()
+            items: list[Item] = []
+            for record in records:
+                if isinstance(record, Item):
+                    items.append(record)
+                    continue
+                if items:
+                    self.add_items(items)
+                    items = []
+                if isinstance(record, Interaction):
+                    self._learn(record)
+            self.add_items(items)
             return self._outcome(len(records), held_before, trained_before)
 
     def advance_to(self, ts: float) -> StepOutcome:
@@ -230,43 +249,46 @@ class LearnerService:
             self._begin_step()
             held_before, trained_before = self.status.examples, self.status.trained
             self.features.advance_to(ts)
-            self._close_full_window()
             return self._outcome(0, held_before, trained_before)
+
+    def _learn(self, event: Interaction) -> None:
+        if event.event_id in self._recent_events:
+            return  # redelivered (a crash between forward and commit upstream): learned once
+        self._recent_events[event.event_id] = None
+        while len(self._recent_events) > self.settings.dedup_window:
+            self._recent_events.popitem(last=False)
+        self.features.learn_interaction(event.user_id, event.item_id, event.type, event.ts, basket_id=event.session_id)
+        self._observed_ts = event.ts if self._observed_ts is None else max(self._observed_ts, event.ts)
 
     def _begin_step(self) -> None:
         self._step += 1
-        self._closed_in_step = False
         self._outcomes = []
 
     def _outcome(self, n_records: int, held_before: int, trained_before: int) -> StepOutcome:
         self.status.steps = self._step
         self.status.events += n_records
         self.status.held_out = len(self.ranker.window)
-        decision, update, _ = self._outcomes[-1] if self._outcomes else (None, None, None)
         return StepOutcome(step=self._step, settled_through=self._settled_through(),
                            n_examples=self.status.examples - held_before,
                            n_trained=self.status.trained - trained_before,
-                           decision=decision, update=update, metrics=tuple(m for _, _, m in self._outcomes),
-                           status=self.status.as_dict())
+                           decisions=tuple(d for d, _, _ in self._outcomes),
+                           updates=tuple(u for _, u, _ in self._outcomes if u is not None),
+                           metrics=tuple(m for _, _, m in self._outcomes), status=self.status.as_dict())
 
     def _hold_out(self, baskets: list[Basket]) -> None:
         """The features' hook: ``baskets`` (one timestamp) are complete and about to be learned."""
-        self._close_full_window()  # the baskets before these are learned: a full window can be decided now
+        self._sync_catalogue()  # every item seen so far is encoded, whatever the micro-batches were
         held = self.ranker.hold_out(baskets, self._catalogued)
-        steps = [self._open_steps.pop((b.ts, b.user_id), self._step) for b in baskets]
-        held_steps = [step for basket, step in zip(baskets, steps, strict=True)
-                      if any(h.user_id == basket.user_id for h in held)]
-        if held_steps:
-            self._window_step = min(held_steps) if self._window_step is None else min(self._window_step, *held_steps)
         self.status.examples += len(held)
+        self.status.held_out = len(self.ranker.window)
+        if self.ranker.window_full:
+            self._decide_window()
 
-    def _close_full_window(self) -> None:
-        """Decide on and train a full window, at most once per step (so a step publishes at most once)."""
-        if self._closed_in_step or not self.ranker.window_full or self._stop.is_set():
-            return
-        self._closed_in_step = True
+    def _decide_window(self) -> None:
+        """Decide on the full window (publish or roll back), then train on it."""
+        if self._stop.is_set():
+            return  # shutting down: the step is not settled, its events come back after the restart
         size = len(self.ranker.window)
-        self._sync_catalogue()
         published: list[tuple[str, AdapterUpdate]] = []
         outcome = self.ranker.close_window(on_publish=lambda decision: published.append(self._save(decision)))
         decision = outcome.decision
@@ -285,7 +307,6 @@ class LearnerService:
         self.status.trained += size
         self.status.train_steps = self.ranker.head_steps + self.ranker.text_steps
         self._trained_ts = outcome.trained_through_ts
-        self._undecided_step, self._window_step = self._window_step, None
         self._outcomes.append((decision, update, self._gate_snapshot(decision, version)))
 
     def _save(self, decision: GateDecision) -> tuple[str, AdapterUpdate]:
@@ -305,11 +326,57 @@ class LearnerService:
         return version, artifacts.make_update(path, self._key)
 
     def _settled_through(self) -> int:
-        """Every step before the oldest unsettled event's is settled: its baskets are trained *and* covered
-        by a durable decision (or taught nothing to decide on). The worker commits those steps' events."""
-        pending = [*self._open_steps.values(), self._window_step, self._undecided_step]
-        oldest = min((step for step in pending if step is not None), default=self._step + 1)
-        return oldest - 1
+        """Every step up to the last checkpoint's is durable: the worker commits those steps' events."""
+        return self._checkpointed_step
+
+    # ------------------------------------------------------------------ durable state
+
+    def checkpoint(self, through: int | None) -> int:
+        """Write everything learned so far, covering input records up to offset ``through``; returns the last
+        step it covers (the caller may then commit those steps' events). Needs a ``state_dir``."""
+        if self.state_dir is None:
+            raise RuntimeError("this learner has no state directory to checkpoint into")
+        with self._lock:
+            started = time.perf_counter()
+            self.status.checkpointed_through = through
+            state = checkpoint.Checkpoint(self.base.fingerprint, through, self.learning_state(), self.clock())
+            path, size = checkpoint.write_checkpoint(self.state_dir, state)
+            self._checkpointed_step = self._step
+            self.status.checkpoints += 1
+            self.status.last_checkpoint_s = round(time.perf_counter() - started, 3)
+            self.status.last_checkpoint_mb = round(size / 2**20, 1)
+            log.info("learner checkpoint %s: %.1f MB in %.2fs, through input offset %s, step %d", path,
+                     size / 2**20, self.status.last_checkpoint_s, through, self._step)
+            return self._step
+
+    #: Attributes of the service itself that a checkpoint carries (the model's, the ranker's and the
+    #: features' state are taken from them).
+    _STATE = ("status", "_titles", "_catalogued", "_retitled", "_observed_ts", "_trained_ts",
+              "_published_text_version", "_recent_events")
+
+    def learning_state(self) -> dict:
+        """Everything this service has learned, as plain objects (see :mod:`learner.checkpoint`)."""
+        return {"features": self.features, "model": self.model.learning_state(), "ranker": self.ranker.learning_state(),
+                "torch_rng": torch.get_rng_state(), **{name: getattr(self, name) for name in self._STATE}}
+
+    def _restore(self) -> None:
+        """Load the checkpoint under ``state_dir`` if there is one for this base (else keep the resumed adapter)."""
+        found = checkpoint.read_checkpoint(self.state_dir, self.base.fingerprint)
+        if found is None:
+            return
+        state = found.state
+        self.features = state["features"]
+        self.features.before_learn = self._hold_out
+        self.ranker.features = self.features
+        self.model.load_learning_state(state["model"])
+        self.ranker.load_learning_state(state["ranker"])
+        torch.set_rng_state(state["torch_rng"])
+        for name in self._STATE:
+            setattr(self, name, state[name])
+        self.status.checkpointed_through = found.through
+        log.info("learner resumed from its checkpoint: version %s, %d items, %d baskets held out, %d trained, "
+                 "input offset %s", self.current_version or "0", self.model.n_items, self.status.examples,
+                 self.status.trained, found.through)
 
     def adopt(self, update: AdapterUpdate) -> bool:
         """Make a published adapter this learner did not train (an operator's rollback) the serving weights.
@@ -357,17 +424,6 @@ class LearnerService:
                 if index < self.model.n_items and self.model.item_texts[index] != text:
                     self._retitled.add(index)
             self._sync_catalogue()
-
-    def _first_seen(self, interactions: list[Interaction]) -> list[Interaction]:
-        fresh = []
-        for event in interactions:
-            if event.event_id in self._recent_events:
-                continue
-            self._recent_events[event.event_id] = None
-            fresh.append(event)
-        while len(self._recent_events) > self.settings.dedup_window:
-            self._recent_events.popitem(last=False)
-        return fresh
 
     def _sync_catalogue(self) -> None:
         """Keep the model's item texts aligned with the append-only item index; encode only what changed.

@@ -66,6 +66,10 @@ class LearnerSettings(BaseSettings):
     max_pending_events: int = Field(default=20_000, ge=2)
     #: Recent event ids the learner remembers, to learn an event redelivered to it only once.
     dedup_window: int = Field(default=100_000, ge=0)
+    #: The learner writes its whole state to disk (``learner.checkpoint``) after every published version and at
+    #: least this often while it learns; offsets are committed only up to the last checkpoint, so a restart
+    #: replays at most this much of its input.
+    checkpoint_interval_s: float = Field(default=30.0, gt=0)
 
     #: Event-time seconds a basket waits for its late lines (``learner.features.BASKET_LATENESS_S``); one
     #: deployment-wide name, read by serving workers too.

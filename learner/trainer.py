@@ -156,6 +156,18 @@ class MicroBatchTrainer:
         """Return to the last accepted weights (after the gate refused the candidate)."""
         self.restore(self._anchor, self._anchor_text_version)
 
+    def learning_state(self) -> dict:
+        """Step count, replay reservoir, anchor and optimizer moments, for a checkpoint."""
+        return {"step": self.step, "reservoir": self.reservoir, "anchor": self._anchor,
+                "anchor_text_version": self._anchor_text_version, "optimizer": self._optimizer.state_dict()}
+
+    def load_learning_state(self, state: dict) -> None:
+        """Put back :meth:`learning_state`; the model's weights are restored separately (they are the model's)."""
+        self.step, self.reservoir = state["step"], state["reservoir"]
+        self._anchor, self._anchor_text_version = state["anchor"], state["anchor_text_version"]
+        self._optimizer = self._new_optimizer()
+        self._optimizer.load_state_dict(state["optimizer"])
+
     def anchor_penalty(self) -> torch.Tensor:
         return sum(((p - self._anchor[name]) ** 2).sum() for name, p in self._params.items())
 

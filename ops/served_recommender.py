@@ -99,8 +99,8 @@ class ServedRecommender:
         events = [Interaction(f"{b.user_id}|{ts}|{n}", b.user_id, self._items[item][0], "purchase", ts,
                               session_id=b.basket_id or None)
                   for b in baskets for n, item in enumerate(b.items)]
-        self._publish(self.learner.process(events).update)
-        self._publish(self.learner.advance_to(ts + WATERMARK_S).update)
+        for update in (*self.learner.process(events).updates, *self.learner.advance_to(ts + WATERMARK_S).updates):
+            self._publish(update)
         for event in events:
             self.live.learn_interaction(event)
         self.live.features.advance_to(ts + WATERMARK_S)

@@ -88,6 +88,11 @@ def learner_topic_name(app_id: str) -> str:
     return f"{app_id}-learner-events"
 
 
+def learner_state_dir(home: Path, app_id: str) -> Path:
+    """Where the learner of app ``app_id`` keeps its checkpoint: tied to its input topic, whose offsets it records."""
+    return Path(home) / "learner" / learner_topic_name(app_id)
+
+
 def envelope(record: LearnerRecord) -> tuple[bytes, bytes]:
     """Key and value of a record on the internal topic.
 
@@ -247,7 +252,8 @@ class UpdatesWatcher:
 _service: LearnerService | None = None
 
 
-def _start_service(settings: LearnerSettings, home: str, key: bytes, stop: Any, log_level: int) -> None:
+def _start_service(settings: LearnerSettings, home: str, key: bytes, stop: Any, log_level: int,
+                   state_dir: str) -> None:
     """Executor initializer: build the one :class:`LearnerService` of this executor (in its process)."""
     global _service
     parent = multiprocessing.parent_process()
@@ -256,7 +262,7 @@ def _start_service(settings: LearnerSettings, home: str, key: bytes, stop: Any, 
         threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), name="parent-watch", daemon=True).start()
     from learner.service import LearnerService
 
-    _service = LearnerService(settings, Path(home), key=key, stop=stop)
+    _service = LearnerService(settings, Path(home), key=key, stop=stop, state_dir=Path(state_dir))
     if settings.nice:  # loaded at full speed; from now on ingest first, training gets the cycles left over
         try:
             os.setpriority(os.PRIO_PROCESS, 0 if parent is not None else threading.get_native_id(),
@@ -279,18 +285,20 @@ def call_service(method: str, *args: Any) -> Any:
     return getattr(_service, method)(*args)
 
 
-def service_executor(settings: LearnerSettings, home: Path, key: bytes) -> tuple[Executor, Any]:
-    """A one-worker executor that owns a :class:`LearnerService`, and the event that asks it to stop."""
+def service_executor(settings: LearnerSettings, home: Path, key: bytes, state_dir: Path) -> tuple[Executor, Any]:
+    """A one-worker executor that owns a :class:`LearnerService` (its checkpoints under ``state_dir``), and the
+    event that asks it to stop."""
     level = logging.getLogger().getEffectiveLevel()
     if settings.isolation == "process":
         context = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
         stop = context.Event()
         executor: Executor = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_start_service,
-                                                 initargs=(settings, str(home), key, stop, level))
+                                                 initargs=(settings, str(home), key, stop, level, str(state_dir)))
     else:
         stop = threading.Event()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recloop-learner",
-                                      initializer=_start_service, initargs=(settings, str(home), key, stop, level))
+                                      initializer=_start_service,
+                                      initargs=(settings, str(home), key, stop, level, str(state_dir)))
     return executor, stop
 
 
@@ -352,7 +360,10 @@ class TrainingAgent:
 
     The stream is read with acks off and drained into the :class:`Inbox`; a separate task takes
     micro-batches from it, so a training step never stops the stream from being read (until the
-    inbox is full). An event is acked only once the service reports its step settled.
+    inbox is full). An event is acked only once a checkpoint holds it (:mod:`learner.checkpoint`): after
+    every published version, and at least every ``checkpoint_interval_s`` while there is unsaved learning.
+    After a restart the records the checkpoint already holds (offsets up to its ``through``) are acked
+    without being learned again.
     """
 
     def __init__(self, r: RecloopApp, handles: LearningHandles, router: LearnerRouter, key: bytes, *,
@@ -361,11 +372,16 @@ class TrainingAgent:
         self.settings = handles.settings
         self.model_updates, self.ops_metrics = model_updates, ops_metrics
         self.inbox = handles.inbox
+        self._loaded_through = -1  # input offsets at or below it are in the loaded checkpoint
+        self._last_offset: int | None = None  # of the last record learned
+        self._saved_offset: int | None = None  # of the last record in a checkpoint
+        self._saved_at = 0.0
 
     async def consume(self, stream: faust.StreamT) -> None:
         """The agent's body: start the service and the training task, then drain the stream into the inbox."""
         manual = stream.noack()  # acks come from the ledger, once a step is settled
-        executor, stop = service_executor(self.settings, self.r.kafka.home, self.key)
+        executor, stop = service_executor(self.settings, self.r.kafka.home, self.key,
+                                          learner_state_dir(self.r.kafka.home, self.r.app.conf.id))
         training = asyncio.ensure_future(self.train(manual, executor))
         training.add_done_callback(self._crash_on_failure)
         try:
@@ -380,16 +396,48 @@ class TrainingAgent:
         """Micro-batches from the inbox → the service (in its executor) → publish → ack what is settled."""
         loop = asyncio.get_running_loop()
         self.handles.status = await loop.run_in_executor(executor, call_service, "status_dict")  # loads the model
+        resumed = self.handles.status.get("checkpointed_through")
+        if resumed is not None:
+            self._loaded_through = self._saved_offset = resumed
+            log.info("learner continues from its checkpoint: input records up to offset %d are already learned",
+                     resumed)
+        self._saved_at = loop.time()
         own: set[str] = set()  # versions this learner published
         watcher = UpdatesWatcher(self.r.kafka.bootstrap, self.r.kafka.topic(topics.MODEL_UPDATES.name))
         await watcher.start()
         try:
             while True:
-                events = await self.inbox.take(self.settings.batch_size, within=self.settings.batch_within_s)
+                try:
+                    events = await asyncio.wait_for(
+                        self.inbox.take(self.settings.batch_size, within=self.settings.batch_within_s),
+                        timeout=self.settings.checkpoint_interval_s)
+                except TimeoutError:  # idle: save what the last events taught, so their offsets can be committed
+                    await self._checkpoint(stream, executor)
+                    continue
                 await self._adopt_foreign_updates(watcher, own, executor)
-                await self._step(stream, executor, events, own, watcher)
+                events = await self._skip_checkpointed(stream, events)
+                if events:
+                    await self._step(stream, executor, events, own, watcher)
         finally:
             await watcher.stop()
+
+    async def _skip_checkpointed(self, stream: faust.StreamT, events: list) -> list:
+        """Ack, without learning them again, the records a loaded checkpoint already holds (a restart's replay)."""
+        done = [e for e in events if e.message.offset <= self._loaded_through]
+        for event in done:
+            await stream.ack(event)
+        return [e for e in events if e.message.offset > self._loaded_through] if done else events
+
+    async def _checkpoint(self, stream: faust.StreamT, executor: Executor) -> None:
+        """Write the learner's state if it learned anything since the last checkpoint; ack what it now holds."""
+        loop = asyncio.get_running_loop()
+        if self._last_offset is None or self._last_offset == self._saved_offset:
+            return
+        settled = await loop.run_in_executor(executor, call_service, "checkpoint", self._last_offset)
+        self._saved_offset, self._saved_at = self._last_offset, loop.time()
+        self.handles.status = await loop.run_in_executor(executor, call_service, "status_dict")
+        for event in self.handles.ledger.release(settled):
+            await stream.ack(event)
 
     async def _step(self, stream: faust.StreamT, executor: Executor, events: list, own: set[str],
                     watcher: UpdatesWatcher) -> None:
@@ -398,21 +446,23 @@ class TrainingAgent:
         started = loop.time()
         outcome = await loop.run_in_executor(executor, call_service, "process", batch)
         seconds = loop.time() - started
-        if outcome.update is not None and await self._adopt_foreign_updates(watcher, own, executor):
-            # a rollback landed while this step ran: publishing now would undo it; its adapter stays unpublished
-            log.warning("not publishing %s: another adapter was published meanwhile", outcome.update.version)
-            outcome = dataclasses.replace(outcome, update=None)
+        if outcome.updates and await self._adopt_foreign_updates(watcher, own, executor):
+            # a rollback landed while this step ran: publishing now would undo it; its adapters stay unpublished
+            log.warning("not publishing %s: another adapter was published meanwhile",
+                        ", ".join(u.version for u in outcome.updates))
+            outcome = dataclasses.replace(outcome, updates=())
         await self._publish(outcome)
-        if outcome.update is not None:
-            own.add(outcome.update.version)
-            await loop.run_in_executor(executor, call_service, "mark_published", outcome.update.version)
+        for update in outcome.updates:
+            own.add(update.version)
+            await loop.run_in_executor(executor, call_service, "mark_published", update.version)
         self.handles.status = outcome.status
         self.handles.ledger.hold(outcome.step, events)
-        for settled in self.handles.ledger.release(outcome.settled_through):
-            await stream.ack(settled)
-        log.info("learner step %d: %d events, %d examples, %d trained in %.2fs, settled through %d, published %s",
-                 outcome.step, len(events), outcome.n_examples, outcome.n_trained, seconds, outcome.settled_through,
-                 outcome.published)
+        self._last_offset = events[-1].message.offset
+        if outcome.updates or loop.time() - self._saved_at >= self.settings.checkpoint_interval_s:
+            await self._checkpoint(stream, executor)  # a published version is always in a checkpoint
+        log.info("learner step %d: %d events, %d examples, %d trained in %.2fs, published %s",
+                 outcome.step, len(events), outcome.n_examples, outcome.n_trained, seconds,
+                 ", ".join(u.version for u in outcome.updates) or None)
 
     async def _decode(self, events: Sequence[faust.EventT]) -> list[LearnerRecord]:
         batch: list[LearnerRecord] = []
@@ -428,8 +478,8 @@ class TrainingAgent:
     async def _publish(self, outcome: StepOutcome) -> None:
         """Send what a step produced and wait until the broker has it (acks=all)."""
         pending = []
-        if outcome.update is not None:
-            pending.append(await self.model_updates.send(key=b"adapter", value=encode(outcome.update)))
+        for update in outcome.updates:  # oldest first: each is the parent of the next
+            pending.append(await self.model_updates.send(key=b"adapter", value=encode(update)))
         for snapshot in outcome.metrics:
             pending.append(await self.ops_metrics.send(key=snapshot.name.encode(), value=encode(snapshot)))
         for future in pending:

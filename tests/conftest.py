@@ -71,6 +71,7 @@ class WorkerProcess:
     """``recloop worker`` in a subprocess, configured by environment like an operator would."""
 
     def __init__(self, settings, tmp_path: Path, app_id: str) -> None:
+        self.app_id = app_id
         self.port = free_port()
         env = recloop_env(settings, RECLOOP_WORKER_APP_ID=app_id, RECLOOP_WORKER_WEB_PORT=str(self.port))
         self.child = ChildProcess(["worker"], env, tmp_path / f"worker-{app_id}-{self.port}.log")

@@ -1,0 +1,91 @@
+"""A worker killed mid-stream (``kill -9``) resumes its learner from the checkpoint: nothing it learned is forgotten.
+
+Against the real broker: the worker learns from part of the history, is killed with SIGKILL while it
+learns, is restarted with the same identity and given the rest. Its learner's final state is then
+compared with an uninterrupted learner fed exactly the records of the worker's input topic, in the
+same order: the same versions published, the same weights, the same top-10 for a fixed set of shoppers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+import torch
+
+from learner.service import LearnerService
+from learner.settings import LearnerSettings
+from ops.replay import file_messages, produce
+from streams.app import faust_app_id
+from streams.learning import LearnerRecord, learner_state_dir, open_envelope
+from streams.records import Interaction, decode
+from streams.settings import WorkerSettings
+from tests.conftest import DATA, wait_for
+from tests.integration.test_learning_worker import KEY, learner_env, learner_status, published_updates, read_topic
+from tests.unit.test_learner_service import top10
+
+
+def input_records(settings, topic: str) -> list[LearnerRecord]:
+    """The learner's input topic (one partition), in offset order."""
+    return [open_envelope(key, value) for key, value in asyncio.run(read_topic(settings.bootstrap, topic))]
+
+
+@pytest.mark.kafka
+def test_a_worker_killed_mid_stream_resumes_its_learner_exactly(kafka_settings, worker_factory, monkeypatch, tmp_path):
+    learner_env(monkeypatch, tiny="1", batch_size="300", batch_within_s="0.5", window_baskets="8",
+                checkpoint_interval_s="1")
+    messages = file_messages(DATA, kafka_settings, limit=8000)
+    first, rest = messages[:5000], messages[5000:]
+    worker = worker_factory()
+    asyncio.run(produce(first, kafka_settings))
+    before = wait_for(lambda: (s := learner_status(worker)).get("checkpoints", 0) >= 2 and s, timeout_s=180,
+                      message="two checkpoints")
+    worker.child.process.kill()  # SIGKILL: no shutdown code runs (its learner process exits with it)
+    worker.child.process.wait(timeout=10)
+
+    again = worker_factory()  # same app id, same home: the same worker restarted
+    status = wait_for(lambda: (s := learner_status(again)).get("steps") is not None and s, timeout_s=60,
+                      message="the restarted learner")
+    assert status["checkpointed_through"] >= before["checkpointed_through"]
+    assert status["n_published"] >= before["n_published"]
+    asyncio.run(produce(rest, kafka_settings))
+    expected = {decode(Interaction, m.value).event_id for m in messages if m.kind != "item"}
+
+    def caught_up() -> list[LearnerRecord] | None:
+        """Every interaction forwarded to the learner's input, and a checkpoint through its last record."""
+        records = input_records(kafka_settings, status["topic"])
+        forwarded = {r.event_id for r in records if isinstance(r, Interaction)}
+        done = forwarded >= expected and learner_status(again).get("checkpointed_through") == len(records) - 1
+        return records if done else None
+
+    def progress() -> str:
+        records = input_records(kafka_settings, status["topic"])
+        missing = expected - {r.event_id for r in records if isinstance(r, Interaction)}
+        return (f"the learner to checkpoint all its input ({len(records)} records, {len(missing)} interactions "
+                f"missing, e.g. {sorted(missing)[:3]}): {learner_status(again)}")
+
+    records = wait_for(caught_up, timeout_s=240, interval_s=2.0, message=progress)
+    again.stop()
+
+    # The versions on the topic form one chain across the restart.
+    updates = published_updates(kafka_settings)
+    assert [u.parent for u in updates[1:]] == [u.version for u in updates[:-1]] or all(
+        u.parent in {v.version for v in updates} for u in updates[1:])
+    assert [int(u.version[1:7]) for u in updates] == sorted(int(u.version[1:7]) for u in updates)
+
+    # The restarted worker's learner equals one that never stopped, fed the same input records.
+    settings = LearnerSettings()
+    copied = tmp_path / "resumed-state"
+    app_id = faust_app_id(kafka_settings, WorkerSettings(app_id=worker.app_id))
+    shutil.copytree(learner_state_dir(kafka_settings.home, app_id), copied)
+    resumed = LearnerService(settings, tmp_path / "resumed-home", key=KEY.encode(), state_dir=copied)
+    reference = LearnerService(settings, tmp_path / "reference-home", key=KEY.encode())
+    for i in range(0, len(records), 500):
+        reference.process(records[i:i + 500])
+    assert resumed.status.trained == reference.status.trained > 0
+    assert len(resumed.status.published) == len(reference.status.published)
+    for name, p in reference.model.trainable_parameters().items():
+        assert torch.allclose(resumed.model.trainable_parameters()[name], p, atol=1e-6), name
+    shoppers = sorted({r.user_id for r in records if hasattr(r, "user_id")})[:30]
+    assert top10(resumed, shoppers) == top10(reference, shoppers)

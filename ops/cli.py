@@ -460,11 +460,12 @@ def monitor(
     worker_url: Annotated[str | None, typer.Option(help="The worker's web address (default from RECLOOP_WORKER_*)")]
     = None,
     interval: Annotated[float, typer.Option(min=0.2, help="Seconds between redraws")] = 2.0,
+    all_workers: Annotated[bool, typer.Option("--all-workers", help="Also show stopped workers' rows")] = False,
 ) -> None:
     """Live terminal view: throughput, consumer lag, online metrics, drift alarms, adapters and gate decisions."""
     import logging
 
-    from ops.monitor import run_monitor, worker_group_id
+    from ops.monitor import DashboardSettings, run_monitor, worker_group_id
 
     logs.configure("WARNING")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # client chatter would scroll the dashboard away
@@ -473,21 +474,24 @@ def monitor(
     url = worker_url or f"http://{worker_settings.web_host}:{worker_settings.web_port}"
     out = Console(width=160) if once else Console()
     raise typer.Exit(code=run_monitor(kafka, worker_url=url, group_id=worker_group_id(kafka, worker_settings),
-                                      once=once, interval_s=interval, console=out))
+                                      once=once, interval_s=interval, console=out,
+                                      dashboard=DashboardSettings(all_workers=True) if all_workers else None))
 
 
 @app.command()
 def report(
     out: Annotated[Path, typer.Option("--out", help="Directory for the PNG plots and summary.md")],
+    all_workers: Annotated[bool, typer.Option("--all-workers", help="Also show stopped workers' rows")] = False,
 ) -> None:
     """Plots of the online metrics over time (adapter versions and drift alarms marked) and a summary.md."""
+    from ops.monitor import DashboardSettings
     from ops.report import run_report
 
     logs.configure("WARNING")
     kafka = KafkaSettings()
     ensure_broker(kafka)
     try:
-        result = run_report(kafka, out)
+        result = run_report(kafka, out, dashboard=DashboardSettings(all_workers=True) if all_workers else None)
     except TimeoutError as exc:
         _fail(str(exc))
     print(json.dumps(result.as_dict(), indent=2))

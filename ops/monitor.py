@@ -238,11 +238,11 @@ def hidden_workers_note(hidden: Sequence[str], dashboard: DashboardSettings) -> 
     """The line that says how many stopped workers' rows are not shown.
 
     >>> hidden_workers_note(["host-2"], DashboardSettings())
-    '1 stopped worker hidden (no snapshot within 5m of the newest): host-2; RECLOOP_DASHBOARD_ALL_WORKERS=1 shows it'
+    '1 stopped worker hidden (no snapshot within 5m of the newest): host-2; --all-workers shows it'
     """
     n = len(hidden)
     return (f"{n} stopped worker{'s' if n != 1 else ''} hidden (no snapshot within {age(dashboard.stale_after_s)} "
-            f"of the newest): {', '.join(hidden)}; RECLOOP_DASHBOARD_ALL_WORKERS=1 shows "
+            f"of the newest): {', '.join(hidden)}; --all-workers shows "
             f"{'them' if n != 1 else 'it'}")
 
 

@@ -27,6 +27,8 @@ _SEQUENCE = re.compile(r"^v(\d+)")
 PUBLISHED_MARKER = "PUBLISHED"
 #: Prefix of an adapter directory that was saved but never published (moved aside on restart).
 UNPUBLISHED_PREFIX = ".unpublished-"
+#: What a rollback's version id carries: ``v<next>-rollback-<old>`` (see :mod:`ops.adapters`).
+ROLLBACK_MARK = "-rollback-"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,15 @@ def version_sequence(version: str) -> int:
     """
     match = _SEQUENCE.match(version)
     return int(match.group(1)) if match else 0
+
+
+def is_rollback(version: str) -> bool:
+    """Whether ``version`` is an operator's rollback (``recloop adapters rollback``), not a version a learner trained.
+
+    >>> is_rollback("v000012-rollback-v000003"), is_rollback("v000012")
+    (True, False)
+    """
+    return ROLLBACK_MARK in version
 
 
 def stored_adapters(root: str | Path) -> list[StoredAdapter]:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from learner import artifacts, checkpoint
-from learner.adapter_store import UNPUBLISHED_PREFIX, mark_published, next_version, stored_adapters
+from learner.adapter_store import UNPUBLISHED_PREFIX, is_rollback, mark_published, next_version, stored_adapters
 from learner.baskets import Basket
 from learner.encoder import Base, load_base, tiny_bert
 from learner.gate import GateDecision
@@ -403,6 +403,15 @@ class LearnerService:
             log.warning("adopted adapter %s published by someone else (parent %s): training continues from it",
                         update.version, update.parent)
             return True
+
+    def trained_versions(self) -> list[str]:
+        """Versions of this base that a learner of this home trained (published or not; rollbacks excluded).
+
+        After a crash between publishing a version and checkpointing, the topic's newest update may be one of
+        these: the restarted learner retrains it from its checkpoint rather than adopting it as foreign.
+        """
+        return [a.manifest.version for a in stored_adapters(self.home)
+                if a.manifest.base_fingerprint == self.base.fingerprint and not is_rollback(a.manifest.version)]
 
     def mark_published(self, version: str) -> None:
         """The broker acknowledged ``version``: from now on a restart resumes from it."""

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from learner import artifacts
-from learner.adapter_store import StoredAdapter, mark_published, next_version, stored_adapters
+from learner.adapter_store import ROLLBACK_MARK, StoredAdapter, mark_published, next_version, stored_adapters
 from streams import records
 from streams.records import AdapterUpdate
 from streams.settings import KafkaSettings
@@ -78,7 +78,7 @@ def show_adapter(home: Path, version: str) -> dict:
 def copy_as_new_version(home: Path, version: str, *, parent: str | None) -> Path:
     """Write ``version``'s weights as a new adapter directory (new id, ``parent``), atomically and fsynced."""
     source = find_adapter(home, version)
-    new_version = next_version(home, suffix=f"-rollback-{version}")
+    new_version = next_version(home, suffix=f"{ROLLBACK_MARK}{version}")
     directory = artifacts.adapters_dir(home)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{new_version}-", dir=directory))
     try:

@@ -402,7 +402,7 @@ class TrainingAgent:
             log.info("learner continues from its checkpoint: input records up to offset %d are already learned",
                      resumed)
         self._saved_at = loop.time()
-        own: set[str] = set()  # versions this learner published
+        own = set(await loop.run_in_executor(executor, call_service, "trained_versions"))  # never adopted
         watcher = UpdatesWatcher(self.r.kafka.bootstrap, self.r.kafka.topic(topics.MODEL_UPDATES.name))
         await watcher.start()
         try:

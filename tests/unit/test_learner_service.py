@@ -347,3 +347,19 @@ def test_adapter_store_lists_shows_and_copies_a_version_for_rollback(base, retai
         original = tmp_path / "adapters" / rows[0]["version"] / name
         assert (copied / name).read_bytes() == original.read_bytes()
     assert artifacts.verify(artifacts.make_update(copied, KEY), KEY, base.fingerprint).manifest.version == copied.name
+
+
+def test_a_restarted_learner_knows_which_versions_it_trained(base, retail, tmp_path):
+    """After a crash between publishing and checkpointing, the topic's newest update is the learner's own: it is
+    retrained from the checkpoint, not adopted; an operator's rollback is still adopted."""
+    from ops.adapters import copy_as_new_version
+
+    service = make_service(base, tmp_path, gate_tolerance=1.0)
+    updates = [u for batch in batches(*retail)[:4] for u in service.process(batch).updates]
+    assert len(updates) >= 2
+    for update in updates:
+        service.mark_published(update.version)
+    rollback = copy_as_new_version(tmp_path, updates[0].version, parent=updates[-1].version)
+    restarted = make_service(base, tmp_path)
+    assert restarted.trained_versions() == [u.version for u in updates]
+    assert rollback.name not in restarted.trained_versions()

@@ -41,6 +41,7 @@ from peft import set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save, save_file
 
+from learner.durable import fsync_dir
 from learner.encoder import Base
 from learner.model import ModelConfig, RankingModel
 from streams.records import AdapterUpdate
@@ -103,22 +104,16 @@ def _fsync_tree(directory: Path) -> None:
     for path in sorted(directory.iterdir()):
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _publish_dir(tmp: Path, dest: Path) -> Path:
     """fsync ``tmp`` and rename it to ``dest``: readers see a whole adapter or none."""
     _fsync_tree(tmp)
     os.rename(tmp, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return dest
 
 

@@ -19,11 +19,12 @@ code does not know, is ignored with one log line.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from learner.durable import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -48,26 +49,9 @@ def checkpoint_path(state_dir: str | Path) -> Path:
 
 
 def write_checkpoint(state_dir: str | Path, checkpoint: Checkpoint) -> tuple[Path, int]:
-    """Write ``checkpoint`` durably: a temporary file, fsynced, renamed over the previous one, directory fsynced.
-
-    A crash at any point leaves either the previous checkpoint or this one, never a torn file.
-    Returns the path and its size in bytes.
-    """
-    directory = Path(state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(directory)
-    temporary = directory / f".{FILENAME}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as handle:
-        pickle.dump(checkpoint, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        handle.flush()
-        os.fsync(handle.fileno())
-        size = handle.tell()
-    os.replace(temporary, final)
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    """Write ``checkpoint`` durably (:func:`learner.durable.replace_file`); returns the path and its size in bytes."""
+    final = checkpoint_path(state_dir)
+    size = replace_file(final, lambda handle: pickle.dump(checkpoint, handle, protocol=pickle.HIGHEST_PROTOCOL))
     return final, size
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from learner import artifacts
 from learner.adapter_store import ROLLBACK_MARK, StoredAdapter, mark_published, next_version, stored_adapters
+from learner.durable import fsync_dir
 from streams import records
 from streams.records import AdapterUpdate
 from streams.settings import KafkaSettings
@@ -93,11 +94,7 @@ def copy_as_new_version(home: Path, version: str, *, parent: str | None) -> Path
                 os.fsync(handle.fileno())
         dest = directory / new_version
         os.rename(tmp, dest)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(directory)
         return dest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from learner.durable import replace_file
 from learner.online_metrics import OnlineMonitor
 from streams.ingest import SourcePosition
 from streams.records import DriftAlarm, ExplanationFeedback, Impression, Interaction, Item
@@ -136,14 +137,7 @@ class MonitorCheckpoint:
 
     def write(self, data: bytes) -> None:
         """Replace the checkpoint atomically: a crash leaves the old file or the new one, never a torn one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        replace_file(self.path, lambda handle: handle.write(data))
 
     def save(self, state: CheckpointedMonitor) -> int:
         """Write the checkpoint now; return its size in bytes."""
@@ -201,9 +195,3 @@ class MonitorCheckpoint:
         return None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -107,8 +107,6 @@ def _fsync_tree(directory: Path) -> None:
     fsync_dir(directory)
 
 
-
-
 def _publish_dir(tmp: Path, dest: Path) -> Path:
     """fsync ``tmp`` and rename it to ``dest``: readers see a whole adapter or none."""
     _fsync_tree(tmp)

@@ -140,6 +140,17 @@ class ExplanationBandit:
     def segments(self) -> tuple[str, ...]:
         return tuple(self._arms)
 
+    def posteriors(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """Every segment's Beta parameters ``(alpha, beta)`` per style: what an explanation policy publishes.
+
+        >>> bandit = ExplanationBandit(("history", "popular"))
+        >>> bandit.learn_one("new", "popular", helpful=True)
+        >>> bandit.posteriors()
+        {'new': {'history': (1.0, 1.0), 'popular': (2.0, 1.0)}}
+        """
+        return {segment: {style: (arm.helpful, arm.unhelpful) for style, arm in arms.items()}
+                for segment, arms in self._arms.items()}
+
 
 def is_irrelevant(feedback: ExplanationFeedback) -> bool:
     """Whether the shopper said the *item* does not fit them (not helpful, reason "irrelevant")."""

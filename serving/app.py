@@ -28,12 +28,13 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from learner.encoder import Base
 from learner.rich_features import FEATURE_NAMES, RichFeatures
-from serving.explain import Explainer
+from serving.explain import Explainer, Explanation
 from serving.history import HistoryFollower, LiveBehaviour
+from serving.policy import PolicyFollower, PolicyHolder, style_chooser
 from serving.settings import MAX_K, ServingSettings
 from serving.state import ServingState, StateBuilder, StateHolder, Swap
 from serving.updates import StateUpdater, UpdateFollower
@@ -43,6 +44,7 @@ from streams.records import (
     MAX_TS,
     MIN_TS,
     ExplanationFeedback,
+    ExplanationPolicy,
     Impression,
     Interaction,
     InvalidRecord,
@@ -87,6 +89,13 @@ class ServingMetrics:
         self.feedback = Counter("recloop_serving_feedback", "Feedback accepted or refused", ["kind", "outcome"],
                                 registry=r)
         self.ready = Gauge("recloop_serving_ready", "1 once a model version is serving", registry=r)
+        self.policy_swaps = Counter("recloop_serving_policy_swaps", "Explanation policies swapped in", registry=r)
+        self.rejected_policies = Counter("recloop_serving_rejected_policies", "Explanation policies refused",
+                                         ["kind"], registry=r)
+        self.policy_version = Gauge("recloop_serving_policy_version", "The explanation policy version serving",
+                                    registry=r)
+        self.policy_swap_count = 0
+        self.rejected_policy_count = 0
         self.swap_count = 0
         self.rejected_count = 0
         self.max_swap_apply_ms = 0.0
@@ -106,6 +115,15 @@ class ServingMetrics:
     def rejected(self, kind: str, reason: str) -> None:
         self.rejected_updates.labels(kind).inc()
         self.rejected_count += 1
+
+    def policy_swapped(self, policy: ExplanationPolicy) -> None:
+        self.policy_swaps.inc()
+        self.policy_version.set(policy.version)
+        self.policy_swap_count += 1
+
+    def policy_rejected(self, kind: str, reason: str) -> None:
+        self.rejected_policies.labels(kind).inc()
+        self.rejected_policy_count += 1
 
 
 # --------------------------------------------------------------------------- publishing
@@ -248,13 +266,17 @@ class Recommendation:
     ts: float
     model_version: str
     items: list[dict[str, Any]]
+    #: The explanation policy the styles were drawn from (None: no policy yet, the largest term decided).
+    policy_version: int | None = None
 
     def body(self) -> bytes:
-        return orjson.dumps({"rec_id": self.rec_id, "model_version": self.model_version, "items": self.items})
+        return orjson.dumps({"rec_id": self.rec_id, "model_version": self.model_version,
+                             "policy_version": self.policy_version, "items": self.items})
 
     def impression(self) -> Impression:
         return Impression(self.rec_id, self.user_id, self.ts, self.model_version, tuple(
-            RecommendedItem(i["item_id"], i["score"], i["explanation"]) for i in self.items))
+            RecommendedItem(i["item_id"], i["score"], i["explanation"]) for i in self.items),
+            policy_version=self.policy_version)
 
 
 class Recommender:
@@ -265,9 +287,10 @@ class Recommender:
     moving-average cost exceeds ``inline_scoring_ms``.
     """
 
-    def __init__(self, live: LiveBehaviour, settings: ServingSettings) -> None:
+    def __init__(self, live: LiveBehaviour, settings: ServingSettings, policies: PolicyHolder | None = None) -> None:
         self.live = live
         self.settings = settings
+        self.policies = policies
         self.explainer = Explainer(live.item_id, live.title)
         self.scoring_ms = 0.0  # exponential moving average
         self._rec_ids = itertools.count()
@@ -286,10 +309,12 @@ class Recommender:
             top, scores, cosine = await asyncio.to_thread(self._timed_top, state, history, rows, recommendable, k)
         else:
             top, scores, cosine = self._timed_top(state, history, rows, recommendable, k)
-        explanations = self.explainer.explain(state, features, user_id, history, top, rows[top], cosine)
-        items = [self._item(item, score, explanation.to_dict())
+        policy = self.policies.current if self.policies is not None else None  # one policy for the whole list
+        choose = style_chooser(policy, user_id, len(features.long_history.recent(user_id)))
+        explanations = self.explainer.explain(state, features, user_id, history, top, rows[top], cosine, choose)
+        items = [self._item(item, score, explanation)
                  for item, score, explanation in zip(top.tolist(), scores.tolist(), explanations, strict=True)]
-        return Recommendation(rec_id, user_id, now, state.version, items)
+        return Recommendation(rec_id, user_id, now, state.version, items, _version(policy))
 
     def _popular(self, state: ServingState, user_id: str, k: int, rec_id: str, now: float) -> Recommendation:
         features = self.live.features
@@ -298,13 +323,14 @@ class Recommender:
         top = usable[state.catalogue.recommendable[usable]][:k]
         scores = features.matrix(user_id, top)[:, POPULARITY_COLUMN] if len(top) else np.zeros(0)
         explanations = self.explainer.popular(state, features, user_id, top)
-        items = [self._item(int(item), float(score), explanation.to_dict())
+        policy = self.policies.current if self.policies is not None else None
+        items = [self._item(int(item), float(score), explanation)
                  for item, score, explanation in zip(top.tolist(), scores.tolist(), explanations, strict=True)]
-        return Recommendation(rec_id, user_id, now, state.version, items)
+        return Recommendation(rec_id, user_id, now, state.version, items, _version(policy))
 
-    def _item(self, item: int, score: float, explanation: dict[str, Any]) -> dict[str, Any]:
+    def _item(self, item: int, score: float, explanation: Explanation) -> dict[str, Any]:
         return {"item_id": self.live.item_id(item), "title": self.live.title(item), "score": round(score, 6),
-                "explanation": explanation}
+                "explanation": explanation.to_dict(), "faithful_styles": list(explanation.faithful_styles)}
 
     def _timed_top(self, state: ServingState, history: list[int], rows: np.ndarray, recommendable: np.ndarray,
                    k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -312,6 +338,10 @@ class Recommender:
         result = state.top_k(history, rows, recommendable, k)
         self.scoring_ms = 0.9 * self.scoring_ms + 0.1 * (time.perf_counter() - start) * 1000
         return result
+
+
+def _version(policy: ExplanationPolicy | None) -> int | None:
+    return policy.version if policy is not None else None
 
 
 # --------------------------------------------------------------------------- the worker
@@ -334,12 +364,14 @@ class ServingWorker:
         self.holder = StateHolder()
         self.builder = StateBuilder(base)
         self.updater = StateUpdater(self.builder, self.holder, self.live, self.key, self.metrics)
-        self.recommender = Recommender(self.live, settings)
+        self.policies = PolicyHolder(self.key, self.metrics)
+        self.recommender = Recommender(self.live, settings, self.policies)
         self.publisher: Publisher = publisher or (KafkaPublisher(kafka) if kafka is not None else MemoryPublisher())
         self.impressions = ImpressionLog(self.publisher, self._topic(IMPRESSIONS.name), self.metrics,
                                          settings.max_pending_impressions)
         self.history = HistoryFollower(kafka, self.live) if kafka is not None else None
         self.updates = UpdateFollower(kafka, self.updater) if kafka is not None else None
+        self.policy_follower = PolicyFollower(kafka, self.policies) if kafka is not None else None
         self._tasks: list[asyncio.Task] = []
         self.started = time.time()
 
@@ -354,6 +386,8 @@ class ServingWorker:
         if self.history is not None and self.updates is not None:
             self._tasks.append(asyncio.create_task(_forever("history", self.history.run)))
             self._tasks.append(asyncio.create_task(self._boot_then_follow()))
+        if self.policy_follower is not None:
+            self._tasks.append(asyncio.create_task(_forever("explanation-policy", self.policy_follower.run)))
         self._tasks.append(asyncio.create_task(self.updater.keep_catalogue_current(self.settings.catalogue_refresh_s)))
 
     async def _boot_then_follow(self) -> None:
@@ -407,6 +441,8 @@ class ServingWorker:
         return {"status": "ok" if self.ready else "starting", "model_version": state.version if state else None,
                 "items": state.n_items if state else 0, "swaps": self.metrics.swap_count,
                 "rejected_updates": self.metrics.rejected_count,
+                "policy_version": self.policies.version, "policy_swaps": self.metrics.policy_swap_count,
+                "rejected_policies": self.metrics.rejected_policy_count,
                 "last_swap_apply_ms": self.metrics.last_swap_apply_ms,
                 "max_swap_apply_ms": self.metrics.max_swap_apply_ms,
                 "scoring_ms": round(self.recommender.scoring_ms, 3), "counts": dict(self.live.counts),
@@ -448,11 +484,16 @@ class RecommendedOut(BaseModel):
     title: str
     score: float
     explanation: ExplanationOut
+    faithful_styles: list[str] = Field(default_factory=list, description=(
+        "The styles this item's explanation could honestly take; the explanation policy chose its `style` "
+        "among them"))
 
 
 class RecommendResponse(BaseModel):
     rec_id: str
     model_version: str
+    policy_version: int | None = Field(default=None, description=(
+        "The explanation policy the styles were drawn from; null until the worker has published one"))
     items: list[RecommendedOut]
 
 

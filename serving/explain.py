@@ -9,14 +9,18 @@ together), ``popularity`` (item statistics), ``shopper`` (context, the same for 
 
 1. measures how much each term adds to the score by occlusion (score minus the score with that
    term's columns set to zero; exact for the linear head, and it includes the MLP's share);
-2. picks the term that adds most as the style (``shopper`` is context, never a reason):
-   ``repeat`` → ``history``, ``knn`` → ``co_purchase``, ``text`` → ``similar_text``,
-   ``popularity`` → ``popular``;
-3. cites the history items that make up that term, with their share of it: the item itself for a
+2. finds the *faithful* styles: those whose term adds to the score and has evidence to cite
+   (``shopper`` is context, never a reason): ``repeat`` → ``history``, ``knn`` → ``co_purchase``,
+   ``text`` → ``similar_text``, ``popularity`` → ``popular`` (also the fallback when nothing else is);
+3. picks one of them: the explanation policy's Thompson draw (:mod:`serving.policy`, learned from
+   shoppers' "was this helpful?"), or without a policy the style whose term adds most;
+4. cites the history items that make up that term, with their share of it: the item itself for a
    repeat purchase, ``recency weight × co-purchase similarity`` for kNN (the same terms
    :meth:`learner.features.BehaviourFeatures.evidence` returns), and for text how much the cosine
    falls when the item is left out of the shopper's vector.
 
+Whichever faithful style is shown, its term really adds to the score and its citations really make
+it up: the policy decides *which true reason* a shopper reads, never whether it is true.
 ``confidence`` is the chosen term's share of all positive contributions. Removing a cited item from
 the shopper's history therefore removes the term the explanation names, which is what
 ``tests/integration/test_explanation_fidelity.py`` checks.
@@ -24,6 +28,7 @@ the shopper's history therefore removes the term the explanation names, which is
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Sequence
@@ -38,6 +43,10 @@ from learner.features import BehaviourFeatures
 from learner.model import FusionHead
 from learner.rich_features import FEATURE_NAMES
 from serving.state import ServingState
+from streams.records import EXPLANATION_STYLES
+
+#: Chooses one item's style: ``(item_id, faithful styles, default style) -> style`` (:mod:`serving.policy`).
+StyleChooser = Callable[[str, tuple[str, ...], str], str]
 
 #: The scoring terms an explanation can name, each a group of feature columns ("text": the cosine).
 TERM_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -53,6 +62,9 @@ assert sorted(c for cols in TERM_COLUMNS.values() for c in cols) == sorted(FEATU
 #: The terms, in the order of :func:`term_contributions`' columns.
 TERMS = tuple(TERM_COLUMNS)
 STYLE_OF_TERM = {"repeat": "history", "knn": "co_purchase", "popularity": "popular", "text": "similar_text"}
+TERM_OF_STYLE = {style: term for term, style in STYLE_OF_TERM.items()}
+#: The order faithful styles are listed (and drawn) in: the contract's.
+STYLE_ORDER = EXPLANATION_STYLES
 MAX_CITED = 3
 
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
@@ -79,6 +91,8 @@ class Explanation:
     confidence: float
     text: str
     contributions: dict[str, float] = field(default_factory=dict)
+    #: The styles this explanation could honestly have taken (the explanation policy chose among them).
+    faithful_styles: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"explanation_id": self.explanation_id, "style": self.style,
@@ -112,8 +126,6 @@ def term_contributions(head: FusionHead, features: np.ndarray, cosine: np.ndarra
 
 
 _COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
-#: Positions in :data:`TERMS` of the terms a style can come from.
-_STYLE_TERMS = np.array([i for i, term in enumerate(TERMS) if term in STYLE_OF_TERM])
 
 
 def co_purchase_support(features: BehaviourFeatures, user_id: str, items: Sequence[int],
@@ -203,44 +215,69 @@ class Explainer:
         self.title = title
 
     def explain(self, state: ServingState, features: BehaviourFeatures, user_id: str, history: Sequence[int],
-                items: Sequence[int], feature_rows: np.ndarray, cosine: np.ndarray) -> list[Explanation]:
-        """Explanations of ``items`` ranked for a known shopper, given the inputs their scores came from."""
+                items: Sequence[int], feature_rows: np.ndarray, cosine: np.ndarray,
+                choose: StyleChooser | None = None) -> list[Explanation]:
+        """Explanations of ``items`` ranked for a known shopper, given the inputs their scores came from.
+
+        Each item's explanation is in one of its *faithful* styles (:meth:`faithful_options`): ``choose``
+        (the explanation policy) picks among them, else the style whose term adds most to the score.
+        """
         items = [int(i) for i in items]
         contributions = term_contributions(state.head, feature_rows, cosine)
-        best = _STYLE_TERMS[contributions[:, _STYLE_TERMS].argmax(axis=1)]
-        styles = [STYLE_OF_TERM[TERMS[b]] if contributions[n, b] > 0 else "popular" for n, b in enumerate(best)]
-        # the supporting items are only worked out for the items whose style needs them
-        knn = [n for n, style in enumerate(styles) if style == "co_purchase"]
+        options = self.faithful_options(state, features, user_id, history, items, contributions)
+        out = []
+        for n, item in enumerate(items):
+            terms, faithful = contributions[n], options[n]
+            default = max(faithful, key=lambda style: terms[TERMS.index(TERM_OF_STYLE[style])])
+            style = choose(self.item_id(item), tuple(faithful), default) if choose is not None else default
+            total = np.maximum(terms, 0.0).sum()
+            named_term = terms[TERMS.index(TERM_OF_STYLE[style])]
+            confidence = float(max(named_term, 0.0) / total) if total > 0 else 0.0
+            named = {TERMS[t]: round(float(terms[t]), 6) for t in range(len(TERMS))}
+            explanation = self._explanation(state.version, user_id, item, style, faithful[style], confidence, named,
+                                            features)
+            out.append(dataclasses.replace(explanation, faithful_styles=tuple(faithful)))
+        return out
+
+    def faithful_options(self, state: ServingState, features: BehaviourFeatures, user_id: str,
+                         history: Sequence[int], items: list[int], contributions: np.ndarray,
+                         ) -> list[dict[str, list[tuple[int, float]]]]:
+        """Per item, the styles an explanation may honestly take, each with the history items it would cite.
+
+        A style is faithful when its term adds to the score and there is evidence to cite: ``history``
+        (the shopper bought the item), ``co_purchase`` (a recent basket's item bought together with it),
+        ``similar_text`` (a history item that raises the text cosine). ``popular`` needs no history: it
+        is offered when popularity adds to the score, and always when nothing else is. Styles are in
+        :data:`STYLE_ORDER`.
+        """
+        positive = contributions > 0
+        knn = [n for n in range(len(items)) if positive[n, TERMS.index("knn")]]
         if knn:
             knn_history, knn_support = co_purchase_support(features, user_id, [items[n] for n in knn])
-        text = [n for n, style in enumerate(styles) if style == "similar_text"]
+        text = [n for n in range(len(items)) if positive[n, TERMS.index("text")]]
         if text:
             text_shares = text_support(state, history, [items[n] for n in text])
         out = []
         for n, item in enumerate(items):
-            terms, style = contributions[n], styles[n]
-            total = np.maximum(terms, 0.0).sum()
-            confidence = float(terms[best[n]] / total) if total > 0 else 0.0
-            if style == "history":
-                cited = [(item, 1.0)]
-            elif style == "co_purchase":
-                cited = self._top(knn_history, knn_support[:, knn.index(n)])
-            elif style == "similar_text":
-                cited = self._top(np.asarray(history, dtype=np.int64), text_shares[:, text.index(n)])
-            else:
-                cited = []
-            if not cited and style != "popular":  # nothing to cite after all: say so rather than invent
-                style = "popular"
-                confidence = float(max(terms[TERMS.index("popularity")], 0.0) / total) if total > 0 else 0.0
-            named = {TERMS[t]: round(float(terms[t]), 6) for t in range(len(TERMS))}
-            out.append(self._explanation(state.version, user_id, item, style, cited, confidence, named, features))
+            cited: dict[str, list[tuple[int, float]]] = {}
+            if positive[n, TERMS.index("repeat")]:
+                cited["history"] = [(item, 1.0)]
+            if n in knn:
+                cited["co_purchase"] = self._top(knn_history, knn_support[:, knn.index(n)])
+            if n in text:
+                cited["similar_text"] = self._top(np.asarray(history, dtype=np.int64), text_shares[:, text.index(n)])
+            options = {style: c for style, c in cited.items() if c}
+            if positive[n, TERMS.index("popularity")] or not options:
+                options["popular"] = []
+            out.append({style: options[style] for style in STYLE_ORDER if style in options})
         return out
 
     def popular(self, state: ServingState, features: BehaviourFeatures, user_id: str,
                 items: Sequence[int]) -> list[Explanation]:
         """Explanations for a shopper we know nothing about: the ranking is recent popularity alone."""
-        return [self._explanation(state.version, user_id, int(item), "popular", [], 1.0, {}, features,
-                                  unknown_user=True) for item in items]
+        return [dataclasses.replace(self._explanation(state.version, user_id, int(item), "popular", [], 1.0, {},
+                                                      features, unknown_user=True), faithful_styles=("popular",))
+                for item in items]
 
     @staticmethod
     def _top(history: np.ndarray, support: np.ndarray) -> list[tuple[int, float]]:

@@ -44,6 +44,7 @@ from streams.app import RecloopApp, _raw_topic
 from streams.ingest import SourcePosition, validate
 from streams.monitor_state import FILE_NAME as CHECKPOINT_FILE
 from streams.monitor_state import CheckpointedMonitor, MonitorCheckpoint
+from streams.policy_publisher import publish_explanation_policy
 from streams.records import (
     DeadLetter,
     DriftAlarm,
@@ -159,6 +160,7 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
                      worker_id, state.skipped)
 
     r.app.sensors.add(StopHook(checkpoint_at_shutdown))
+    publish_explanation_policy(r, monitor)  # the bandit → recloop.explanation-policy (streams/policy_publisher.py)
 
     if own_registry:
         @r.app.page("/metrics/monitoring/")

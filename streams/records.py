@@ -226,6 +226,9 @@ class Impression:
     model_version: str
     items: tuple[RecommendedItem, ...]
     schema_version: int = SCHEMA_VERSION
+    #: The :class:`ExplanationPolicy` version the explanation styles were drawn from (None: none yet, or an
+    #: older serving worker). Optional, so impressions without it stay valid.
+    policy_version: int | None = None
 
     max_bytes: ClassVar[int] = MAX_IMPRESSION_BYTES
 
@@ -240,6 +243,7 @@ class Impression:
             ts=_timestamp(_required(d, "ts")),
             model_version=_id(_required(d, "model_version"), "model_version"),
             items=tuple(RecommendedItem.from_dict(item) for item in items),
+            policy_version=_optional(_integer, d.get("policy_version"), "policy_version", minimum=1),
         )
 
 
@@ -317,6 +321,69 @@ class AdapterUpdate:
             sha256=_id(_required(d, "sha256"), "sha256"),
             signature=_id(_required(d, "signature"), "signature"),
             payload=payload_bytes,
+        )
+
+
+#: Most segments one explanation policy may carry (the bandit has three; the bound keeps records small).
+MAX_POLICY_SEGMENTS = 64
+
+
+def _posteriors(value: Any, styles: tuple[str, ...]) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{segment: {style: [alpha, beta]}}`` with positive, finite Beta parameters of known styles."""
+    if not isinstance(value, dict) or len(value) > MAX_POLICY_SEGMENTS:
+        raise InvalidRecord(f"field 'posteriors' must be an object of at most {MAX_POLICY_SEGMENTS} segments")
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for segment, arms in value.items():
+        name = _id(segment, "posteriors segment")
+        if not isinstance(arms, dict):
+            raise InvalidRecord(f"posteriors of segment {name!r} must be an object")
+        out[name] = {}
+        for style, params in arms.items():
+            if style not in styles:
+                raise InvalidRecord(f"posteriors of segment {name!r}: style {str(style)[:40]!r} is not in 'styles'")
+            if not isinstance(params, (list, tuple)) or len(params) != 2:
+                raise InvalidRecord(f"posterior {name}/{style} must be [alpha, beta]")
+            alpha, beta = (_number(p, f"posterior {name}/{style}", minimum=1e-9) for p in params)
+            out[name][style] = (alpha, beta)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ExplanationPolicy:
+    """Which explanation style to show whom: Beta posteriors of the helpful rate per segment and style.
+
+    Published by the worker's explanation bandit on ``recloop.explanation-policy``; serving workers
+    verify ``signature`` (HMAC-SHA256 with the adapter key over the other fields,
+    :func:`learner.explanation_policy.signing_bytes`) and adopt only versions newer than their own.
+    """
+
+    version: int
+    created_at: float
+    styles: tuple[str, ...]
+    posteriors: dict[str, dict[str, tuple[float, float]]]
+    signature: str
+    #: Pseudo-counts of the Beta(prior, prior) of a (segment, style) the posteriors do not list.
+    prior: float = 1.0
+    #: Feedback events the posteriors were learned from (for operators).
+    feedback_events: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    max_bytes: ClassVar[int] = MAX_EVENT_BYTES
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExplanationPolicy:
+        styles = _required(d, "styles")
+        if not isinstance(styles, list) or not styles or any(s not in EXPLANATION_STYLES for s in styles):
+            raise InvalidRecord(f"field 'styles' must be a non-empty list of {', '.join(EXPLANATION_STYLES)}")
+        styles = tuple(dict.fromkeys(styles))
+        return cls(
+            version=_integer(_required(d, "version"), "version", minimum=1),
+            created_at=_timestamp(_required(d, "created_at"), "created_at"),
+            styles=styles,
+            posteriors=_posteriors(_required(d, "posteriors"), styles),
+            signature=_id(_required(d, "signature"), "signature"),
+            prior=_number(d.get("prior", 1.0), "prior", minimum=1e-9),
+            feedback_events=_integer(d.get("feedback_events", 0), "feedback_events", minimum=0),
         )
 
 
@@ -409,9 +476,9 @@ class DeadLetter:
 
 
 Record = (Item | Interaction | Impression | ExplanationFeedback | AdapterUpdate | DriftAlarm | MetricSnapshot
-          | DeadLetter)
+          | DeadLetter | ExplanationPolicy)
 R = TypeVar("R", Item, Interaction, Impression, ExplanationFeedback, AdapterUpdate, DriftAlarm, MetricSnapshot,
-            DeadLetter)
+            DeadLetter, ExplanationPolicy)
 
 
 def _required(d: dict[str, Any], name: str) -> Any:

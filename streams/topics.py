@@ -37,6 +37,9 @@ MODEL_UPDATES = TopicSpec("model-updates", '"adapter"', records.AdapterUpdate, c
 OPS_METRICS = TopicSpec("ops.metrics", "metric name", records.MetricSnapshot, partitioned=False)
 OPS_DRIFT = TopicSpec("ops.drift", "detector name", records.DriftAlarm, partitioned=False)
 DLQ = TopicSpec("dlq", "source topic", records.DeadLetter)
+#: The explanation bandit's posteriors, signed like adapters; serving workers follow it (latest valid wins).
+EXPLANATION_POLICY = TopicSpec("explanation-policy", '"policy"', records.ExplanationPolicy, compacted=True,
+                               partitioned=False)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     CATALOG,
@@ -47,6 +50,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     OPS_METRICS,
     OPS_DRIFT,
     DLQ,
+    EXPLANATION_POLICY,
 )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import httpx
 import pytest
@@ -85,8 +84,8 @@ def test_the_worker_publishes_a_policy_that_serving_adopts_and_logs(kafka_settin
         assert [i.explanation["style"] for i in logged.items] == [i["explanation"]["style"] for i in body["items"]]
 
         # a forged policy with a higher version is refused and counted; the current one keeps serving
-        forged = dataclasses.replace(make_policy(ExplanationBandit(), version=newest.version + 10**6,
-                                                 key="not-the-deployment-key", created_at=T0))
+        forged = make_policy(ExplanationBandit(), version=newest.version + 10**6, key="not-the-deployment-key",
+                             created_at=T0)
         policy_topic = kafka_settings.topic("explanation-policy")
         asyncio.run(produce(kafka_settings, [(policy_topic, b"policy", encode(forged))]))
         wait_for(lambda: httpx.get(f"{url}/healthz").json()["rejected_policies"] >= 1, timeout_s=30,

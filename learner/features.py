@@ -10,6 +10,32 @@ strictly earlier timestamps, which is the prequential protocol's rule.
 Returns and non-purchase events (views, clicks, add-to-cart) do not change these features;
 the trainer uses them as labels instead.
 
+**Basket assembly.** Invoice lines reach a consumer interleaved across the partitions of the
+interactions topic (keyed by shopper); within one partition they arrive in event-time order. A
+caller that knows where an event was read passes its ``source`` (the partition) to
+:meth:`BehaviourFeatures.learn_interaction`, and baskets are then closed per source:
+
+* *complete*: a basket read from source ``p`` has all its lines once an event of ``p`` with a later
+  timestamp arrives (its shopper's own later event is one of those) — however far other partitions
+  ran ahead, so a basket is never split into fragments;
+* *in order*: complete baskets are learned oldest first, when the **watermark** passes them: the
+  oldest clock (newest timestamp seen) over the sources that are not quiet. No basket older than
+  the watermark can still come, so baskets are held out and learned in timestamp order, as the
+  offline evaluation does — a partition a day behind the others holds their baskets back rather
+  than letting them be learned before its own (only a source not seen yet can bring older ones);
+* *quiet sources* (the lateness fallback): a source is quiet once the fastest source's clock is more
+  than ``lateness_s`` past where it stood when that source last delivered an event — the stream
+  moved on by ``lateness_s`` of event time while the source said nothing. A partition that lags but
+  keeps delivering never goes quiet, however far behind it is. A quiet source stops holding the
+  watermark back, and its last basket (the one waiting for the source's next event) is closed when
+  the watermark passes it. This is measured in event time only, never the wall clock, so the state
+  stays a function of the input records (a restarted learner replays to the same state).
+
+Without a ``source`` (one ordered stream: the offline evaluation, tests) a basket is complete when
+its shopper's own later event arrives, or when any event's time is ``lateness_s`` past it.
+An explicit watermark (:meth:`BehaviourFeatures.advance_to`, a serving request's event time)
+closes everything before it in both modes.
+
 >>> f = BehaviourFeatures()
 >>> for ts, item in [(0.0, "A"), (0.0, "B"), (86400.0, "A"), (2 * 86400.0, "C")]:
 ...     f.learn_interaction("u1", item, "purchase", ts)
@@ -23,6 +49,7 @@ the trainer uses them as labels instead.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -41,7 +68,9 @@ PURCHASE = "purchase"
 #: How long (event time, seconds) a basket waits for more of its lines once *other* shoppers' later events
 #: arrive. Partitions reach a consumer interleaved, so another shopper's later event does not prove a basket
 #: complete; the shopper's own later event does (a shopper's events share a partition). A replay delivers
-#: hours of event time per fetch: replays set it higher (``RECLOOP_BASKET_LATENESS_S``).
+#: hours of event time per fetch: replays set it higher (``RECLOOP_BASKET_LATENESS_S``). With event sources
+#: known, it is only how far the stream may move on while a source is silent before that source counts as quiet
+#: (module docstring, "Basket assembly").
 BASKET_LATENESS_S = 600.0
 
 
@@ -75,10 +104,30 @@ class BehaviourFeatures:
         self._open: dict[float, dict[str, dict[int, None]]] = defaultdict(dict)
         self._open_invoice: dict[tuple[float, str], str] = {}
         self._open_ts_of: dict[str, set[float]] = {}  # shopper -> timestamps of their open baskets
+        self._init_sources()
+
+    def _init_sources(self) -> None:
+        """State of per-source basket assembly (events learned with a ``source``)."""
+        #: source -> the newest timestamp it delivered
+        self._source_clock: dict[int, float] = {}
+        #: source -> the fastest source's clock when it last delivered an event (it is quiet once that is
+        #: more than ``lateness_s`` behind the fastest clock)
+        self._source_heard: dict[int, float] = {}
+        self._fastest = -math.inf
+        #: timestamps that may have open baskets (a min-heap; stale entries are skipped when popped)
+        self._open_heap: list[float] = []
 
     def __getstate__(self) -> dict:
         """Pickled without :attr:`before_learn`: the hook is wiring of the process that runs it, not state."""
         return {**self.__dict__, "before_learn": None}
+
+    def __setstate__(self, state: dict) -> None:
+        """A checkpoint written before per-source baskets existed loads with no sources seen yet (its open baskets
+        are closed by the watermark like any other)."""
+        self._init_sources()
+        self.__dict__.update(state)
+        if "_open_heap" not in state:
+            self._open_heap = sorted(self._open)
 
     # ------------------------------------------------------------------ learning
 
@@ -86,16 +135,36 @@ class BehaviourFeatures:
         return self.index.add(item_id)
 
     def learn_interaction(self, user_id: str, item_id: str, type: str, ts: float,
-                          basket_id: str | None = None) -> None:
-        """Learn one event. Purchases join the shopper's basket at ``ts``. The shopper's own earlier baskets are
-        complete now; other shoppers' once event time is ``lateness_s`` past them (see :data:`BASKET_LATENESS_S`).
+                          basket_id: str | None = None, source: int | None = None) -> None:
+        """Learn one event. Purchases join the shopper's basket at ``ts``.
+
+        ``source`` is where the event was read (the partition of the interactions topic; events of one
+        source arrive in timestamp order). With it, a basket is complete once its source delivers a later
+        event, and complete baskets are learned in timestamp order (the module docstring, "Basket
+        assembly"). Without it, the shopper's own earlier baskets are complete now; other shoppers' once
+        event time is ``lateness_s`` past them (see :data:`BASKET_LATENESS_S`). One stream uses one mode.
 
         >>> f = BehaviourFeatures(lateness_s=600)
         >>> f.learn_interaction("a", "X", "purchase", 0.0); f.learn_interaction("b", "Y", "purchase", 60.0)
         >>> f.learn_interaction("a", "Z", "purchase", 0.0)  # a late line of a's basket: still one basket
         >>> f.learn_interaction("a", "X", "purchase", 120.0); f.history("a"), f.knows("b")
         ((0, 2), False)
+
+        Partition 1 two days ahead of partition 0 (both delivering): partition 0's basket waits for its last
+        line, and partition 1's baskets wait until partition 0 has caught up with them.
+
+        >>> f = BehaviourFeatures(lateness_s=600)
+        >>> f.learn_interaction("b", "Y", "purchase", 2 * 86400.0, source=1)
+        >>> f.learn_interaction("a", "X", "purchase", 0.0, source=0)
+        >>> f.learn_interaction("b", "Y", "purchase", 2 * 86400.0 + 60, source=1)
+        >>> f.learn_interaction("a", "Z", "purchase", 0.0, source=0); f.knows("a")
+        False
+        >>> f.learn_interaction("c", "X", "purchase", 60.0, source=0); f.history("a"), f.knows("b")
+        ((1, 2), False)
         """
+        if source is not None:
+            self._learn_sourced(user_id, item_id, type, ts, basket_id, source)
+            return
         self.advance_to(ts - self.lateness_s)
         own = self._open_ts_of.get(user_id)
         if own and min(own) < ts:
@@ -103,10 +172,50 @@ class BehaviourFeatures:
         self.clock = max(self.clock, ts)
         if type != PURCHASE:
             return
+        self._open_line(user_id, item_id, ts, basket_id)
+
+    def _open_line(self, user_id: str, item_id: str, ts: float, basket_id: str | None) -> None:
+        """A purchase line joins the open basket ``(ts, user_id)``."""
         item = self.index.add(item_id)
         self._open[ts].setdefault(user_id, {})[item] = None
         self._open_ts_of.setdefault(user_id, set()).add(ts)
         self._open_invoice.setdefault((ts, user_id), basket_id or "")
+
+    def _learn_sourced(self, user_id: str, item_id: str, type: str, ts: float, basket_id: str | None,
+                       source: int) -> None:
+        """One event read from ``source``: move the source's clock, then close what the watermark passed."""
+        self._source_clock[source] = max(self._source_clock.get(source, -math.inf), ts)
+        self._fastest = max(self._fastest, ts)
+        self._source_heard[source] = self._fastest
+        self.clock = max(self.clock, ts)
+        self._close_before(self.watermark())
+        if type != PURCHASE:
+            return
+        if ts not in self._open:
+            heapq.heappush(self._open_heap, ts)
+        self._open_line(user_id, item_id, ts, basket_id)
+
+    def watermark(self) -> float:
+        """The oldest clock over the sources that are not quiet: no basket older than it can still arrive, except
+        from a quiet source or one not seen yet (``-inf`` before any event with a source)."""
+        live = [clock for source, clock in self._source_clock.items()
+                if self._fastest - self._source_heard[source] <= self.lateness_s]
+        return min(live, default=-math.inf)
+
+    def _close_before(self, watermark: float) -> None:
+        """Close every open basket older than ``watermark`` (oldest first) and move the windows there."""
+        heap = self._open_heap
+        due: list[tuple[float, str]] = []
+        seen: set[float] = set()
+        while heap and heap[0] < watermark:
+            ts = heapq.heappop(heap)
+            if ts in self._open and ts not in seen:
+                seen.add(ts)
+                due.extend((ts, user) for user in self._open[ts])
+        if due:
+            self._close(due)
+        if watermark > -math.inf:
+            self._advance_windows(watermark)
 
     def learn(self, baskets: Iterable[Basket]) -> None:
         """Learn complete baskets directly (the offline evaluation's path)."""

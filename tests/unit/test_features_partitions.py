@@ -1,0 +1,172 @@
+"""Baskets assembled from invoice lines read from several partitions, interleaved in any order.
+
+Within a partition lines arrive in timestamp order; across partitions any interleaving may reach the
+consumer (Faust interleaves them record by record, and one partition may run days ahead of another in a
+replay). Learned with their ``source``, the baskets closed are exactly those of the offline stream: no
+basket is split into fragments, and once every partition has been seen they are learned oldest first.
+
+The property tests draw their streams and interleavings from a seeded generator (the project does not depend on
+hypothesis): many random cases, the same ones on every run.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from collections import Counter
+
+import pytest
+
+from learner.features import BehaviourFeatures
+from learner.rich_features import RichFeatures
+
+DAY = 86_400.0
+
+#: one event of a partition: (user, item, type, ts)
+Event = tuple[str, str, str, float]
+
+_GAPS = [0.0, 0.0, 1.0, 60.0, 700.0, DAY, 3 * DAY]
+_KINDS = ["purchase"] * 4 + ["view"]
+CASES = 300
+
+
+def partition_streams(rng: random.Random, max_sources: int = 4) -> list[list[Event]]:
+    """Per partition, its events in timestamp order (a partition's shoppers are its own)."""
+    streams = []
+    for source in range(rng.randint(1, max_sources)):
+        ts, events = rng.choice([0.0, 500.0, DAY]), []
+        for _ in range(rng.randint(1, 25)):
+            ts += rng.choice(_GAPS)
+            events.append((f"p{source}u{rng.randint(0, 2)}", rng.choice("ABCDE"), rng.choice(_KINDS), ts))
+        streams.append(events)
+    return streams
+
+
+def offline_baskets(streams: list[list[Event]]) -> Counter:
+    """The baskets of the streams: one shopper's purchases at one timestamp, items in first-seen order."""
+    baskets: dict[tuple[str, float], dict[str, None]] = {}
+    for events in streams:
+        for user, item, kind, ts in events:
+            if kind == "purchase":
+                baskets.setdefault((user, ts), {})[item] = None
+    return Counter((user, ts, tuple(items)) for (user, ts), items in baskets.items())
+
+
+def interleave(rng: random.Random, streams: list[list[Event]], lateness_s: float) -> list[tuple[int, Event]]:
+    """A random interleaving of the partitions, each kept in order. With a finite lateness it never lets a
+    partition fall silent mid-basket while the others run ``lateness_s`` ahead (that is what the lateness
+    fallback is for): when the drawn partition would, the one with the oldest next event goes instead."""
+    position = [0] * len(streams)
+    heard = [-math.inf] * len(streams)  # the fastest clock when each partition last delivered
+    fastest, out = -math.inf, []
+    while any(position[s] < len(events) for s, events in enumerate(streams)):
+        waiting = [s for s, events in enumerate(streams) if position[s] < len(events)]
+        source = rng.choice(waiting)
+        if math.isfinite(lateness_s):
+            after = max(fastest, streams[source][position[source]][3])
+            mid_basket = [s for s in waiting if s != source and position[s] > 0
+                          and streams[s][position[s]][3] == streams[s][position[s] - 1][3]]
+            if any(after - heard[s] > lateness_s for s in mid_basket):
+                source = min(waiting, key=lambda s: streams[s][position[s]][3])
+        event = streams[source][position[source]]
+        position[source] += 1
+        fastest = max(fastest, event[3])
+        heard[source] = fastest
+        out.append((source, event))
+    return out
+
+
+def learned_baskets(features: BehaviourFeatures, interleaved: list[tuple[int, Event]]) -> list[tuple]:
+    """Every basket the features close, in the order they are learned."""
+    closed: list[tuple] = []
+    features.before_learn = lambda baskets: closed.extend(
+        (b.user_id, b.ts, tuple(features.index.code_of(i) for i in b.items)) for b in baskets)
+    for source, (user, item, kind, ts) in interleaved:
+        features.learn_interaction(user, item, kind, ts, source=source)
+    features.flush()
+    return closed
+
+
+@pytest.mark.parametrize("seed", range(CASES))
+def test_any_interleaving_closes_exactly_the_offline_baskets_in_timestamp_order(seed):
+    rng = random.Random(seed)
+    streams = partition_streams(rng)
+    firsts = rng.sample(range(len(streams)), len(streams))  # every partition says something first …
+    interleaved = [(s, streams[s][0]) for s in firsts]
+    rest = interleave(rng, [events[1:] for events in streams], math.inf)  # … then any interleaving
+    closed = learned_baskets(BehaviourFeatures(lateness_s=math.inf), interleaved + rest)
+    assert Counter(closed) == offline_baskets(streams)
+    assert [ts for _, ts, _ in closed] == sorted(ts for _, ts, _ in closed)
+
+
+@pytest.mark.parametrize("seed", range(CASES))
+def test_with_a_lateness_fallback_no_basket_is_split(seed):
+    rng = random.Random(10_000 + seed)
+    streams, lateness_s = partition_streams(rng), rng.choice([0.0, 600.0, DAY])
+    closed = learned_baskets(RichFeatures(lateness_s=lateness_s), interleave(rng, streams, lateness_s))
+    assert Counter(closed) == offline_baskets(streams)
+
+
+def replay_two_partitions() -> list[tuple[int, Event]]:
+    """Partition 1 runs two days ahead of partition 0 from the start, records alternating; partition 0's basket
+    has 3 lines."""
+    fast = [(f"f{n}", "Z", "purchase", 2 * DAY + 60.0 * n) for n in range(4)]
+    slow = [("a", "X", "purchase", 0.0), ("a", "Y", "purchase", 0.0), ("a", "W", "purchase", 0.0),
+            ("b", "X", "purchase", 60.0)]
+    return [pair for both in zip(((1, e) for e in fast), ((0, e) for e in slow), strict=True) for pair in both]
+
+
+def test_a_partition_days_ahead_neither_splits_nor_overtakes_a_lagging_one():
+    interleaved = replay_two_partitions()
+    closed = learned_baskets(BehaviourFeatures(lateness_s=600.0), interleaved)
+    assert closed[0] == ("a", 0.0, ("X", "Y", "W"))
+    assert [ts for _, ts, _ in closed] == sorted(ts for _, ts, _ in closed)
+
+    legacy = BehaviourFeatures(lateness_s=600.0)  # one ordered stream assumed: the fast partition splits a's basket
+    for _, (user, item, kind, ts) in interleaved:
+        legacy.learn_interaction(user, item, kind, ts)
+    legacy.flush()
+    assert len(legacy.long_history.recent("a")) > 1
+
+
+def test_a_quiet_partition_stops_holding_the_others_back():
+    features = BehaviourFeatures(lateness_s=600.0)
+    features.learn_interaction("a", "X", "purchase", 0.0, source=0)  # partition 0 then says nothing
+    features.learn_interaction("b", "Y", "purchase", 100.0, source=1)
+    features.learn_interaction("b", "Y", "purchase", 500.0, source=1)
+    assert not features.knows("a") and not features.knows("b")  # 0 may still send lines at 0.0: it holds 1 back
+    features.learn_interaction("c", "Y", "purchase", 700.0, source=1)
+    assert features.knows("a") and features.knows("b")  # 0 is quiet: its basket and 1's older ones are closed
+    assert features.watermark() == 700.0
+
+
+def test_features_pickled_mid_stream_continue_exactly():
+    interleaved = replay_two_partitions() * 2
+    whole = learned_baskets(RichFeatures(lateness_s=600.0), interleaved)
+    first = RichFeatures(lateness_s=600.0)
+    head = learned_baskets_without_flush(first, interleaved[:5])
+    again = pickle.loads(pickle.dumps(first))
+    assert head + learned_baskets(again, interleaved[5:]) == whole
+
+
+def learned_baskets_without_flush(features: BehaviourFeatures, interleaved: list[tuple[int, Event]]) -> list[tuple]:
+    closed: list[tuple] = []
+    features.before_learn = lambda baskets: closed.extend(
+        (b.user_id, b.ts, tuple(features.index.code_of(i) for i in b.items)) for b in baskets)
+    for source, (user, item, kind, ts) in interleaved:
+        features.learn_interaction(user, item, kind, ts, source=source)
+    return closed
+
+
+def test_features_pickled_before_sources_existed_load_with_none_seen():
+    features = BehaviourFeatures()
+    features.learn_interaction("a", "X", "purchase", 0.0)
+    state = features.__dict__.copy()
+    for name in ("_source_clock", "_source_heard", "_fastest", "_open_heap"):
+        del state[name]
+    old = BehaviourFeatures.__new__(BehaviourFeatures)
+    old.__setstate__(state)
+    old.learn_interaction("b", "Y", "purchase", 60.0, source=0)
+    old.learn_interaction("b", "Y", "purchase", 120.0, source=0)
+    assert old.knows("a") and old.knows("b")

@@ -2,8 +2,9 @@
 
 Fields read ``RECLOOP_LEARNER_<NAME>``; three read deployment-wide names instead:
 ``RECLOOP_LEARNER`` (``off`` disables learning in the worker), ``RECLOOP_ADAPTER_KEY`` (the
-HMAC key that signs every published adapter) and ``RECLOOP_DEMO`` (``1``: a fixed, public
-demo key is allowed when no key is set — never in a real deployment).
+HMAC key that signs every published adapter; or ``RECLOOP_ADAPTER_KEY_FILE``, a file holding it,
+e.g. a Docker secret) and ``RECLOOP_DEMO`` (``1``: a fixed, public demo key is allowed when no key
+is set — never in a real deployment).
 
 >>> s = LearnerSettings(enabled="off", adapter_key="k")
 >>> s.enabled, s.signing_key()
@@ -32,6 +33,29 @@ DEMO_KEY = b"recloop-demo-key-not-secret"
 
 class LearnerConfigError(RuntimeError):
     """The learner cannot start with this configuration; the message says what to set."""
+
+
+def configured_key(key: SecretStr | None, key_file: Path | None, error: type[Exception]) -> bytes | None:
+    """The adapter key from ``RECLOOP_ADAPTER_KEY`` or from the file ``RECLOOP_ADAPTER_KEY_FILE`` names.
+
+    The file's content is the key, less a trailing line break (``echo KEY > file`` works). Setting both, or
+    a file that cannot be read or is empty, raises ``error``; neither set returns ``None``.
+
+    >>> configured_key(SecretStr("k"), None, ValueError), configured_key(None, None, ValueError)
+    (b'k', None)
+    """
+    value = key.get_secret_value() if key is not None else ""
+    if key_file is None:
+        return value.encode() if value else None
+    if value:
+        raise error("both RECLOOP_ADAPTER_KEY and RECLOOP_ADAPTER_KEY_FILE are set: set only one")
+    try:
+        value = key_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise error(f"RECLOOP_ADAPTER_KEY_FILE={key_file} cannot be read: {exc.strerror or exc}") from None
+    if not value:
+        raise error(f"RECLOOP_ADAPTER_KEY_FILE={key_file} is empty")
+    return value.encode()
 
 
 class LearnerSettings(BaseSettings):
@@ -91,20 +115,25 @@ class LearnerSettings(BaseSettings):
 
     # -- trust
     adapter_key: SecretStr | None = Field(None, validation_alias=AliasChoices("RECLOOP_ADAPTER_KEY", "adapter_key"))
+    #: A file holding the key instead (a Docker or Kubernetes secret), read when the key is needed.
+    adapter_key_file: Path | None = Field(None, validation_alias=AliasChoices("RECLOOP_ADAPTER_KEY_FILE",
+                                                                              "adapter_key_file"))
     demo: bool = Field(False, validation_alias=AliasChoices("RECLOOP_DEMO", "demo"))
 
     def signing_key(self) -> bytes:
         """The HMAC key for adapters; a missing key is an error unless this is a demo."""
-        if self.adapter_key is not None and self.adapter_key.get_secret_value():
-            return self.adapter_key.get_secret_value().encode()
+        key = configured_key(self.adapter_key, self.adapter_key_file, LearnerConfigError)
+        if key is not None:
+            return key
         if self.demo:
             log.warning("RECLOOP_ADAPTER_KEY is not set: signing adapters with the public DEMO key "
                         "(RECLOOP_DEMO=1). Anyone can forge these adapters; never do this in production.")
             return DEMO_KEY
         raise LearnerConfigError(
             "RECLOOP_ADAPTER_KEY is not set: the learner signs every adapter it publishes and serving "
-            "workers refuse unsigned ones. Set RECLOOP_ADAPTER_KEY to a shared secret (or RECLOOP_DEMO=1 "
-            "for a local demo, or RECLOOP_LEARNER=off to run the worker without learning).")
+            "workers refuse unsigned ones. Set RECLOOP_ADAPTER_KEY to a shared secret, or "
+            "RECLOOP_ADAPTER_KEY_FILE to a file holding it (or RECLOOP_DEMO=1 for a local demo, or "
+            "RECLOOP_LEARNER=off to run the worker without learning).")
 
     def ranker_config(self) -> RankerConfig:
         return dataclasses.replace(_RANKER, window_baskets=self.window_baskets, head_lr=self.head_lr,

@@ -13,7 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learner.features import BASKET_LATENESS_S
-from learner.settings import DEMO_KEY  # the key RECLOOP_DEMO=1 signs with: public, demo mode only
+from learner.settings import DEMO_KEY, configured_key  # DEMO_KEY: RECLOOP_DEMO=1's public key, demo mode only
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class ServingConfigError(RuntimeError):
 
 
 class ServingSettings(BaseSettings):
-    """HTTP, model and limits of one serving worker (``RECLOOP_SERVE_<NAME>``, key ``RECLOOP_ADAPTER_KEY``)."""
+    """HTTP, model and limits of one serving worker (``RECLOOP_SERVE_<NAME>``, key ``RECLOOP_ADAPTER_KEY[_FILE]``)."""
 
     model_config = SettingsConfigDict(env_prefix="RECLOOP_SERVE_", frozen=True, extra="ignore", populate_by_name=True)
 
@@ -39,6 +39,8 @@ class ServingSettings(BaseSettings):
     tiny: bool = False
     #: HMAC key adapters are signed with (shared with the publishing worker).
     adapter_key: SecretStr | None = Field(default=None, validation_alias="RECLOOP_ADAPTER_KEY")
+    #: A file holding that key instead (a Docker or Kubernetes secret).
+    adapter_key_file: Path | None = Field(default=None, validation_alias="RECLOOP_ADAPTER_KEY_FILE")
     #: Demo mode (``RECLOOP_DEMO=1``): fall back to the public demo key when no key is set.
     demo: bool = Field(default=False, validation_alias=AliasChoices("RECLOOP_SERVE_DEMO", "RECLOOP_DEMO"))
     default_k: int = Field(default=10, ge=1, le=MAX_K)
@@ -59,12 +61,14 @@ class ServingSettings(BaseSettings):
 
     def signing_key(self) -> bytes:
         """The adapter key, the demo key in demo mode, or a :class:`ServingConfigError` that says what to set."""
-        if self.adapter_key is not None and self.adapter_key.get_secret_value():
-            return self.adapter_key.get_secret_value().encode()
+        key = configured_key(self.adapter_key, self.adapter_key_file, ServingConfigError)
+        if key is not None:
+            return key
         if self.demo:
             log.warning("RECLOOP_ADAPTER_KEY is not set: verifying adapters with the public demo key (demo mode)")
             return DEMO_KEY
         raise ServingConfigError(
             "RECLOOP_ADAPTER_KEY is not set: a serving worker needs the key adapters are signed with to "
-            "verify them. Set it to the same value as the publishing worker (or RECLOOP_DEMO=1 for a local demo)."
+            "verify them. Set it (or RECLOOP_ADAPTER_KEY_FILE, a file holding it) to the same value as the "
+            "publishing worker (or RECLOOP_DEMO=1 for a local demo)."
         )

@@ -23,13 +23,18 @@ caller that knows where an event was read passes its ``source`` (the partition) 
   the watermark can still come, so baskets are held out and learned in timestamp order, as the
   offline evaluation does — a partition a day behind the others holds their baskets back rather
   than letting them be learned before its own (only a source not seen yet can bring older ones);
-* *quiet sources* (the lateness fallback): a source is quiet once the fastest source's clock is more
-  than ``lateness_s`` past where it stood when that source last delivered an event — the stream
-  moved on by ``lateness_s`` of event time while the source said nothing. A partition that lags but
-  keeps delivering never goes quiet, however far behind it is. A quiet source stops holding the
-  watermark back, and its last basket (the one waiting for the source's next event) is closed when
-  the watermark passes it. This is measured in event time only, never the wall clock, so the state
-  stays a function of the input records (a restarted learner replays to the same state).
+* *quiet sources* (the lateness fallback): a source is quiet once it has been absent from the last
+  :data:`QUIET_ROUNDS` × (sources seen) events **and** every source that delivered events since it
+  last did has moved its own clock on by more than ``lateness_s`` since then — the stream went on by
+  ``lateness_s`` of event time, on every partition that spoke, for many rounds of the interleaving,
+  while this one said nothing. Both are needed. Event time alone cannot tell a silent partition from
+  fast ones: in a replay the other partitions may move on by more than ``lateness_s`` within a few
+  records (one record may cross a night's or a holiday's gap). Counting alone would ignore the
+  lateness the stream is allowed. A partition that lags but keeps delivering is never quiet, however
+  far behind it is. A quiet source stops holding the watermark back, and its last basket (the one
+  waiting for the source's next event) is closed once the watermark passes it. Only event time and
+  the order of records count, never the wall clock, so the state stays a function of the input
+  records (a restarted learner replays to the same state).
 
 Without a ``source`` (one ordered stream: the offline evaluation, tests) a basket is complete when
 its shopper's own later event arrives, or when any event's time is ``lateness_s`` past it.
@@ -73,6 +78,11 @@ PURCHASE = "purchase"
 #: (module docstring, "Basket assembly").
 BASKET_LATENESS_S = 600.0
 
+#: A source can be quiet only once it is absent from this many rounds of the interleaving: the last
+#: ``QUIET_ROUNDS`` × (sources seen) events (module docstring, "Basket assembly"). Partitions reach the learner
+#: interleaved record by record, so one that still delivers appears about once a round.
+QUIET_ROUNDS = 8
+
 
 class BehaviourFeatures:
     """Online repeat, co-purchase and popularity state, and the feature matrix the ranking model reads.
@@ -108,12 +118,14 @@ class BehaviourFeatures:
 
     def _init_sources(self) -> None:
         """State of per-source basket assembly (events learned with a ``source``)."""
-        #: source -> the newest timestamp it delivered
+        #: source -> the newest timestamp it delivered, and the first one
         self._source_clock: dict[int, float] = {}
-        #: source -> the fastest source's clock when it last delivered an event (it is quiet once that is
-        #: more than ``lateness_s`` behind the fastest clock)
-        self._source_heard: dict[int, float] = {}
-        self._fastest = -math.inf
+        self._source_first: dict[int, float] = {}
+        #: source -> the number (1, 2, ...) of the last event it delivered, counting events with a source
+        self._source_seq: dict[int, int] = {}
+        self._seq = 0
+        #: source -> every source's clock when it last delivered an event (how far the others moved on since)
+        self._clocks_when_heard: dict[int, dict[int, float]] = {}
         #: timestamps that may have open baskets (a min-heap; stale entries are skipped when popped)
         self._open_heap: list[float] = []
 
@@ -184,9 +196,12 @@ class BehaviourFeatures:
     def _learn_sourced(self, user_id: str, item_id: str, type: str, ts: float, basket_id: str | None,
                        source: int) -> None:
         """One event read from ``source``: move the source's clock, then close what the watermark passed."""
-        self._source_clock[source] = max(self._source_clock.get(source, -math.inf), ts)
-        self._fastest = max(self._fastest, ts)
-        self._source_heard[source] = self._fastest
+        clocks = self._source_clock
+        clocks[source] = max(clocks.get(source, -math.inf), ts)
+        self._source_first.setdefault(source, ts)
+        self._seq += 1
+        self._source_seq[source] = self._seq
+        self._clocks_when_heard[source] = dict(clocks)
         self.clock = max(self.clock, ts)
         self._close_before(self.watermark())
         if type != PURCHASE:
@@ -195,12 +210,24 @@ class BehaviourFeatures:
             heapq.heappush(self._open_heap, ts)
         self._open_line(user_id, item_id, ts, basket_id)
 
+    def quiet(self, source: int) -> bool:
+        """``source`` is absent from the last :data:`QUIET_ROUNDS` rounds of events, and every other source that
+        delivered events since it last did moved its clock on by more than ``lateness_s`` since then (a source
+        not seen then: since its first event); see the module docstring, "Basket assembly"."""
+        heard = self._source_seq[source]
+        if self._seq - heard < QUIET_ROUNDS * len(self._source_clock):
+            return False
+        then = self._clocks_when_heard[source]
+        return all(clock - then.get(other, self._source_first[other]) > self.lateness_s
+                   for other, clock in self._source_clock.items() if self._source_seq[other] > heard)
+
     def watermark(self) -> float:
         """The oldest clock over the sources that are not quiet: no basket older than it can still arrive, except
         from a quiet source or one not seen yet (``-inf`` before any event with a source)."""
-        live = [clock for source, clock in self._source_clock.items()
-                if self._fastest - self._source_heard[source] <= self.lateness_s]
-        return min(live, default=-math.inf)
+        for source, clock in sorted(self._source_clock.items(), key=lambda pair: pair[1]):
+            if not self.quiet(source):
+                return clock
+        return -math.inf
 
     def _close_before(self, watermark: float) -> None:
         """Close every open basket older than ``watermark`` (oldest first) and move the windows there."""

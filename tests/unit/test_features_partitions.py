@@ -18,7 +18,7 @@ from collections import Counter
 
 import pytest
 
-from learner.features import BehaviourFeatures
+from learner.features import QUIET_ROUNDS, BehaviourFeatures
 from learner.rich_features import RichFeatures
 
 DAY = 86_400.0
@@ -54,25 +54,42 @@ def offline_baskets(streams: list[list[Event]]) -> Counter:
 
 
 def interleave(rng: random.Random, streams: list[list[Event]], lateness_s: float) -> list[tuple[int, Event]]:
-    """A random interleaving of the partitions, each kept in order. With a finite lateness it never lets a
-    partition fall silent mid-basket while the others run ``lateness_s`` ahead (that is what the lateness
-    fallback is for): when the drawn partition would, the one with the oldest next event goes instead."""
+    """A random interleaving of the partitions, each kept in order, some partitions drawn far more often than
+    others (so others fall silent for long stretches). With a finite lateness it never lets a partition fall
+    quiet mid-basket (that is what the lateness fallback is for): when the drawn partition's event would make
+    one quiet, a partition that is mid-basket goes instead (its event moves no clock)."""
     position = [0] * len(streams)
-    heard = [-math.inf] * len(streams)  # the fastest clock when each partition last delivered
-    fastest, out = -math.inf, []
+    weights = [rng.choice([1, 1, 5, 30]) for _ in streams]
+    clock: dict[int, float] = {}
+    first: dict[int, float] = {}
+    seq: dict[int, int] = {}
+    then: dict[int, dict[int, float]] = {}  # every clock when a partition last delivered
+
+    def quiet(source: int, clocks: dict[int, float], seqs: dict[int, int], n: int) -> bool:
+        """The rule of the module docstring, written out again (an oracle, not the code under test)."""
+        if n - seqs[source] < QUIET_ROUNDS * len(clocks):
+            return False
+        since = [q for q in clocks if seqs[q] > seqs[source]]
+        return all(clocks[q] - then[source].get(q, first.get(q, clocks[q])) > lateness_s for q in since)
+
+    out: list[tuple[int, Event]] = []
     while any(position[s] < len(events) for s, events in enumerate(streams)):
         waiting = [s for s, events in enumerate(streams) if position[s] < len(events)]
-        source = rng.choice(waiting)
+        mid_basket = [s for s in waiting if position[s] > 0
+                      and streams[s][position[s]][3] == streams[s][position[s] - 1][3]]
+        source = rng.choices(waiting, [weights[s] for s in waiting])[0]
         if math.isfinite(lateness_s):
-            after = max(fastest, streams[source][position[source]][3])
-            mid_basket = [s for s in waiting if s != source and position[s] > 0
-                          and streams[s][position[s]][3] == streams[s][position[s] - 1][3]]
-            if any(after - heard[s] > lateness_s for s in mid_basket):
-                source = min(waiting, key=lambda s: streams[s][position[s]][3])
+            ts = streams[source][position[source]][3]
+            clocks = {**clock, source: max(clock.get(source, -math.inf), ts)}
+            seqs = {**seq, source: len(out) + 1}
+            if any(quiet(m, clocks, seqs, len(out) + 1) for m in mid_basket if m != source):
+                source = rng.choice(mid_basket)
         event = streams[source][position[source]]
         position[source] += 1
-        fastest = max(fastest, event[3])
-        heard[source] = fastest
+        clock[source] = max(clock.get(source, -math.inf), event[3])
+        first.setdefault(source, event[3])
+        seq[source] = len(out) + 1
+        then[source] = dict(clock)
         out.append((source, event))
     return out
 
@@ -133,12 +150,26 @@ def test_a_partition_days_ahead_neither_splits_nor_overtakes_a_lagging_one():
 def test_a_quiet_partition_stops_holding_the_others_back():
     features = BehaviourFeatures(lateness_s=600.0)
     features.learn_interaction("a", "X", "purchase", 0.0, source=0)  # partition 0 then says nothing
-    features.learn_interaction("b", "Y", "purchase", 100.0, source=1)
-    features.learn_interaction("b", "Y", "purchase", 500.0, source=1)
-    assert not features.knows("a") and not features.knows("b")  # 0 may still send lines at 0.0: it holds 1 back
-    features.learn_interaction("c", "Y", "purchase", 700.0, source=1)
-    assert features.knows("a") and features.knows("b")  # 0 is quiet: its basket and 1's older ones are closed
-    assert features.watermark() == 700.0
+    for n in range(QUIET_ROUNDS * 3):  # partitions 1 and 2 go on for 8 rounds, by 10 s an event
+        features.learn_interaction(f"b{n}", "Y", "purchase", 100.0 + 10 * n, source=1 + n % 2)
+    assert not features.knows("a") and not features.knows("b0")  # 0 may still send lines at 0.0: it holds 1 back
+    assert not features.quiet(0) and features.watermark() == 0.0  # the others moved on by less than 600 s
+    features.learn_interaction("c", "Y", "purchase", 711.0, source=1)
+    assert not features.quiet(0)  # 2 has not moved on by 600 s
+    features.learn_interaction("c", "Y", "purchase", 712.0, source=2)
+    assert features.quiet(0) and features.watermark() == 711.0
+    assert features.knows("a") and features.knows("b0")  # 0's basket and 1's and 2's older ones are closed
+
+
+def test_the_others_running_far_ahead_for_a_few_records_do_not_make_a_partition_quiet():
+    """Partitions crossing a night's gap, each in one record: fast, but not for long enough to silence one."""
+    features = BehaviourFeatures(lateness_s=600.0)
+    for source, user, item, ts in [(0, "a", "X", 0.0), (1, "b", "Y", 10.0), (2, "c", "Y", 20.0),
+                                   (1, "d", "Z", 50_000.0), (2, "e", "Z", 50_000.0), (0, "a", "Z", 0.0)]:
+        features.learn_interaction(user, item, "purchase", ts, source=source)
+    assert not features.knows("a")
+    features.learn_interaction("f", "X", "view", 40.0, source=0)
+    assert features.long_history.recent("a") == [(0, 2)] and features.watermark() == 40.0
 
 
 def test_features_pickled_mid_stream_continue_exactly():
@@ -163,7 +194,7 @@ def test_features_pickled_before_sources_existed_load_with_none_seen():
     features = BehaviourFeatures()
     features.learn_interaction("a", "X", "purchase", 0.0)
     state = features.__dict__.copy()
-    for name in ("_source_clock", "_source_heard", "_fastest", "_open_heap"):
+    for name in ("_source_clock", "_source_first", "_source_seq", "_seq", "_clocks_when_heard", "_open_heap"):
         del state[name]
     old = BehaviourFeatures.__new__(BehaviourFeatures)
     old.__setstate__(state)

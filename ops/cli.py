@@ -501,8 +501,31 @@ def report(
 def bench_feedback(
     events: Annotated[int, typer.Option(min=100, help="Simulated feedback events")] = 5000,
     seeds: Annotated[int, typer.Option(min=1, help="Independent simulated shops")] = 20,
+    live: Annotated[bool, typer.Option("--live", help=(
+        "Through the real path: broker, worker, a serving worker and simulated shoppers on the bundled data"))]
+    = False,
+    window: Annotated[int, typer.Option(min=100, help="--live: feedback events the rates are measured over (the "
+                                                      "last ones)")] = 1000,
+    tiny: Annotated[bool, typer.Option("--tiny", help="--live: tiny BERT instead of MiniLM (quick check)")] = False,
+    policy: Annotated[bool, typer.Option("--policy/--no-policy", help=(
+        "--live: --no-policy is the baseline: no policy published, serving names the largest scoring term"))]
+    = True,
 ) -> None:
-    """Explanation bandit vs oracle and random styles on a simulated shop (helpfulness curve)."""
+    """Explanation bandit vs oracle and random styles: a simulated shop, or (--live) the whole loop."""
+    if live:
+        from ops.bench_feedback import run_bench_feedback_live
+
+        logs.configure("WARNING")
+        settings = KafkaSettings()
+        ensure_broker(settings)
+        try:
+            result = run_bench_feedback_live(settings, events=events, window=min(window, events), tiny=tiny,
+                                             policy=policy)
+        except (RuntimeError, TimeoutError) as exc:
+            _fail(str(exc))
+        result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+        print(json.dumps(result))
+        return
     from ops.bench_feedback import run_bench_feedback
 
     result = run_bench_feedback(events=events, seeds=seeds)

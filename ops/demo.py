@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,12 +52,16 @@ class LoopStats:
     replayed_through_ts: float | None = None
     versions: Counter = field(default_factory=Counter)
     helpful_by_style: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    #: the last 1,000 verdicts: the rate the explanation policy is moving (the total lags behind it)
+    recent: deque = field(default_factory=lambda: deque(maxlen=1000))
 
     def row(self) -> dict[str, str]:
         ctr = self.clicks / self.recommended_items if self.recommended_items else 0.0
         helpful = self.helpful / self.feedback if self.feedback else 0.0
+        recent = sum(self.recent) / len(self.recent) if self.recent else 0.0
         return {"recommendations": f"{self.recommendations:,}", "clicks": f"{self.clicks:,}", "CTR": f"{ctr:.2%}",
-                "feedback": f"{self.feedback:,}", "helpful": f"{helpful:.1%}", "errors": f"{self.errors:,}"}
+                "feedback": f"{self.feedback:,}", "helpful": f"{helpful:.1%}",
+                "helpful (last 1,000)": f"{recent:.1%}", "errors": f"{self.errors:,}"}
 
 
 class Dashboard:
@@ -126,6 +130,7 @@ async def visit_and_react(client: httpx.AsyncClient, url: str, visit: ShopperVis
         else:
             stats.feedback += 1
             stats.helpful += event.helpful
+            stats.recent.append(event.helpful)
 
 
 def by_timestamp(messages: list[OutgoingMessage]) -> list[tuple[float, list[OutgoingMessage]]]:
@@ -143,7 +148,7 @@ async def drive(settings: KafkaSettings, messages: list[OutgoingMessage], server
     visits_at: dict[float, list[ShopperVisit]] = defaultdict(list)
     for visit in visits(purchases):
         visits_at[visit.ts].append(visit)
-    simulator = ShopperSimulator(seed=seed)
+    simulator = ShopperSimulator(seed=seed, preference="segment")  # a taste the per-segment policy can learn
     produced = [0]
     servers = itertools.cycle(server_urls)
     pacer = Pacer(speedup=speedup)

@@ -42,6 +42,8 @@ class PolicySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RECLOOP_POLICY_", frozen=True, extra="ignore")
 
+    #: Publish at all (off: serving explains by the largest scoring term; the benchmark's baseline).
+    enabled: bool = True
     #: How often the bandit is looked at; a policy is sent only when it changed.
     interval_s: float = Field(default=5.0, gt=0)
     #: Feedback events learned since the last publication before a new one is sent.
@@ -102,6 +104,9 @@ def register_policy_publisher(r: RecloopApp, bandit: Callable[[], ExplanationBan
                               ) -> PolicyPublisher | None:
     """Add the publishing timer to the worker ``r``; None (and a warning) when there is no key to sign with."""
     settings = settings or PolicySettings()
+    if not settings.enabled:
+        log.info("explanation policy not published (RECLOOP_POLICY_ENABLED=off)")
+        return None
     key = policy_signing_key()
     if key is None:
         log.warning("explanation policy not published: RECLOOP_ADAPTER_KEY is not set (RECLOOP_DEMO=1 signs with "

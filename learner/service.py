@@ -219,19 +219,24 @@ class LearnerService:
         """
         self._stop.set()
 
-    def process(self, records: Sequence[LearnerRecord]) -> StepOutcome:
+    def process(self, records: Sequence[LearnerRecord], sources: Sequence[int | None] | None = None) -> StepOutcome:
         """One step over a micro-batch of records, learned in input order (consecutive catalogue items together).
 
-        A basket is held out when event time passes it (before the features learn it); a window is
+        ``sources``, parallel to ``records``, says where each interaction was read: the partition of the
+        interactions topic (``None``: not known). With it the features close baskets per partition
+        (:mod:`learner.features`, "Basket assembly"); without it, ``records`` are taken as one ordered stream.
+        A basket is held out when it is complete (before the features learn it); a window is
         decided on (publish or roll back) the moment it is full, then trained on (see :mod:`learner.ranker`).
         """
+        if sources is not None and len(sources) != len(records):
+            raise ValueError(f"{len(sources)} sources for {len(records)} records")
         with self._lock:
             self._begin_step()
             if self._stop.is_set():
                 return StepOutcome(self._step, self._settled_through(), 0, 0)
             held_before, trained_before = self.status.examples, self.status.trained
             items: list[Item] = []
-            for record in records:
+            for n, record in enumerate(records):
                 if isinstance(record, Item):
                     items.append(record)
                     continue
@@ -239,7 +244,7 @@ class LearnerService:
                     self.add_items(items)
                     items = []
                 if isinstance(record, Interaction):
-                    self._learn(record)
+                    self._learn(record, sources[n] if sources is not None else None)
             self.add_items(items)
             return self._outcome(len(records), held_before, trained_before)
 
@@ -251,13 +256,14 @@ class LearnerService:
             self.features.advance_to(ts)
             return self._outcome(0, held_before, trained_before)
 
-    def _learn(self, event: Interaction) -> None:
+    def _learn(self, event: Interaction, source: int | None = None) -> None:
         if event.event_id in self._recent_events:
             return  # redelivered (a crash between forward and commit upstream): learned once
         self._recent_events[event.event_id] = None
         while len(self._recent_events) > self.settings.dedup_window:
             self._recent_events.popitem(last=False)
-        self.features.learn_interaction(event.user_id, event.item_id, event.type, event.ts, basket_id=event.session_id)
+        self.features.learn_interaction(event.user_id, event.item_id, event.type, event.ts,
+                                        basket_id=event.session_id, source=source)
         self._observed_ts = event.ts if self._observed_ts is None else max(self._observed_ts, event.ts)
 
     def _begin_step(self) -> None:

@@ -78,7 +78,8 @@ log = logging.getLogger(__name__)
 
 LearnerRecord = Item | Interaction | Impression
 
-#: Record kind in the key of the internal topic: ``b"interaction:<user_id>"`` etc.
+#: Record kind in the key of the internal topic: ``b"interaction:<user_id>"`` etc.; an interaction also says
+#: which partition of the interactions topic it was read from: ``b"interaction@<partition>:<user_id>"``.
 KINDS: dict[bytes, type] = {b"interaction": Interaction, b"item": Item, b"impression": Impression}
 _KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 
@@ -93,14 +94,19 @@ def learner_state_dir(home: Path, app_id: str) -> Path:
     return Path(home) / "learner" / learner_topic_name(app_id)
 
 
-def envelope(record: LearnerRecord) -> tuple[bytes, bytes]:
-    """Key and value of a record on the internal topic.
+def envelope(record: LearnerRecord, source: int | None = None) -> tuple[bytes, bytes]:
+    """Key and value of a record on the internal topic. ``source``: the partition an interaction was read from
+    (the learner closes baskets per partition, :mod:`learner.features`); other records carry none.
 
     >>> envelope(Item("85123A", "WHITE HEART"))[0]
     b'item:85123A'
+    >>> envelope(Interaction("e1", "u1", "85123A", "purchase", 1.3e9), source=3)[0]
+    b'interaction@3:u1'
     """
     kind = _KIND_OF[type(record)]
     ident = record.item_id if isinstance(record, Item) else record.user_id
+    if source is not None and isinstance(record, Interaction):
+        kind += b"@%d" % source
     return kind + b":" + ident.encode(), encode(record)
 
 
@@ -110,11 +116,24 @@ def open_envelope(key: bytes | None, value: bytes | None) -> LearnerRecord:
     >>> open_envelope(*envelope(Item("85123A", "WHITE HEART"))).title
     'WHITE HEART'
     """
-    kind = (key or b"").partition(b":")[0]
+    return open_sourced_envelope(key, value)[0]
+
+
+def open_sourced_envelope(key: bytes | None, value: bytes | None) -> tuple[LearnerRecord, int | None]:
+    """The record back from the internal topic and the partition it was read from (``None``: not recorded, as in
+    keys written before partitions were); :class:`InvalidRecord` if it is not one.
+
+    >>> open_sourced_envelope(*envelope(Interaction("e1", "u1", "A", "purchase", 1.3e9), source=2))[1]
+    2
+    >>> open_sourced_envelope(b"interaction:u1", encode(Interaction("e1", "u1", "A", "purchase", 1.3e9)))[1]
+    """
+    kind, _, source = (key or b"").partition(b":")[0].partition(b"@")
     cls = KINDS.get(kind)
     if cls is None:
         raise InvalidRecord(f"unknown learner record kind {kind[:20]!r}")
-    return decode(cls, value)
+    if source and not source.isdigit():
+        raise InvalidRecord(f"bad source partition {source[:20]!r} in a learner record key")
+    return decode(cls, value), int(source) if source else None
 
 
 class AckLedger:
@@ -335,8 +354,9 @@ class LearnerRouter:
     def __init__(self, r: RecloopApp, handles: LearningHandles) -> None:
         self.r, self.handles = r, handles
 
-    async def forward(self, record: LearnerRecord, position: SourcePosition | None = None) -> None:  # position: unused
-        key, value = envelope(record)
+    async def forward(self, record: LearnerRecord, position: SourcePosition | None = None) -> None:
+        """Send a record to the learner; an interaction carries the partition it was read from."""
+        key, value = envelope(record, position.partition if position is not None else None)
         await self.handles.topic.send(key=key, value=value)
 
     async def send_dead_letter(self, letter: DeadLetter) -> None:
@@ -442,9 +462,9 @@ class TrainingAgent:
     async def _step(self, stream: faust.StreamT, executor: Executor, events: list, own: set[str],
                     watcher: UpdatesWatcher) -> None:
         loop = asyncio.get_running_loop()
-        batch = await self._decode(events)
+        batch, sources = await self._decode(events)
         started = loop.time()
-        outcome = await loop.run_in_executor(executor, call_service, "process", batch)
+        outcome = await loop.run_in_executor(executor, call_service, "process", batch, sources)
         seconds = loop.time() - started
         if outcome.updates and await self._adopt_foreign_updates(watcher, own, executor):
             # a rollback landed while this step ran: publishing now would undo it; its adapters stay unpublished
@@ -464,16 +484,21 @@ class TrainingAgent:
                  outcome.step, len(events), outcome.n_examples, outcome.n_trained, seconds,
                  ", ".join(u.version for u in outcome.updates) or None)
 
-    async def _decode(self, events: Sequence[faust.EventT]) -> list[LearnerRecord]:
+    async def _decode(self, events: Sequence[faust.EventT]) -> tuple[list[LearnerRecord], list[int | None]]:
+        """The records of ``events`` and, parallel to them, the partition each interaction was read from."""
         batch: list[LearnerRecord] = []
+        sources: list[int | None] = []
         for event in events:
             try:
-                batch.append(open_envelope(event.key, event.value))
+                record, source = open_sourced_envelope(event.key, event.value)
             except InvalidRecord as exc:
                 message = event.message
                 await self.router.send_dead_letter(dead_letter(event.value, key=event.key, error=str(exc), source=(
                     SourcePosition(message.topic, message.partition, message.offset))))
-        return batch
+                continue
+            batch.append(record)
+            sources.append(source)
+        return batch, sources
 
     async def _publish(self, outcome: StepOutcome) -> None:
         """Send what a step produced and wait until the broker has it (acks=all)."""

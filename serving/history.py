@@ -2,7 +2,9 @@
 
 Each worker follows ``recloop.interactions`` and ``recloop.catalog`` whole, with a group-less
 consumer from the beginning: workers do not share partitions, because any worker may be asked
-about any shopper. The state lives in :class:`LiveBehaviour` (plain, testable without a broker);
+about any shopper. Interactions are learned with the partition they were read from, so baskets are
+assembled per partition exactly as the learner's are, however the partitions' fetches interleave.
+The state lives in :class:`LiveBehaviour` (plain, testable without a broker);
 :class:`HistoryFollower` only feeds it.
 
 Everything here runs on the event loop; request handlers read it on the same loop, so no lock is needed.
@@ -73,9 +75,11 @@ class LiveBehaviour:
             self._recommendable[index] = False
             self.generation += 1
 
-    def learn_interaction(self, event: Interaction) -> None:
+    def learn_interaction(self, event: Interaction, source: int | None = None) -> None:
+        """Learn one interaction; ``source`` is the partition it was read from (baskets are closed per partition,
+        as the learner does: :mod:`learner.features`, "Basket assembly"), ``None`` for one ordered stream."""
         self.features.learn_interaction(event.user_id, event.item_id, event.type, event.ts,
-                                        basket_id=event.session_id)
+                                        basket_id=event.session_id, source=source)
         self._sync_index()
         self.counts["interactions"] += 1
 
@@ -129,8 +133,9 @@ class LiveBehaviour:
 
     # ------------------------------------------------------------------ raw messages
 
-    def apply(self, topic_name: str, key: bytes | None, value: bytes | None) -> None:
-        """Learn one raw message of the catalog or interactions topic; invalid ones are counted and skipped.
+    def apply(self, topic_name: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        """Learn one raw message of the catalog or interactions topic (read from ``partition``); invalid ones are
+        counted and skipped.
 
         The worker's ingest agents send invalid messages to the dead-letter topic; a serving worker
         only needs not to trip over them.
@@ -142,16 +147,23 @@ class LiveBehaviour:
                 else:
                     self.learn_item(decode(Item, value))
             else:
-                self.learn_interaction(decode(Interaction, value))
+                self.learn_interaction(decode(Interaction, value), source=partition)
         except InvalidRecord as exc:
             self.counts["invalid"] += 1
             log.debug("skipped invalid %s message: %s", topic_name, exc)
 
 
 class HistoryFollower:
-    """Feeds every catalog and interaction message to :class:`LiveBehaviour`, from the beginning, forever."""
+    """Feeds every catalog and interaction message to :class:`LiveBehaviour`, from the beginning, forever.
 
-    def __init__(self, kafka: KafkaSettings, live: LiveBehaviour, *, chunk: int = 500) -> None:
+    Partitions are read in turns of at most ``chunk`` records each. aiokafka's ``getmany`` drains one
+    partition's fetched records before the next, so a catch-up would otherwise learn runs of thousands of
+    records of one partition — days of its event time — while the others are silent, and a partition left
+    mid-basket at the end of its run could look quiet to the features (:mod:`learner.features`, "Basket
+    assembly"). Small turns keep the partitions interleaved as the learner sees them.
+    """
+
+    def __init__(self, kafka: KafkaSettings, live: LiveBehaviour, *, chunk: int = 50) -> None:
         self.kafka = kafka
         self.live = live
         self.chunk = chunk
@@ -169,20 +181,30 @@ class HistoryFollower:
             if not pending:
                 self._mark_caught_up()
             while True:
-                batches = await consumer.getmany(timeout_ms=500, max_records=self.chunk)
-                for tp, messages in batches.items():
-                    name = self._names[tp.topic]
-                    for message in messages:
-                        self.live.apply(name, message.key, message.value)
+                read = 0
+                for tp in partitions:  # one turn each
+                    read += self._apply(await consumer.getmany(tp, timeout_ms=0, max_records=self.chunk))
+                if not read:  # nothing fetched yet: wait for the first partition that has something
+                    self._apply(await consumer.getmany(timeout_ms=500, max_records=self.chunk))
                 if pending:
                     for tp in list(pending):
                         if await consumer.position(tp) >= pending[tp]:
                             del pending[tp]
                     if not pending:
                         self._mark_caught_up()
-                await asyncio.sleep(0)  # let requests in between chunks during a long catch-up
+                await asyncio.sleep(0)  # let requests in between turns during a long catch-up
         finally:
             await consumer.stop()
+
+    def _apply(self, batches: dict) -> int:
+        """Learn fetched messages, each with the partition it was read from; how many there were."""
+        n = 0
+        for tp, messages in batches.items():
+            name = self._names[tp.topic]
+            for message in messages:
+                self.live.apply(name, message.key, message.value, message.partition)
+            n += len(messages)
+        return n
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         """Wait until every partition of both topics is assigned (group-less: all of them), then rewind."""

@@ -66,7 +66,7 @@ from river import metrics, stats, utils
 from learner.drift import CategorySurprise, DriftMonitor
 from learner.explanation_bandit import ExplanationBandit, segment_of
 from learner.features import BehaviourFeatures
-from learner.ranking_metrics import hit_rate_at_k, ndcg_at_k, reciprocal_rank
+from learner.ranking_metrics import expected_rank, hit_rate_at_k, ndcg_at_k, reciprocal_rank
 from learner.served_quality import ServedQuality
 from streams.records import DriftAlarm, ExplanationFeedback, Impression, Interaction, Item, MetricSnapshot
 from streams.settings import DEFAULT_LABEL_WINDOW_S
@@ -81,20 +81,6 @@ SERVED, BASELINE = "served", "baseline"
 
 
 # --------------------------------------------------------------------------- ranking of one purchase
-
-
-def expected_rank(scores: np.ndarray, target: int) -> float:
-    """0-based rank of ``scores[target]``, ties broken at random (in expectation); ``len(scores)`` if absent.
-
-    >>> expected_rank(np.array([0.1, 0.9, 0.5, 0.5]), 2), expected_rank(np.array([1.0, 2.0]), -1)
-    (1.5, 2.0)
-    """
-    if target < 0 or target >= len(scores):
-        return float(len(scores))
-    score = scores[target]
-    above = int(np.count_nonzero(scores > score))
-    tied = int(np.count_nonzero(scores == score)) - 1
-    return above + tied / 2
 
 
 @dataclass(frozen=True, slots=True)

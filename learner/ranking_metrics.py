@@ -110,3 +110,17 @@ def ndcg_from_ranks(ranks_per_row: np.ndarray, n_targets: np.ndarray, k: int = K
     ideal_by_count = np.concatenate(([0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))))
     ideal = ideal_by_count[np.clip(n_targets, 0, k)]
     return np.divide(gains, ideal, out=np.zeros_like(gains), where=ideal > 0)
+
+
+def expected_rank(scores: np.ndarray, target: int) -> float:
+    """0-based rank of ``scores[target]``, ties broken at random (in expectation); ``len(scores)`` if absent.
+
+    >>> expected_rank(np.array([0.1, 0.9, 0.5, 0.5]), 2), expected_rank(np.array([1.0, 2.0]), -1)
+    (1.5, 2.0)
+    """
+    if target < 0 or target >= len(scores):
+        return float(len(scores))
+    score = scores[target]
+    above = int(np.count_nonzero(scores > score))
+    tied = int(np.count_nonzero(scores == score)) - 1
+    return above + tied / 2

@@ -282,7 +282,7 @@ def test_the_compose_file_is_valid_under_the_compose_specification(compose):
     assert schema_errors(compose) == []
 
 
-def test_every_compose_variable_has_a_default_and_documented(compose):
+def test_every_compose_variable_has_a_default_and_documented():
     readme = (ROOT / "README.md").read_text()
     names = settings_env_names()
     for name, has_default in variables(load_compose()).items():

@@ -193,6 +193,18 @@ def test_every_file_an_image_copies_is_in_the_repository_and_in_the_build_contex
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_python_base_image_is_a_python_the_project_supports(dockerfile):
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    requires = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+    bases = [rest.split()[0] for keyword, rest in instructions(dockerfile.read_text()) if keyword == "FROM"]
+    pythons = [base.partition(":")[2].split("-")[0] for base in bases if base.startswith("python:")]
+    assert pythons and all(python in requires for python in pythons), f"{pythons} vs requires-python {requires}"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_images_install_the_project_from_its_own_files_and_pypi_only(dockerfile):
     text = dockerfile.read_text()
     runs = " ".join(rest for keyword, rest in instructions(text) if keyword == "RUN")
@@ -519,6 +531,17 @@ def test_the_kafka_cluster_has_three_kraft_nodes_of_the_official_image_that_the_
         bootstrap = container.env["RECLOOP_KAFKA_BOOTSTRAP"].split(",")
         assert {f"PLAINTEXT://{address}" for address in bootstrap} <= advertised, container.service
         assert len(bootstrap) == 3 and int(container.env["RECLOOP_REPLICATION_FACTOR"]) <= len(kafka)
+
+
+def test_the_replay_job_replays_a_file_it_mounts_from_the_repository(compose):
+    (replay,) = by_command(compose, "replay")
+    source = Path(replay.argv[2])
+    for host, container, *_ in (volume.split(":") for volume in replay.spec["volumes"]):
+        if source.is_relative_to(container):
+            assert (COMPOSE_FILE.parent / host / source.relative_to(container)).is_file(), source
+            break
+    else:
+        pytest.fail(f"{source} is not in a volume of the replay job")
 
 
 def test_workers_and_serving_scale_and_the_cuda_worker_reserves_a_gpu(compose):

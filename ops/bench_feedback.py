@@ -115,7 +115,7 @@ def rates(verdicts: Sequence[Verdict]) -> dict[str, float | None]:
             "ratio": round(helpful / oracle, 4) if oracle else None}
 
 
-def summarize_live(tally: Tally, *, window: int, block: int = 1000) -> dict:
+def summarize_live(tally: Tally, *, window: int, block: int = 500) -> dict:
     """The benchmark's JSON: rates over the last ``window`` verdicts, the curve per ``block``, and context."""
     last = tally.verdicts[-window:]
     with_choice = [v for v in last if len(v.faithful) > 1]

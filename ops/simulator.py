@@ -177,7 +177,8 @@ class ShopperSimulator:
             helpful = draw < self.chance(style, preferred)
             faithful = tuple(item.get("faithful_styles") or (style,))
             oracle = preferred if preferred in faithful else style
-            uniform = random.Random(f"{self.seed}:random:{rec_id}:{position}").choice(faithful)
+            coin = random.Random(f"{self.seed}:random:{visit.user_id}:{visit.ts}:{rec_id}:{position}")
+            uniform = coin.choice(faithful)
             verdicts.append(Verdict(style, preferred, faithful, helpful, draw < self.chance(oracle, preferred),
                                     draw < self.chance(uniform, preferred)))
             out.append(ExplanationFeedback(

@@ -23,14 +23,18 @@ caller that knows where an event was read passes its ``source`` (the partition) 
   the watermark can still come, so baskets are held out and learned in timestamp order, as the
   offline evaluation does — a partition a day behind the others holds their baskets back rather
   than letting them be learned before its own (only a source not seen yet can bring older ones);
-* *quiet sources* (the lateness fallback): a source is quiet once it has been absent from the last
-  :data:`QUIET_ROUNDS` × (sources seen) events **and** every source that delivered events since it
-  last did has moved its own clock on by more than ``lateness_s`` since then — the stream went on by
-  ``lateness_s`` of event time, on every partition that spoke, for many rounds of the interleaving,
-  while this one said nothing. Both are needed. Event time alone cannot tell a silent partition from
-  fast ones: in a replay the other partitions may move on by more than ``lateness_s`` within a few
-  records (one record may cross a night's or a holiday's gap). Counting alone would ignore the
-  lateness the stream is allowed. A partition that lags but keeps delivering is never quiet, however
+* *quiet sources* (the lateness fallback): a source is quiet once it has been absent for more than a
+  few whole rounds of the interleaving — the last (sources seen) × max(:data:`QUIET_ROUNDS`, 2 × the
+  longest run of consecutive events from one source seen so far) events — **and** every source that
+  delivered events since it last did has moved its own clock on by more than ``lateness_s`` since
+  then: the stream went on by ``lateness_s`` of event time, on every partition that spoke, while this
+  one said nothing. Both are needed. Event time alone cannot tell a silent partition from fast ones:
+  in a replay the other partitions may move on by more than ``lateness_s`` within a few records (one
+  record may cross a night's or a holiday's gap). And consumers interleave at different grains: Faust
+  round-robins the partitions of one fetch record by record, but one fetch may hold only one
+  partition (up to 500 records, a day of a replay's event time), so the absence that counts is
+  measured in rounds of the coarsest interleaving seen — a run of one partition, however long, never
+  makes another quiet by itself. A partition that lags but keeps delivering is never quiet, however
   far behind it is. A quiet source stops holding the watermark back, and its last basket (the one
   waiting for the source's next event) is closed once the watermark passes it. Only event time and
   the order of records count, never the wall clock, so the state stays a function of the input
@@ -78,9 +82,9 @@ PURCHASE = "purchase"
 #: (module docstring, "Basket assembly").
 BASKET_LATENESS_S = 600.0
 
-#: A source can be quiet only once it is absent from this many rounds of the interleaving: the last
-#: ``QUIET_ROUNDS`` × (sources seen) events (module docstring, "Basket assembly"). Partitions reach the learner
-#: interleaved record by record, so one that still delivers appears about once a round.
+#: A source can be quiet only once it is absent from at least this many rounds of the interleaving (module
+#: docstring, "Basket assembly"): partitions interleaved record by record, one that still delivers appears
+#: about once a round.
 QUIET_ROUNDS = 8
 
 
@@ -126,6 +130,10 @@ class BehaviourFeatures:
         self._seq = 0
         #: source -> every source's clock when it last delivered an event (how far the others moved on since)
         self._clocks_when_heard: dict[int, dict[int, float]] = {}
+        #: the source of the last event, how many consecutive events it delivered, and the longest such run
+        self._run_source: int | None = None
+        self._run = 0
+        self._longest_run = 0
         #: timestamps that may have open baskets (a min-heap; stale entries are skipped when popped)
         self._open_heap: list[float] = []
 
@@ -201,6 +209,9 @@ class BehaviourFeatures:
         self._source_first.setdefault(source, ts)
         self._seq += 1
         self._source_seq[source] = self._seq
+        self._run = self._run + 1 if source == self._run_source else 1
+        self._run_source = source
+        self._longest_run = max(self._longest_run, self._run)
         self._clocks_when_heard[source] = dict(clocks)
         self.clock = max(self.clock, ts)
         self._close_before(self.watermark())
@@ -211,11 +222,12 @@ class BehaviourFeatures:
         self._open_line(user_id, item_id, ts, basket_id)
 
     def quiet(self, source: int) -> bool:
-        """``source`` is absent from the last :data:`QUIET_ROUNDS` rounds of events, and every other source that
-        delivered events since it last did moved its clock on by more than ``lateness_s`` since then (a source
-        not seen then: since its first event); see the module docstring, "Basket assembly"."""
+        """``source`` is absent from the last (sources seen) × max(:data:`QUIET_ROUNDS`, 2 × longest run) events,
+        and every other source that delivered events since it last did moved its clock on by more than
+        ``lateness_s`` since then (a source not seen then: since its first event); see the module docstring,
+        "Basket assembly"."""
         heard = self._source_seq[source]
-        if self._seq - heard < QUIET_ROUNDS * len(self._source_clock):
+        if self._seq - heard < len(self._source_clock) * max(QUIET_ROUNDS, 2 * self._longest_run):
             return False
         then = self._clocks_when_heard[source]
         return all(clock - then.get(other, self._source_first[other]) > self.lateness_s

@@ -11,6 +11,7 @@ hypothesis): many random cases, the same ones on every run.
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 import random
@@ -36,7 +37,7 @@ def partition_streams(rng: random.Random, max_sources: int = 4) -> list[list[Eve
     streams = []
     for source in range(rng.randint(1, max_sources)):
         ts, events = rng.choice([0.0, 500.0, DAY]), []
-        for _ in range(rng.randint(1, 25)):
+        for _ in range(rng.randint(1, 60)):
             ts += rng.choice(_GAPS)
             events.append((f"p{source}u{rng.randint(0, 2)}", rng.choice("ABCDE"), rng.choice(_KINDS), ts))
         streams.append(events)
@@ -57,7 +58,7 @@ def interleave(rng: random.Random, streams: list[list[Event]], lateness_s: float
     """A random interleaving of the partitions, each kept in order, some partitions drawn far more often than
     others (so others fall silent for long stretches). With a finite lateness it never lets a partition fall
     quiet mid-basket (that is what the lateness fallback is for): when the drawn partition's event would make
-    one quiet, a partition that is mid-basket goes instead (its event moves no clock)."""
+    one quiet, a partition that is mid-basket goes instead (one whose event makes none quiet)."""
     position = [0] * len(streams)
     weights = [rng.choice([1, 1, 5, 30]) for _ in streams]
     clock: dict[int, float] = {}
@@ -65,25 +66,31 @@ def interleave(rng: random.Random, streams: list[list[Event]], lateness_s: float
     seq: dict[int, int] = {}
     then: dict[int, dict[int, float]] = {}  # every clock when a partition last delivered
 
-    def quiet(source: int, clocks: dict[int, float], seqs: dict[int, int], n: int) -> bool:
+    def quiet(source: int, clocks: dict[int, float], seqs: dict[int, int], n: int, longest: int) -> bool:
         """The rule of the module docstring, written out again (an oracle, not the code under test)."""
-        if n - seqs[source] < QUIET_ROUNDS * len(clocks):
+        if n - seqs[source] < len(clocks) * max(QUIET_ROUNDS, 2 * longest):
             return False
         since = [q for q in clocks if seqs[q] > seqs[source]]
         return all(clocks[q] - then[source].get(q, first.get(q, clocks[q])) > lateness_s for q in since)
 
+    def cuts_a_basket(source: int, mid_basket: list[int], longest: int) -> bool:
+        """Would the next event of ``source`` make a partition that is mid-basket quiet?"""
+        ts = streams[source][position[source]][3]
+        clocks = {**clock, source: max(clock.get(source, -math.inf), ts)}
+        seqs = {**seq, source: len(out) + 1}
+        run = max(longest, 1 + run_of(out, source))
+        return any(quiet(m, clocks, seqs, len(out) + 1, run) for m in mid_basket if m != source)
+
     out: list[tuple[int, Event]] = []
+    longest = 0  # the longest run of consecutive events from one partition
     while any(position[s] < len(events) for s, events in enumerate(streams)):
         waiting = [s for s, events in enumerate(streams) if position[s] < len(events)]
         mid_basket = [s for s in waiting if position[s] > 0
                       and streams[s][position[s]][3] == streams[s][position[s] - 1][3]]
         source = rng.choices(waiting, [weights[s] for s in waiting])[0]
-        if math.isfinite(lateness_s):
-            ts = streams[source][position[source]][3]
-            clocks = {**clock, source: max(clock.get(source, -math.inf), ts)}
-            seqs = {**seq, source: len(out) + 1}
-            if any(quiet(m, clocks, seqs, len(out) + 1) for m in mid_basket if m != source):
-                source = rng.choice(mid_basket)
+        if math.isfinite(lateness_s) and cuts_a_basket(source, mid_basket, longest):
+            source = next(s for s in rng.sample(mid_basket, len(mid_basket))
+                          if not cuts_a_basket(s, mid_basket, longest))
         event = streams[source][position[source]]
         position[source] += 1
         clock[source] = max(clock.get(source, -math.inf), event[3])
@@ -91,7 +98,13 @@ def interleave(rng: random.Random, streams: list[list[Event]], lateness_s: float
         seq[source] = len(out) + 1
         then[source] = dict(clock)
         out.append((source, event))
+        longest = max(longest, run_of(out, source))
     return out
+
+
+def run_of(out: list[tuple[int, Event]], source: int) -> int:
+    """How many of the last events of ``out`` in a row come from ``source``."""
+    return sum(1 for _ in itertools.takewhile(lambda pair: pair[0] == source, reversed(out)))
 
 
 def learned_baskets(features: BehaviourFeatures, interleaved: list[tuple[int, Event]]) -> list[tuple]:
@@ -194,7 +207,8 @@ def test_features_pickled_before_sources_existed_load_with_none_seen():
     features = BehaviourFeatures()
     features.learn_interaction("a", "X", "purchase", 0.0)
     state = features.__dict__.copy()
-    for name in ("_source_clock", "_source_first", "_source_seq", "_seq", "_clocks_when_heard", "_open_heap"):
+    for name in ("_source_clock", "_source_first", "_source_seq", "_seq", "_clocks_when_heard", "_run_source", "_run",
+                 "_longest_run", "_open_heap"):
         del state[name]
     old = BehaviourFeatures.__new__(BehaviourFeatures)
     old.__setstate__(state)

@@ -23,22 +23,23 @@ caller that knows where an event was read passes its ``source`` (the partition) 
   the watermark can still come, so baskets are held out and learned in timestamp order, as the
   offline evaluation does — a partition a day behind the others holds their baskets back rather
   than letting them be learned before its own (only a source not seen yet can bring older ones);
-* *quiet sources* (the lateness fallback): a source is quiet once it has been absent for more than a
-  few whole rounds of the interleaving — the last (sources seen) × max(:data:`QUIET_ROUNDS`, 2 × the
-  longest run of consecutive events from one source seen so far) events — **and** every source that
-  delivered events since it last did has moved its own clock on by more than ``lateness_s`` since
-  then: the stream went on by ``lateness_s`` of event time, on every partition that spoke, while this
-  one said nothing. Both are needed. Event time alone cannot tell a silent partition from fast ones:
-  in a replay the other partitions may move on by more than ``lateness_s`` within a few records (one
-  record may cross a night's or a holiday's gap). And consumers interleave at different grains: Faust
-  round-robins the partitions of one fetch record by record, but one fetch may hold only one
-  partition (up to 500 records, a day of a replay's event time), so the absence that counts is
-  measured in rounds of the coarsest interleaving seen — a run of one partition, however long, never
-  makes another quiet by itself. A partition that lags but keeps delivering is never quiet, however
-  far behind it is. A quiet source stops holding the watermark back, and its last basket (the one
-  waiting for the source's next event) is closed once the watermark passes it. Only event time and
-  the order of records count, never the wall clock, so the state stays a function of the input
-  records (a restarted learner replays to the same state).
+* *quiet sources* (the lateness fallback): a source is quiet once it has been absent for a few whole
+  rounds of the interleaving — the last (sources seen) × max(:data:`QUIET_ROUNDS`, 2 × the longest
+  run of consecutive events from one source seen so far, counted up to :data:`LONGEST_RUN`) events —
+  **and** every source that delivered events since it last did has moved its own clock on by more
+  than ``lateness_s`` since then: the stream went on by ``lateness_s`` of event time, on every
+  partition that spoke, while this one said nothing. Both are needed. Event time alone cannot tell a
+  silent partition from fast ones: in a replay the other partitions may move on by more than
+  ``lateness_s`` within a few records (one record may cross a night's or a holiday's gap). And
+  consumers interleave at different grains: Faust round-robins the partitions of one fetch record by
+  record, but one fetch may hold only one partition (up to 500 records, a day of a replay's event
+  time), so absence is measured in rounds of the coarsest interleaving seen — a run of one partition
+  of up to :data:`LONGEST_RUN` events never makes another quiet by itself (a longer one is a
+  partition talking alone, not one fetch, and does). A partition that lags but keeps delivering is
+  never quiet, however far behind it is. A quiet source stops holding the watermark back, and its
+  last basket (the one waiting for the source's next event) is closed once the watermark passes it.
+  Only event time and the order of records count, never the wall clock, so the state stays a
+  function of the input records (a restarted learner replays to the same state).
 
 Without a ``source`` (one ordered stream: the offline evaluation, tests) a basket is complete when
 its shopper's own later event arrives, or when any event's time is ``lateness_s`` past it.
@@ -86,6 +87,11 @@ BASKET_LATENESS_S = 600.0
 #: docstring, "Basket assembly"): partitions interleaved record by record, one that still delivers appears
 #: about once a round.
 QUIET_ROUNDS = 8
+
+#: The longest run of consecutive events of one partition a consumer hands over as one fetch (Faust's
+#: ``broker_max_poll_records`` is 500; serving reads in turns of 50). Runs count up to this length when
+#: measuring the rounds of the interleaving, so a partition that goes on alone still silences the others.
+LONGEST_RUN = 1000
 
 
 class BehaviourFeatures:
@@ -222,12 +228,13 @@ class BehaviourFeatures:
         self._open_line(user_id, item_id, ts, basket_id)
 
     def quiet(self, source: int) -> bool:
-        """``source`` is absent from the last (sources seen) × max(:data:`QUIET_ROUNDS`, 2 × longest run) events,
-        and every other source that delivered events since it last did moved its clock on by more than
-        ``lateness_s`` since then (a source not seen then: since its first event); see the module docstring,
-        "Basket assembly"."""
+        """``source`` is absent from the last (sources seen) × max(:data:`QUIET_ROUNDS`, 2 × the longest run of one
+        source, counted up to :data:`LONGEST_RUN`) events, and every other source that delivered events since it
+        last did moved its clock on by more than ``lateness_s`` since then (a source not seen then: since its
+        first event); see the module docstring, "Basket assembly"."""
         heard = self._source_seq[source]
-        if self._seq - heard < len(self._source_clock) * max(QUIET_ROUNDS, 2 * self._longest_run):
+        rounds = max(QUIET_ROUNDS, 2 * min(self._longest_run, LONGEST_RUN))
+        if self._seq - heard < len(self._source_clock) * rounds:
             return False
         then = self._clocks_when_heard[source]
         return all(clock - then.get(other, self._source_first[other]) > self.lateness_s

@@ -19,7 +19,7 @@ from collections import Counter
 
 import pytest
 
-from learner.features import QUIET_ROUNDS, BehaviourFeatures
+from learner.features import LONGEST_RUN, QUIET_ROUNDS, BehaviourFeatures
 from learner.rich_features import RichFeatures
 
 DAY = 86_400.0
@@ -68,7 +68,7 @@ def interleave(rng: random.Random, streams: list[list[Event]], lateness_s: float
 
     def quiet(source: int, clocks: dict[int, float], seqs: dict[int, int], n: int, longest: int) -> bool:
         """The rule of the module docstring, written out again (an oracle, not the code under test)."""
-        if n - seqs[source] < len(clocks) * max(QUIET_ROUNDS, 2 * longest):
+        if n - seqs[source] < len(clocks) * max(QUIET_ROUNDS, 2 * min(longest, LONGEST_RUN)):
             return False
         since = [q for q in clocks if seqs[q] > seqs[source]]
         return all(clocks[q] - then[source].get(q, first.get(q, clocks[q])) > lateness_s for q in since)

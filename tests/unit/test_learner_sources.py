@@ -55,6 +55,8 @@ def test_interleaved_partitions_with_sources_learn_what_the_ordered_stream_teach
     live = LearnerService(settings(), tmp_path / "live", key=KEY, base=base)
     live.process(items)
     feed(live, interleaved, sources, 450)
+    for service in (ordered, live):  # the stream ends: a final watermark closes what the last partition left open
+        service.advance_to(events[-1].ts + 1)
 
     assert live.status.examples == ordered.status.examples > 0
     assert [h.user_id for h in live.ranker.window] == [h.user_id for h in ordered.ranker.window]

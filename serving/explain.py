@@ -251,10 +251,11 @@ class Explainer:
         :data:`STYLE_ORDER`.
         """
         positive = contributions > 0
-        knn = [n for n in range(len(items)) if positive[n, TERMS.index("knn")]]
+        # the supporting items are only worked out for the items whose term adds to the score: row -> column
+        knn = {n: j for j, n in enumerate(np.flatnonzero(positive[:, TERMS.index("knn")]).tolist())}
         if knn:
             knn_history, knn_support = co_purchase_support(features, user_id, [items[n] for n in knn])
-        text = [n for n in range(len(items)) if positive[n, TERMS.index("text")]]
+        text = {n: j for j, n in enumerate(np.flatnonzero(positive[:, TERMS.index("text")]).tolist())}
         if text:
             text_shares = text_support(state, history, [items[n] for n in text])
         out = []
@@ -263,9 +264,9 @@ class Explainer:
             if positive[n, TERMS.index("repeat")]:
                 cited["history"] = [(item, 1.0)]
             if n in knn:
-                cited["co_purchase"] = self._top(knn_history, knn_support[:, knn.index(n)])
+                cited["co_purchase"] = self._top(knn_history, knn_support[:, knn[n]])
             if n in text:
-                cited["similar_text"] = self._top(np.asarray(history, dtype=np.int64), text_shares[:, text.index(n)])
+                cited["similar_text"] = self._top(np.asarray(history, dtype=np.int64), text_shares[:, text[n]])
             options = {style: c for style, c in cited.items() if c}
             if positive[n, TERMS.index("popularity")] or not options:
                 options["popular"] = []

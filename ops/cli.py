@@ -328,6 +328,9 @@ def eval_command(
         min=1, help="--live: held-out baskets per publish decision (default: the learner's, 200)")] = None,
     keep_up_timeout: Annotated[float, typer.Option(
         min=1.0, help="--live: longest wait for the loop to keep up before a basket is asked (s)")] = 120.0,
+    search: Annotated[bool, typer.Option(
+        "--search", help="Search instead: one-word queries for bought items; BM25, frozen text, a personal blend "
+                         "and recloop's search (docs/evaluation.md, 'Search')")] = False,
 ) -> None:
     """Offline prequential evaluation of the baselines, the frozen base and recloop (with its ablations); prints JSON.
 
@@ -351,7 +354,12 @@ def eval_command(
     with event_progress(enabled=not quiet and sys.stderr.isatty(), console=console, label="eval",
                         unit="baskets") as progress:
         try:
-            if baselines_only:
+            if search:
+                from ops.eval_search import run_search
+
+                result = run_search(quick=quick, tiny=tiny, model_dir=model_dir, data_path=data, out_dir=out,
+                                    progress=progress)
+            elif baselines_only:
                 from ops.evaluate import default_models, run_eval
 
                 result = run_eval(default_models(), quick=quick, data_path=data, out_dir=out, progress=progress)

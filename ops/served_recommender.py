@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from pydantic import SecretStr
 
 from learner.artifacts import AdapterRejected
@@ -118,6 +119,15 @@ class ServedRecommender:
         served = np.where(state.catalogue.recommendable[: state.n_items], scores.numpy(), -np.inf)
         index = self._positions(candidates)
         return np.where(index >= 0, served[np.maximum(index, 0)], -np.inf)
+
+    def query_cosine(self, query: str, candidates: np.ndarray) -> np.ndarray:
+        """Cosine of ``query`` encoded by the served text tower (base + current adapter) to each candidate's
+        item vector (``-inf`` for items serving does not have yet) — the text half of search."""
+        state = self._state()
+        vector = torch.nn.functional.normalize(state.source.encode([query])[0], dim=-1)
+        cosine = (state.item_vectors @ vector).numpy()
+        index = self._positions(candidates)
+        return np.where(index >= 0, cosine[np.maximum(index, 0)], -np.inf)
 
     # ------------------------------------------------------------------ pieces
 

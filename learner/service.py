@@ -365,11 +365,29 @@ class LearnerService:
         return {"features": self.features, "model": self.model.learning_state(), "ranker": self.ranker.learning_state(),
                 "torch_rng": torch.get_rng_state(), **{name: getattr(self, name) for name in self._STATE}}
 
+    def reload_checkpoint(self) -> int | None:
+        """Load the checkpoint on disk if it covers more input than this service holds; return its offset, if loaded.
+
+        For a worker that takes the learner's partition over from another (a rebalance, with the state directory
+        on shared storage): it loaded the checkpoint when it started, the previous owner learned on since.
+        """
+        if self.state_dir is None:
+            return None
+        with self._lock:
+            found = checkpoint.read_checkpoint(self.state_dir, self.base.fingerprint)
+            held = self.status.checkpointed_through
+            if found is None or found.through is None or (held is not None and found.through <= held):
+                return None
+            self._load(found)
+            return found.through
+
     def _restore(self) -> None:
         """Load the checkpoint under ``state_dir`` if there is one for this base (else keep the resumed adapter)."""
         found = checkpoint.read_checkpoint(self.state_dir, self.base.fingerprint)
-        if found is None:
-            return
+        if found is not None:
+            self._load(found)
+
+    def _load(self, found: checkpoint.Checkpoint) -> None:
         state = found.state
         self.features = state["features"]
         self.features.before_learn = self._hold_out

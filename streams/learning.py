@@ -435,11 +435,32 @@ class TrainingAgent:
                     await self._checkpoint(stream, executor)
                     continue
                 await self._adopt_foreign_updates(watcher, own, executor)
+                if self._jumps(events[0].message.offset):
+                    await self._catch_up_with_checkpoint(executor, events[0].message.offset)
                 events = await self._skip_checkpointed(stream, events)
                 if events:
                     await self._step(stream, executor, events, own, watcher)
         finally:
             await watcher.stop()
+
+    def _jumps(self, offset: int) -> bool:
+        """Whether the input continues past records this learner never saw (its partition was someone else's)."""
+        learned = self._last_offset if self._last_offset is not None else self._loaded_through
+        return offset > learned + 1
+
+    async def _catch_up_with_checkpoint(self, executor: Executor, offset: int) -> None:
+        """The input skips ahead of what this learner holds: load the checkpoint its previous owner wrote since."""
+        loop = asyncio.get_running_loop()
+        through = await loop.run_in_executor(executor, call_service, "reload_checkpoint")
+        if through is not None:
+            self._loaded_through = self._saved_offset = self._last_offset = through
+            self.handles.status = await loop.run_in_executor(executor, call_service, "status_dict")
+            log.info("learner took its input over at offset %d: loaded the checkpoint through offset %d", offset,
+                     through)
+        if self._jumps(offset):
+            log.warning("learner input continues at offset %d, but its state holds only up to %s: the records "
+                        "between were learned by another worker whose checkpoint is not in this state directory",
+                        offset, self._last_offset if self._last_offset is not None else self._loaded_through)
 
     async def _skip_checkpointed(self, stream: faust.StreamT, events: list) -> list:
         """Ack, without learning them again, the records a loaded checkpoint already holds (a restart's replay)."""

@@ -363,3 +363,17 @@ def test_a_restarted_learner_knows_which_versions_it_trained(base, retail, tmp_p
     restarted = make_service(base, tmp_path)
     assert restarted.trained_versions() == [u.version for u in updates]
     assert rollback.name not in restarted.trained_versions()
+
+
+def test_a_worker_taking_the_learner_over_loads_the_newer_checkpoint(base, retail, tmp_path):
+    """Two workers share the state directory; the one that did not train catches up with the owner's checkpoint."""
+    items, interactions = retail
+    state = tmp_path / "shared-state"
+    standby = LearnerService(settings(), tmp_path / "b", key=KEY, base=base, state_dir=state)  # started first, idle
+    owner = LearnerService(settings(), tmp_path / "a", key=KEY, base=base, state_dir=state)
+    owner.process([*items, *interactions[:3000]])
+    owner.checkpoint(through=len(items) + 2999)
+    assert standby.reload_checkpoint() == len(items) + 2999
+    assert standby.reload_checkpoint() is None  # nothing newer
+    users = sorted({e.user_id for e in interactions[:3000]})[:20]
+    assert top10(standby, users) == top10(owner, users) and standby.status.trained == owner.status.trained

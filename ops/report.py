@@ -35,6 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
+from learner.adapter_store import version_sequence  # noqa: E402
 from ops.monitor import (  # noqa: E402
     SERVED_COLUMNS,
     DashboardSettings,
@@ -50,6 +51,9 @@ from streams.settings import KafkaSettings  # noqa: E402
 log = logging.getLogger(__name__)
 
 SEVERITY_COLOUR = {"info": "tab:blue", "warning": "tab:orange", "critical": "tab:red"}
+#: Versions named on the plots (the rest are ticks); newest versions drawn on the served panels besides "all".
+VERSION_LABELS = 6
+SERVED_VERSION_LINES = 3
 
 #: One figure per group; each panel holds the metrics listed (every label set is its own line).
 FIGURES: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -136,11 +140,27 @@ def _label(name: str, labels: tuple[tuple[str, str], ...], hide_worker: bool, wi
     return f"{name} {tags}" if with_name else tags
 
 
+def _labelled_versions(n: int, most: int = VERSION_LABELS) -> set[int]:
+    """Which of ``n`` versions (in publication order) get a name on the plots: the first, the last, evenly between.
+
+    >>> sorted(_labelled_versions(139, most=5)), sorted(_labelled_versions(3))
+    ([0, 34, 69, 104, 138], [0, 1, 2])
+    """
+    if n <= most:
+        return set(range(n))
+    return {round(i * (n - 1) / (most - 1)) for i in range(most)}
+
+
 def _mark_events(ax, state: OpsState) -> None:
-    for info in state.adapter_list():
-        ax.axvline(_dt(info.created_at), color="grey", linestyle="--", linewidth=0.8)
-        ax.annotate(info.version, (_dt(info.created_at), 1.0), xycoords=("data", "axes fraction"), rotation=90,
-                    fontsize=7, va="top", ha="right", color="grey")
+    """Adapter versions as a rug of short ticks along the top (a few named), drift alarms as ▼ — off the data."""
+    adapters = state.adapter_list()
+    named = _labelled_versions(len(adapters))
+    top = ax.get_xaxis_transform()
+    for i, info in enumerate(adapters):
+        ax.plot([_dt(info.created_at)] * 2, [0.93, 1.0], transform=top, color="grey", linewidth=0.8)
+        if i in named:
+            ax.annotate(info.version, (_dt(info.created_at), 1.0), xycoords=("data", "axes fraction"), fontsize=6,
+                        va="bottom", ha="center", color="grey")
     for severity, colour in SEVERITY_COLOUR.items():
         times = [_dt(a.ts) for a in state.alarms if a.severity == severity]
         if times:
@@ -157,16 +177,22 @@ def _plot(state: OpsState, figure: str, panels: Sequence[tuple[str, ...]], path:
             ax.plot([_dt(s.ts) for s in series], [s.value for s in series], marker=".", markersize=3,
                     linewidth=1.2, label=_label(*key, hide_worker, with_name=len(names) > 1))
         _mark_events(ax, state)
-        ax.set_title(" · ".join(TITLES.get(n, n) for n in names), fontsize=10, loc="left")
+        ax.set_title(" · ".join(TITLES.get(n, n) for n in names), fontsize=10, loc="left", pad=12)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left", ncol=2)
+        _legend_outside(ax)
     return _save_timeline(fig, axes, path)
+
+
+def _legend_outside(ax) -> None:
+    """The legend to the right of the panel, never over the curves."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def _save_timeline(fig, axes, path: Path) -> Path:
     """Time axis under the last panel, then the PNG (the figure is closed)."""
     axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    axes[-1, 0].set_xlabel("processing time (UTC); dashed vertical: adapter published; ▼: drift alarm")
+    axes[-1, 0].set_xlabel("processing time (UTC); ticks along the top: adapter published; ▼: drift alarm")
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -175,14 +201,15 @@ def _save_timeline(fig, axes, path: Path) -> Path:
 
 
 def _plot_served(state: OpsState, path: Path, hide_worker: bool) -> Path:
-    """The headline: per model version, served NDCG@10 (solid) against the repeat baseline's on the same
-    impressions (dashed, same colour); their difference; the share of impressions followed by a basket."""
+    """The headline: served NDCG@10 of every version together (black) and of the newest few, each against the
+    repeat baseline's on the same impressions (dashed, same colour); their difference; the share of impressions
+    followed by a basket. Every version's figures are in ``summary.md``."""
     panels = (("served.ndcg_at_10", "served NDCG@10 (solid) vs the repeat baseline on the same impressions (dashed)"),
               ("served.lift_over_repeat", "lift over repeat: served − repeat NDCG@10"),
               ("served.followed_share", "share of impressions followed by a basket within the window"))
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), sharex=True, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    rows = state.served()
+    rows = _newest_versions(state.served())
     for ax, (name, title) in zip(axes[:, 0], panels, strict=True):
         lines = [(name, "-", "")]
         if name == "served.ndcg_at_10":
@@ -198,10 +225,18 @@ def _plot_served(state: OpsState, path: Path, hide_worker: bool) -> Path:
         if name == "served.lift_over_repeat":
             ax.axhline(0.0, color="grey", linewidth=0.8)
         _mark_events(ax, state)
-        ax.set_title(title, fontsize=10, loc="left")
+        ax.set_title(title, fontsize=10, loc="left", pad=12)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left", ncol=2)
+        _legend_outside(ax)
     return _save_timeline(fig, axes, path)
+
+
+def _newest_versions(rows: list, most: int = SERVED_VERSION_LINES) -> list:
+    """The ``all`` row and the ``most`` newest versions' rows (by version number), in that order."""
+    every = [row for row in rows if row.version == "all"]
+    versions = sorted((row for row in rows if row.version != "all"), reverse=True,
+                      key=lambda row: (version_sequence(row.version), row.version))
+    return every + versions[:most]
 
 
 def _plot_alarms(state: OpsState, path: Path) -> Path:
@@ -218,11 +253,13 @@ def _plot_alarms(state: OpsState, path: Path) -> Path:
         if chosen:
             ax.scatter([_dt(g.ts) for g in chosen], [signals.index("gate decision")] * len(chosen), color=colour,
                        marker=marker, s=40, label="gate: publish" if published else "gate: refuse")
+    top = ax.get_xaxis_transform()
     for info in state.adapter_list():
-        ax.axvline(_dt(info.created_at), color="grey", linestyle="--", linewidth=0.8)
+        ax.plot([_dt(info.created_at)] * 2, [0.9, 1.0], transform=top, color="grey", linewidth=0.8)
     ax.set_yticks(range(len(signals)), signals)
     ax.set_ylim(-0.5, len(signals) - 0.5)
-    ax.set_title("drift alarms by signal, gate decisions (dashed: adapter published)", fontsize=10, loc="left")
+    ax.set_title("drift alarms by signal, gate decisions (ticks along the top: adapter published)", fontsize=10,
+                 loc="left")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -21,7 +21,8 @@ BASKETS = 60
 #: (sd ~0.2): live serves each version up to a timestamp group later than offline (a basket is closed by the next
 #: event, then the version must reach the serving worker), and with a 20-basket window over ~4 windows one gate
 #: decision that goes the other way changes which version serves a third of the baskets. Measured: -0.006 with
-#: events delivered in order (RECLOOP_PARTITIONS=1), -0.029 with 4 partitions (see the xfail below).
+#: events delivered in order (RECLOOP_PARTITIONS=1); with 4 partitions -0.029 while baskets were split into
+#: fragments; -0.006 and +0.003 (two runs) since they are closed per partition (learner/features.py, "Basket assembly").
 NDCG_BOUND = 0.05
 
 
@@ -52,8 +53,10 @@ def test_eval_live_tiny_serves_the_loop_and_matches_offline(kafka_bootstrap, tmp
     assert lag["learner_events"] >= lag["events_produced"]
     assert abs(result["live"]["ndcg@10"] - result["offline"]["ndcg@10"]) <= NDCG_BOUND, result
 
-    if lag["held_out_baskets"] > 1.1 * result["offline"]["held_out_baskets"]:
-        pytest.xfail(f"the worker's learner held out {lag['held_out_baskets']} baskets where the same stream "
-                     f"offline holds out {result['offline']['held_out_baskets']}: Faust delivers the interaction "
-                     "partitions interleaved record by record, and a basket whose lines are interleaved with a later "
-                     "event of another partition is closed early and split into fragments (learner/features.py)")
+    # Baskets are closed per partition, so the interleaved partitions split none: the learner holds out at most the
+    # baskets offline holds out (measured: 68 and 69 of 83; 417 of 83 while fragments were held out). It may hold out
+    # fewer: in the fast history replay catalogue records (another topic, another agent) can reach the learner
+    # after the interactions that sell them, and a basket is held out only over catalogued items. The same stream
+    # through LearnerService with partitions interleaved record by record, or 500 records at a time, holds out 80
+    # to 83 baskets by the last request; with every history catalogue record after the history's interactions, 61.
+    assert lag["held_out_baskets"] <= result["offline"]["held_out_baskets"], result

@@ -39,6 +39,7 @@ import torch
 from learner.baskets import DEFAULT_DATA_PATH, timestamp_groups
 from learner.encoder import Base, encode_texts, load_base, tiny_bert
 from learner.model import ModelConfig, RankingModel
+from learner.ranker_config import RankerConfig
 from learner.ranking_metrics import K, expected_rank
 from learner.search import LexicalIndex, personal_blend, search_scores, words
 from ops.evaluate import QUICK_EVERY_NTH, Catalogue, Protocol, is_evaluated
@@ -174,14 +175,15 @@ def score_basket(user_id: str, asked: list[tuple[int, str]], candidates: np.ndar
 
 def run_search(*, quick: bool, tiny: bool = False, model_dir: Path | None = None,
                data_path: Path = DEFAULT_DATA_PATH, out_dir: Path | None = None, threads: int | None = 1,
-               progress: Callable[[int], Callable[[int], None]] | None = None) -> dict:
+               progress: Callable[[int], Callable[[int], None]] | None = None,
+               config: RankerConfig | None = None) -> dict:
     """``recloop eval --search``: load the base and the shop, run :func:`run_search_eval`, write ``search.json``."""
     if threads:
         torch.set_num_threads(threads)
     base = tiny_bert(seed=0) if tiny else load_base(model_dir)
     shop = load_shop(data_path)
     texts = shop.item_texts()
-    recloop = ServedRecommender(base, [(shop.index.code_of(i), texts[i]) for i in range(len(texts))])
+    recloop = ServedRecommender(base, [(shop.index.code_of(i), texts[i]) for i in range(len(texts))], config=config)
     try:
         result = run_search_eval(base, shop, quick=quick, recloop=recloop, progress=progress)
     finally:

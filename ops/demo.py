@@ -52,16 +52,19 @@ class LoopStats:
     replayed_through_ts: float | None = None
     versions: Counter = field(default_factory=Counter)
     helpful_by_style: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
-    #: the last 1,000 verdicts: the rate the explanation policy is moving (the total lags behind it)
+    #: the last 1,000 verdicts (ops.simulator.Verdict): the rate the explanation policy is moving (the total lags
+    #: behind it), next to what the shoppers' preferred styles would have got wherever they were faithful
     recent: deque = field(default_factory=lambda: deque(maxlen=1000))
 
     def row(self) -> dict[str, str]:
         ctr = self.clicks / self.recommended_items if self.recommended_items else 0.0
         helpful = self.helpful / self.feedback if self.feedback else 0.0
-        recent = sum(self.recent) / len(self.recent) if self.recent else 0.0
+        recent = sum(v.helpful for v in self.recent) / len(self.recent) if self.recent else 0.0
+        oracle = sum(v.oracle_helpful for v in self.recent) / len(self.recent) if self.recent else 0.0
         return {"recommendations": f"{self.recommendations:,}", "clicks": f"{self.clicks:,}", "CTR": f"{ctr:.2%}",
                 "feedback": f"{self.feedback:,}", "helpful": f"{helpful:.1%}",
-                "helpful (last 1,000)": f"{recent:.1%}", "errors": f"{self.errors:,}"}
+                "helpful (last 1,000)": f"{recent:.1%}", "oracle (last 1,000)": f"{oracle:.1%}",
+                "errors": f"{self.errors:,}"}
 
 
 class Dashboard:
@@ -117,7 +120,9 @@ async def visit_and_react(client: httpx.AsyncClient, url: str, visit: ShopperVis
     stats.recommendations += 1
     stats.recommended_items += len(recommendation.get("items", []))
     stats.versions[recommendation.get("model_version")] += 1
-    for event in simulator.react(visit, recommendation):
+    events, verdicts = simulator.react_scored(visit, recommendation)
+    stats.recent.extend(verdicts)
+    for event in events:
         body = orjson.dumps({k: v for k, v in records.to_dict(event).items() if v is not None})
         try:
             (await client.post(f"{url}/feedback", content=body,
@@ -130,7 +135,6 @@ async def visit_and_react(client: httpx.AsyncClient, url: str, visit: ShopperVis
         else:
             stats.feedback += 1
             stats.helpful += event.helpful
-            stats.recent.append(event.helpful)
 
 
 def by_timestamp(messages: list[OutgoingMessage]) -> list[tuple[float, list[OutgoingMessage]]]:

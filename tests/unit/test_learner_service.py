@@ -192,7 +192,7 @@ def test_a_restarted_service_resumes_from_the_newest_published_adapter(base, ret
         if (outcome := first.process(batch)).update is not None:
             first.mark_published(outcome.update.version)  # what the worker does once the broker has it
     assert first.current_version is not None
-    published = first.ranker.trainer._anchor  # the weights of the last accepted adapter
+    published = first.ranker._accepted  # the weights of the last accepted adapter
     second = make_service(base, tmp_path)
     assert second.current_version == first.current_version
     assert all(torch.equal(p, published[n]) for n, p in second.model.trainable_parameters().items())

@@ -58,7 +58,7 @@ SERVED_VERSION_LINES = 3
 #: One figure per group; each panel holds the metrics listed (every label set is its own line).
 FIGURES: dict[str, tuple[tuple[str, ...], ...]] = {
     "baseline_ranking": (("baseline.hr_at_10", "baseline.ndcg_at_10", "baseline.mrr"),),
-    "classification": (("roc_auc",), ("log_loss",)),
+    "classification": (("roc_auc",), ("log_loss",), ("accuracy", "precision", "recall", "f1")),
     "impressions": (("ctr",),),
     "explanations": (("explanation_helpful_rate",), ("explanation_style_rate",)),
     "learner": (("learner.train_loss",),),
@@ -66,7 +66,8 @@ FIGURES: dict[str, tuple[tuple[str, ...], ...]] = {
 TITLES = {"baseline.hr_at_10": "HR@10", "baseline.ndcg_at_10": "NDCG@10",
           "baseline.mrr": "MRR — baseline: the model-free feature scorer ranking each purchase, not what is served",
           "roc_auc": "ROC AUC (rolling)",
-          "log_loss": "log loss (rolling)", "ctr": "impression CTR",
+          "log_loss": "log loss (rolling)", "accuracy": "accuracy", "precision": "precision", "recall": "recall",
+          "f1": "F1 (at the calibrated 0.5 threshold)", "ctr": "impression CTR",
           "explanation_helpful_rate": "explanation helpful rate by style",
           "explanation_style_rate": "bandit: posterior helpful rate (segment, style)",
           "learner.train_loss": "learner: training loss per micro-batch"}

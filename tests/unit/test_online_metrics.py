@@ -233,3 +233,16 @@ def test_the_monitor_reports_served_quality_first_and_the_feature_scorer_only_as
     assert ("served.lift_over_repeat", (("model_version", "v1"),)) in metrics
     assert not {s.name for s in snapshots} & {"hr_at_10", "ndcg_at_10", "mrr"}  # no unlabelled model-free figure
     assert {("roc_auc", (("scorer", "feature_baseline"), ("source", "purchases")))} <= set(metrics)
+
+
+def test_accuracy_precision_recall_and_f1_at_the_calibrated_threshold():
+    """The classic metrics of "chosen" at the calibrated 0.5 threshold, per source, beside AUC and log loss."""
+    evaluator = PrequentialEvaluator(MemoryScorer(["a"]), window=100)
+    for y_true, y_prob in [(True, 0.9), (True, 0.2), (False, 0.7), (False, 0.1), (False, 0.3)]:
+        evaluator.update_label("impressions", y_true, y_prob)
+    metrics = by_name(evaluator.snapshot(1.7e9))
+    labels = (("scorer", "served"), ("source", "impressions"))
+    assert metrics[("accuracy", labels)] == pytest.approx(3 / 5)  # right: 0.9, 0.1, 0.3
+    assert metrics[("precision", labels)] == pytest.approx(1 / 2)  # predicted chosen: 0.9 (yes), 0.7 (no)
+    assert metrics[("recall", labels)] == pytest.approx(1 / 2)  # chosen: 0.9 found, 0.2 missed
+    assert metrics[("f1", labels)] == pytest.approx(1 / 2)

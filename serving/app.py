@@ -477,6 +477,11 @@ class ExplanationOut(BaseModel):
     matching_words: list[str]
     confidence: float
     text: str
+    contributions: dict[str, float] = Field(default_factory=dict, description=(
+        "What each scoring term adds to the score (repeat, knn, popularity, shopper, text): exact Shapley values "
+        "over removing the terms' feature columns, so `baseline` + their sum is the item's score. Empty for a "
+        "shopper we know nothing about (the ranking is popularity alone)"))
+    baseline: float | None = Field(default=None, description="The score with every term removed")
 
 
 class RecommendedOut(BaseModel):

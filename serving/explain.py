@@ -21,6 +21,11 @@ together), ``popularity`` (item statistics), ``shopper`` (context, the same for 
 
 Whichever faithful style is shown, its term really adds to the score and its citations really make
 it up: the policy decides *which true reason* a shopper reads, never whether it is true.
+``contributions`` (in the response) are the terms' **Shapley values**: every subset of the five terms is
+removed in turn (32 evaluations of the head per item, batched), so, unlike single occlusions with a
+non-linear head, they add up exactly: ``baseline + sum(contributions) == score``, where ``baseline`` is
+the score with every term removed. Faithfulness (step 2) still uses the single occlusions: a style is
+shown only if removing its term lowers the score.
 ``confidence`` is the chosen term's share of all positive contributions. Removing a cited item from
 the shopper's history therefore removes the term the explanation names, which is what
 ``tests/integration/test_explanation_fidelity.py`` checks.
@@ -30,6 +35,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,14 +97,18 @@ class Explanation:
     matching_words: tuple[str, ...]
     confidence: float
     text: str
+    #: Each term's Shapley value; ``baseline + sum(contributions.values())`` is the score (module docstring).
     contributions: dict[str, float] = field(default_factory=dict)
+    baseline: float | None = None
     #: The styles this explanation could honestly have taken (the explanation policy chose among them).
     faithful_styles: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"explanation_id": self.explanation_id, "style": self.style,
                 "cited": [c.to_dict() for c in self.cited], "matching_words": list(self.matching_words),
-                "confidence": round(self.confidence, 3), "text": self.text}
+                "confidence": round(self.confidence, 3), "text": self.text,
+                "contributions": {name: round(value, 6) for name, value in self.contributions.items()},
+                "baseline": None if self.baseline is None else round(self.baseline, 6)}
 
 
 # --------------------------------------------------------------------------- pure pieces
@@ -126,6 +137,47 @@ def term_contributions(head: FusionHead, features: np.ndarray, cosine: np.ndarra
 
 
 _COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+@torch.inference_mode()
+def shapley_contributions(head: FusionHead, features: np.ndarray, cosine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Shapley values of the terms for each item, ``[k, len(TERMS)]``, and the score with every term removed,
+    ``[k]``: ``baseline + values.sum(1)`` is the score (removing a term = zeroing its columns, or the cosine).
+
+    >>> from learner.model import ModelConfig
+    >>> head = FusionHead(ModelConfig())
+    >>> rows, cos = np.eye(1, len(FEATURE_NAMES)) * 2.0, np.array([0.5])
+    >>> values, baseline = shapley_contributions(head, rows, cos)
+    >>> score = head(torch.tensor(rows, dtype=torch.float32), torch.tensor(cos, dtype=torch.float32)).detach()
+    >>> bool(np.isclose(baseline + values.sum(1), score.numpy()).all())
+    True
+    """
+    n = len(TERMS)
+    kept = list(itertools.product((False, True), repeat=n))  # every subset of kept terms
+    feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    cos = torch.as_tensor(np.asarray(cosine, dtype=np.float32))
+    variants_f = feats.repeat(len(kept), 1, 1)
+    variants_c = cos.repeat(len(kept), 1)
+    for v, mask in enumerate(kept):
+        for term, keep in zip(TERMS, mask, strict=True):
+            if keep:
+                continue
+            if term == "text":
+                variants_c[v] = 0.0
+            else:
+                variants_f[v][:, [_COLUMN[c] for c in TERM_COLUMNS[term]]] = 0.0
+    value = {mask: scores for mask, scores in zip(kept, head(variants_f, variants_c).numpy().astype(np.float64),
+                                                   strict=True)}
+    shapley = np.zeros((feats.shape[0], n))
+    for i in range(n):
+        for mask in kept:
+            if mask[i]:
+                continue
+            size = sum(mask)
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            with_i = mask[:i] + (True,) + mask[i + 1:]
+            shapley[:, i] += weight * (value[with_i] - value[mask])
+    return shapley, value[(False,) * n]
 
 
 def co_purchase_support(features: BehaviourFeatures, user_id: str, items: Sequence[int],
@@ -224,6 +276,7 @@ class Explainer:
         """
         items = [int(i) for i in items]
         contributions = term_contributions(state.head, feature_rows, cosine)
+        shapley, baselines = shapley_contributions(state.head, feature_rows, cosine)
         options = self.faithful_options(state, features, user_id, history, items, contributions)
         out = []
         for n, item in enumerate(items):
@@ -233,10 +286,11 @@ class Explainer:
             total = np.maximum(terms, 0.0).sum()
             named_term = terms[TERMS.index(TERM_OF_STYLE[style])]
             confidence = float(max(named_term, 0.0) / total) if total > 0 else 0.0
-            named = {TERMS[t]: round(float(terms[t]), 6) for t in range(len(TERMS))}
+            named = {TERMS[t]: float(shapley[n, t]) for t in range(len(TERMS))}
             explanation = self._explanation(state.version, user_id, item, style, faithful[style], confidence, named,
                                             features)
-            out.append(dataclasses.replace(explanation, faithful_styles=tuple(faithful)))
+            out.append(dataclasses.replace(explanation, faithful_styles=tuple(faithful),
+                                           baseline=float(baselines[n])))
         return out
 
     def faithful_options(self, state: ServingState, features: BehaviourFeatures, user_id: str,

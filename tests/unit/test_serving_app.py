@@ -66,7 +66,12 @@ def test_recommend_ranks_the_whole_catalogue_with_the_current_model(client, work
     assert [item["score"] for item in body["items"]] == sorted((i["score"] for i in body["items"]), reverse=True)
     first = body["items"][0]
     assert first["title"] == worker.live.title(expected[0])
-    assert set(first["explanation"]) == {"explanation_id", "style", "cited", "matching_words", "confidence", "text"}
+    assert set(first["explanation"]) == {"explanation_id", "style", "cited", "matching_words", "confidence", "text",
+                                         "contributions", "baseline"}
+    for item in body["items"]:  # the named contributions add up to the score the response carries
+        explanation = item["explanation"]
+        assert explanation["baseline"] + sum(explanation["contributions"].values()) == pytest.approx(item["score"],
+                                                                                                    abs=1e-4)
 
 
 def test_items_outside_the_catalogue_are_never_recommended(client):

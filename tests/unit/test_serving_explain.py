@@ -67,6 +67,20 @@ def test_contributions_of_the_linear_head_are_exact():
     np.testing.assert_allclose(contributions, expected, rtol=1e-5, atol=1e-7)
 
 
+def test_contributions_are_named_and_add_up_to_the_score_with_a_non_linear_head(state, live):
+    """Shapley values over the terms: with the MLP head, baseline + contributions is each item's score exactly."""
+    features = live.features
+    history = state.usable_history(features.history("u5"))
+    rows = features.matrix("u5", np.arange(state.n_items))
+    scores, _ = state.score_all(history, rows)
+    assert state.head.mlp is not None  # the default head is not linear: single occlusions would not add up
+    top, explanations = explain_top(state, live, "u5", k=6)
+    for item, explanation in zip(top.tolist(), explanations, strict=True):
+        assert set(explanation.contributions) == set(TERMS)
+        total = explanation.baseline + sum(explanation.contributions.values())
+        assert total == pytest.approx(float(scores[item]), abs=1e-5)
+
+
 def test_co_purchase_support_is_the_evidence_the_features_give(live):
     features = live.features
     items = np.arange(len(features.index))
@@ -150,7 +164,8 @@ def test_explanations_are_stable_and_serialisable(state, live):
     assert len({e.explanation_id for e in first}) == 5
     for explanation in first:
         data = explanation.to_dict()
-        assert set(data) == {"explanation_id", "style", "cited", "matching_words", "confidence", "text"}
+        assert set(data) == {"explanation_id", "style", "cited", "matching_words", "confidence", "text",
+                             "contributions", "baseline"}
         assert data["style"] in EXPLANATION_STYLES and 0.0 <= data["confidence"] <= 1.0
         assert all(set(c) == {"item_id", "title", "weight"} for c in data["cited"])
 

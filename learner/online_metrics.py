@@ -59,7 +59,7 @@ import math
 import random
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -192,6 +192,52 @@ class FeatureScorer:
 # --------------------------------------------------------------------------- the evaluator
 
 
+class Reliability:
+    """The last ``window`` (calibrated probability, outcome) pairs, binned: a reliability diagram and the expected
+    calibration error (ECE: the bins' mean |predicted − observed|, weighted by their share of the pairs).
+
+    >>> r = Reliability(window=100, bins=2)
+    >>> for p, y in [(0.2, False), (0.2, False), (0.2, True), (0.9, True)]:
+    ...     r.update(p, y)
+    >>> [(round(b.predicted, 2), round(b.observed, 2), b.n) for b in r.diagram()], round(r.ece(), 4)
+    ([(0.2, 0.33, 3), (0.9, 1.0, 1)], 0.125)
+    """
+
+    def __init__(self, window: int, bins: int = 10) -> None:
+        self.bins = bins
+        self._pairs: deque[tuple[float, bool]] = deque(maxlen=window)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def update(self, probability: float, outcome: bool) -> None:
+        self._pairs.append((probability, outcome))
+
+    def diagram(self) -> list[ReliabilityBin]:
+        """The non-empty bins, lowest first: mean predicted probability, observed rate, pairs."""
+        sums: dict[int, list[float]] = {}
+        for probability, outcome in self._pairs:
+            row = sums.setdefault(min(int(probability * self.bins), self.bins - 1), [0.0, 0.0, 0])
+            row[0] += probability
+            row[1] += outcome
+            row[2] += 1
+        return [ReliabilityBin((b + 0.5) / self.bins, p / n, o / n, int(n)) for b, (p, o, n) in sorted(sums.items())]
+
+    def ece(self) -> float:
+        total = len(self._pairs)
+        if not total:
+            return math.nan
+        return sum(b.n / total * abs(b.predicted - b.observed) for b in self.diagram())
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    centre: float
+    predicted: float
+    observed: float
+    n: int
+
+
 class OnlinePlatt:
     """Online Platt scaling: ``P(y=1 | score) = sigmoid(a * z + b)`` with ``z`` the standardised score.
 
@@ -294,6 +340,7 @@ class PrequentialEvaluator:
         self._positives: dict[str, utils.Rolling] = {}
         #: accuracy, precision, recall and F1 of "chosen" at the calibrated 0.5 threshold, per source
         self._classes: dict[str, dict[str, utils.Rolling]] = {}
+        self._reliability: dict[str, Reliability] = {}
         self._calibrators: dict[str, OnlinePlatt] = {}
         self._scored: tuple[tuple[str, float], np.ndarray] | None = None  # the current basket's scores
         self.ctr = _rolling_mean(self.window)
@@ -380,12 +427,14 @@ class PrequentialEvaluator:
             self._positives[source] = _rolling_mean(self.window)
             self._classes[source] = {name: utils.Rolling(metric, window_size=self.window)
                                      for name, metric in CLASS_METRICS.items()}
+            self._reliability[source] = Reliability(self.window)
         y_prob = min(max(y_prob, 1e-6), 1 - 1e-6)
         self._auc[source].update(y_true, y_prob)
         self._log_loss[source].update(y_true, y_prob)
         self._positives[source].update(float(y_true))
         for metric in self._classes[source].values():
             metric.update(bool(y_true), y_prob >= 0.5)
+        self._reliability[source].update(y_prob, bool(y_true))
 
     # ------------------------------------------------------------------ impressions and their responses
 
@@ -490,6 +539,12 @@ class PrequentialEvaluator:
             add("log_loss", self._log_loss[source].get(), n, source=source, scorer=scorer)
             for name, metric in self._classes[source].items():
                 add(name, metric.get(), n, source=source, scorer=scorer)
+            reliability = self._reliability[source]
+            add("calibration_ece", reliability.ece(), len(reliability), source=source, scorer=scorer)
+            for row in reliability.diagram():
+                where = {"source": source, "scorer": scorer, "bin": f"{row.centre:.2f}"}
+                add("calibration_predicted", row.predicted, row.n, **where)
+                add("calibration_observed", row.observed, row.n, **where)
         if len(self.ctr.window):
             add("ctr", self.ctr.get(), len(self.ctr.window))
         add("impressions", self.impressions_total, 0)

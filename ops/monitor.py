@@ -52,7 +52,10 @@ MetricKey = tuple[str, tuple[tuple[str, str], ...]]
 
 #: Labels that tell one series of a metric from another; other labels (a gate's reason, a training
 #: step's duration) annotate a single value and would otherwise make every snapshot its own series.
-SERIES_LABELS = frozenset({"worker", "source", "style", "segment", "metric", "model_version", "scorer", "reason"})
+SERIES_LABELS = frozenset({"worker", "source", "style", "segment", "metric", "model_version", "scorer", "reason",
+                           "bin"})
+#: Per-bin points of the reliability diagram: drawn by ``recloop report``, not listed one by one here.
+DIAGRAM_METRICS = frozenset({"calibration_predicted", "calibration_observed"})
 #: The learner's publish-gate decisions (``learner.service``): value 1 publish, 0 refuse.
 GATE_METRIC = "learner.gate"
 #: The headline: served quality per model version (:mod:`learner.served_quality`), as (metric, column title).
@@ -431,6 +434,8 @@ def render(state: OpsState, *, counts: dict | None, lag: dict | None, title: str
     for (name, labels), series in sorted(state.series.items()):
         if name.startswith("served.") and "model_version" in dict(labels):
             continue  # in the headline table
+        if name in DIAGRAM_METRICS:
+            continue  # the report's reliability diagram; calibration_ece sums it up here
         last = series[-1]
         metrics.add_row(name, _labels(labels, hide_worker), f"{last.value:.4g}", f"{last.window:,}",
                         sparkline([s.value for s in series]), age(now - last.ts))

@@ -107,6 +107,8 @@ def write_report(state: OpsState, out: Path, dashboard: DashboardSettings | None
         present = [names for names in panels if any(name in names for name, _ in state.series)]
         if present:
             result.images.append(_plot(state, figure, present, out / f"{figure}.png", hide_worker))
+    if any(name == "calibration_observed" for name, _ in state.series):
+        result.images.append(_plot_reliability(state, out / "reliability.png", hide_worker))
     if state.alarms or state.gates:
         result.images.append(_plot_alarms(state, out / "drift.png"))
     notes = [hidden_workers_note(hidden, dashboard) + "."] if hidden else []
@@ -238,6 +240,41 @@ def _newest_versions(rows: list, most: int = SERVED_VERSION_LINES) -> list:
     versions = sorted((row for row in rows if row.version != "all"), reverse=True,
                       key=lambda row: (version_sequence(row.version), row.version))
     return every + versions[:most]
+
+
+def _plot_reliability(state: OpsState, path: Path, hide_worker: bool) -> Path:
+    """Reliability diagram of the calibrated probabilities (the latest window): observed rate against mean predicted
+    probability per bin, one line per source; the diagonal is perfect calibration; ECE in the legend."""
+    groups: dict[tuple[tuple[str, str], ...], dict[str, dict]] = {}
+    for (name, labels), series in state.series.items():
+        if name in ("calibration_predicted", "calibration_observed"):
+            rest = tuple((k, v) for k, v in labels if k != "bin")
+            groups.setdefault(rest, {}).setdefault(dict(labels)["bin"], {})[name] = series[-1]
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="perfectly calibrated")
+    for rest, bins in sorted(groups.items()):
+        points = sorted((b["calibration_predicted"].value, b["calibration_observed"].value,
+                         b["calibration_observed"].window) for b in bins.values() if len(b) == 2)
+        if not points:
+            continue
+        ece = state.series.get(("calibration_ece", rest))
+        tags = ", ".join(f"{k}={v}" for k, v in rest if not (hide_worker and k == "worker"))
+        label = f"{tags} (ECE {ece[-1].value:.3f})" if ece else tags
+        ax.plot([p for p, _, _ in points], [o for _, o, _ in points], marker="o", linewidth=1.2, label=label)
+        for predicted, observed, n in points:
+            ax.annotate(f"{n:,}", (predicted, observed), fontsize=6, xytext=(3, -8), textcoords="offset points")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability (calibrated score) in the bin")
+    ax.set_ylabel("observed rate in the bin")
+    ax.set_title("reliability of the calibrated probabilities (latest window; numbers: examples per bin)", fontsize=9,
+                 loc="left")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _plot_alarms(state: OpsState, path: Path) -> Path:

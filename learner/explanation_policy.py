@@ -26,8 +26,10 @@ under the same policy always gets the same style, while every new policy version
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import math
 import random
 from collections.abc import Sequence
 
@@ -58,24 +60,56 @@ def signing_bytes(policy: ExplanationPolicy) -> bytes:
     b'{"created_at":1300000000.0,"feedback_events":0,"posteriors":'
     """
     fields = {name: value for name, value in to_dict(policy).items() if name != "signature"}
+    if fields.get("calibration") is None:  # absent in policies from before it existed: their signatures still hold
+        fields.pop("calibration", None)
     return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
 
 
 def make_policy(bandit: ExplanationBandit, *, version: int, key: bytes | str, created_at: float,
-                feedback_events: int = 0) -> ExplanationPolicy:
-    """The bandit's current posteriors as a policy record, signed with ``key``."""
+                feedback_events: int = 0,
+                calibration: tuple[float, float, float, float] | None = None) -> ExplanationPolicy:
+    """The bandit's current posteriors (and the served scores' calibration) as a policy record, signed with ``key``."""
     posteriors = {segment: {style: (round(alpha, DECIMALS), round(beta, DECIMALS))
                             for style, (alpha, beta) in arms.items()}
                   for segment, arms in sorted(bandit.posteriors().items())}
+    if calibration is not None:
+        calibration = tuple(round(float(v), DECIMALS) for v in calibration)
     unsigned = ExplanationPolicy(version=version, created_at=created_at, styles=tuple(bandit.styles),
                                  posteriors=posteriors, signature="-", prior=float(bandit.prior),
-                                 feedback_events=feedback_events)
+                                 feedback_events=feedback_events, calibration=calibration)
     return _with_signature(unsigned, sign(signing_bytes(unsigned), key))
 
 
 def _with_signature(policy: ExplanationPolicy, signature: str) -> ExplanationPolicy:
-    return ExplanationPolicy(policy.version, policy.created_at, policy.styles, policy.posteriors, signature,
-                             policy.prior, policy.feedback_events)
+    return dataclasses.replace(policy, signature=signature)
+
+
+def calibrated_probability(policy: ExplanationPolicy | None, score: float) -> float | None:
+    """The probability that the shopper clicks, adds or buys an item served with ``score``, by the calibration
+    the policy carries; ``None`` without one.
+
+    >>> p = ExplanationPolicy(1, 1.3e9, ("popular",), {}, signature="x", calibration=(1.0, 2.0, 1.5, -2.0))
+    >>> round(calibrated_probability(p, 1.0), 4), round(calibrated_probability(p, 5.0), 4)
+    (0.1192, 0.7311)
+    """
+    if policy is None or policy.calibration is None:
+        return None
+    mean, std, a, b = policy.calibration
+    logit = min(max(a * (score - mean) / std + b, -30.0), 30.0)
+    return 1.0 / (1.0 + math.exp(-logit))
+
+
+def calibration_moved(policy: ExplanationPolicy | None,
+                      calibration: tuple[float, float, float, float] | None, tolerance: float = 0.05) -> bool:
+    """Whether ``calibration`` differs from the one ``policy`` carries by more than ``tolerance`` (logit units)."""
+    if calibration is None:
+        return False
+    if policy is None or policy.calibration is None:
+        return True
+    old_mean, old_std, old_a, old_b = policy.calibration
+    mean, std, a, b = calibration
+    return (abs(a - old_a) > tolerance or abs(b - old_b) > tolerance
+            or abs(mean - old_mean) > tolerance * old_std or abs(std / old_std - 1.0) > tolerance)
 
 
 def verify_policy(policy: ExplanationPolicy, key: bytes | str, current_version: int | None) -> None:

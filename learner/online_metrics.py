@@ -270,6 +270,13 @@ class OnlinePlatt:
         logit = self.a * self._z(score) + self.b
         return 1.0 / (1.0 + math.exp(-min(max(logit, -30.0), 30.0)))
 
+    def parameters(self) -> tuple[float, float, float, float] | None:
+        """``(mean, std, a, b)``: ``P = sigmoid(a * (score - mean) / std + b)``; ``None`` before the scale is known."""
+        variance = self.scale.get()
+        if not variance > 0:
+            return None
+        return self.scale.mean.get(), math.sqrt(variance), self.a, self.b
+
     def learn_one(self, score: float, y_true: bool) -> None:
         self.scale.update(score)
         z = self._z(score)
@@ -418,6 +425,11 @@ class PrequentialEvaluator:
         for y_true, score in examples:
             calibrator.learn_one(score, y_true)
         return probabilities
+
+    def calibration(self, source: str) -> tuple[float, float, float, float] | None:
+        """The Platt parameters ``source``'s scores are calibrated with (:meth:`OnlinePlatt.parameters`)."""
+        calibrator = self._calibrators.get(source)
+        return calibrator.parameters() if calibrator is not None else None
 
     def update_label(self, source: str, y_true: bool, y_prob: float) -> None:
         """Count one labelled example whose predicted probability of being chosen was ``y_prob``."""

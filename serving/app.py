@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from learner.encoder import Base
 from learner.rich_features import FEATURE_NAMES, RichFeatures
-from serving.explain import Explainer, Explanation
+from serving.explain import Explainer, Explanation, with_calibrated_confidence
 from serving.history import HistoryFollower, LiveBehaviour
 from serving.policy import PolicyFollower, PolicyHolder, style_chooser
 from serving.settings import MAX_K, ServingSettings
@@ -312,6 +312,8 @@ class Recommender:
         policy = self.policies.current if self.policies is not None else None  # one policy for the whole list
         choose = style_chooser(policy, user_id, len(features.long_history.recent(user_id)))
         explanations = self.explainer.explain(state, features, user_id, history, top, rows[top], cosine, choose)
+        explanations = [with_calibrated_confidence(e, policy, score) for e, score in zip(explanations, scores.tolist(),
+                                                                                           strict=True)]
         items = [self._item(item, score, explanation)
                  for item, score, explanation in zip(top.tolist(), scores.tolist(), explanations, strict=True)]
         return Recommendation(rec_id, user_id, now, state.version, items, _version(policy))
@@ -475,7 +477,10 @@ class ExplanationOut(BaseModel):
     style: str
     cited: list[CitedItem]
     matching_words: list[str]
-    confidence: float
+    confidence: float = Field(description=(
+        "The calibrated probability that the shopper clicks, adds or buys the item (the worker's online Platt "
+        "scaling of served scores, published with the explanation policy); before the first calibration is "
+        "published, the share of the score's positive contributions the named reason makes up"))
     text: str
     contributions: dict[str, float] = Field(default_factory=dict, description=(
         "What each scoring term adds to the score (repeat, knn, popularity, shopper, text): exact Shapley values "

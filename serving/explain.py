@@ -26,7 +26,10 @@ removed in turn (32 evaluations of the head per item, batched), so, unlike singl
 non-linear head, they add up exactly: ``baseline + sum(contributions) == score``, where ``baseline`` is
 the score with every term removed. Faithfulness (step 2) still uses the single occlusions: a style is
 shown only if removing its term lowers the score.
-``confidence`` is the chosen term's share of all positive contributions. Removing a cited item from
+``confidence`` is the **calibrated probability** that the shopper clicks, adds or buys the item: the served
+score through the online Platt scaling the worker learns on impressions and their responses and publishes,
+signed, with the explanation policy (:func:`with_calibrated_confidence`); until a policy carries one, the
+chosen term's share of all positive contributions. Removing a cited item from
 the shopper's history therefore removes the term the explanation names, which is what
 ``tests/integration/test_explanation_fidelity.py`` checks.
 """
@@ -46,11 +49,12 @@ import numpy as np
 import torch
 
 from learner.baselines import recency_weights as basket_recency_weights
+from learner.explanation_policy import calibrated_probability
 from learner.features import BehaviourFeatures
 from learner.model import FusionHead
 from learner.rich_features import FEATURE_NAMES
 from serving.state import ServingState
-from streams.records import EXPLANATION_STYLES
+from streams.records import EXPLANATION_STYLES, ExplanationPolicy
 
 #: Chooses one item's style: ``(item_id, faithful styles, default style) -> style`` (:mod:`serving.policy`).
 StyleChooser = Callable[[str, tuple[str, ...], str], str]
@@ -109,6 +113,14 @@ class Explanation:
                 "confidence": round(self.confidence, 3), "text": self.text,
                 "contributions": {name: round(value, 6) for name, value in self.contributions.items()},
                 "baseline": None if self.baseline is None else round(self.baseline, 6)}
+
+
+def with_calibrated_confidence(explanation: Explanation, policy: ExplanationPolicy | None,
+                               score: float) -> Explanation:
+    """``explanation`` with its confidence replaced by the calibrated probability of ``score`` (unchanged when the
+    policy carries no calibration)."""
+    probability = calibrated_probability(policy, score)
+    return explanation if probability is None else dataclasses.replace(explanation, confidence=probability)
 
 
 # --------------------------------------------------------------------------- pure pieces

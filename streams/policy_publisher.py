@@ -25,7 +25,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learner.explanation_bandit import ExplanationBandit
-from learner.explanation_policy import make_policy, posterior_changed
+from learner.explanation_policy import calibration_moved, make_policy, posterior_changed
 from learner.online_metrics import OnlineMonitor
 from streams import topics
 from streams.app import RecloopApp, _raw_topic
@@ -54,8 +54,10 @@ class PolicyPublisher:
     """Decides when the bandit is worth publishing and builds the signed record (no Kafka: testable)."""
 
     def __init__(self, bandit: Callable[[], ExplanationBandit], key: bytes, settings: PolicySettings,
-                 feedback_count: Callable[[], int], clock: Callable[[], float] = time.time) -> None:
+                 feedback_count: Callable[[], int], clock: Callable[[], float] = time.time,
+                 calibration: Callable[[], tuple[float, float, float, float] | None] = lambda: None) -> None:
         self.bandit = bandit
+        self.calibration = calibration
         self.key = key
         self.settings = settings
         self.feedback_count = feedback_count
@@ -64,13 +66,16 @@ class PolicyPublisher:
         self._feedback_at_last = 0
 
     def next_policy(self) -> ExplanationPolicy | None:
-        """The policy to publish now, or None when the bandit learned nothing new enough."""
-        bandit, feedback = self.bandit(), self.feedback_count()
-        if feedback - self._feedback_at_last < self.settings.min_feedback or not posterior_changed(self.last, bandit):
+        """The policy to publish now, or None when neither the bandit nor the scores' calibration moved enough."""
+        bandit, feedback, calibration = self.bandit(), self.feedback_count(), self.calibration()
+        learned = (feedback - self._feedback_at_last >= self.settings.min_feedback
+                   and posterior_changed(self.last, bandit))
+        if not learned and not calibration_moved(self.last, calibration):
             return None
         now = self.clock()
         version = max(int(now * 1000), (self.last.version + 1) if self.last else 1)
-        return make_policy(bandit, version=version, key=self.key, created_at=now, feedback_events=feedback)
+        return make_policy(bandit, version=version, key=self.key, created_at=now, feedback_events=feedback,
+                           calibration=calibration)
 
     def published(self, policy: ExplanationPolicy) -> None:
         self.last = policy
@@ -96,11 +101,13 @@ def publish_explanation_policy(r: RecloopApp, monitor: OnlineMonitor,
                                settings: PolicySettings | None = None) -> PolicyPublisher | None:
     """Publish ``monitor``'s explanation bandit from the worker ``r`` (the hook :mod:`streams.monitoring` calls)."""
     return register_policy_publisher(r, lambda: monitor.bandit,
-                                     lambda: sum(monitor.evaluator.feedback_total.values()), settings)
+                                     lambda: sum(monitor.evaluator.feedback_total.values()), settings,
+                                     calibration=lambda: monitor.evaluator.calibration("impressions"))
 
 
 def register_policy_publisher(r: RecloopApp, bandit: Callable[[], ExplanationBandit],
                               feedback_count: Callable[[], int], settings: PolicySettings | None = None,
+                              calibration: Callable[[], tuple[float, float, float, float] | None] = lambda: None,
                               ) -> PolicyPublisher | None:
     """Add the publishing timer to the worker ``r``; None (and a warning) when there is no key to sign with."""
     settings = settings or PolicySettings()
@@ -112,7 +119,7 @@ def register_policy_publisher(r: RecloopApp, bandit: Callable[[], ExplanationBan
         log.warning("explanation policy not published: RECLOOP_ADAPTER_KEY is not set (RECLOOP_DEMO=1 signs with "
                     "the demo key); serving explains by the largest scoring term")
         return None
-    publisher = PolicyPublisher(bandit, key, settings, feedback_count)
+    publisher = PolicyPublisher(bandit, key, settings, feedback_count, calibration=calibration)
     policy_topic = _raw_topic(r.app, r.kafka, topics.EXPLANATION_POLICY)
 
     @r.app.timer(interval=settings.interval_s, name="publish-explanation-policy")

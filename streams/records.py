@@ -328,6 +328,17 @@ class AdapterUpdate:
 MAX_POLICY_SEGMENTS = 64
 
 
+def _calibration(value: Any) -> tuple[float, float, float, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 4:
+        raise InvalidRecord("field 'calibration' must be [mean, std, a, b] or null")
+    mean, std, a, b = (_number(v, "calibration") for v in value)
+    if std <= 0:
+        raise InvalidRecord("field 'calibration' must have a positive std")
+    return mean, std, a, b
+
+
 def _posteriors(value: Any, styles: tuple[str, ...]) -> dict[str, dict[str, tuple[float, float]]]:
     """``{segment: {style: [alpha, beta]}}`` with positive, finite Beta parameters of known styles."""
     if not isinstance(value, dict) or len(value) > MAX_POLICY_SEGMENTS:
@@ -366,6 +377,9 @@ class ExplanationPolicy:
     prior: float = 1.0
     #: Feedback events the posteriors were learned from (for operators).
     feedback_events: int = 0
+    #: Online Platt scaling of served scores to the probability that the shopper clicks, adds or buys the item:
+    #: ``(mean, std, a, b)``, ``P = sigmoid(a * (score - mean) / std + b)`` (``None``: not learned yet).
+    calibration: tuple[float, float, float, float] | None = None
     schema_version: int = SCHEMA_VERSION
 
     max_bytes: ClassVar[int] = MAX_EVENT_BYTES
@@ -384,6 +398,7 @@ class ExplanationPolicy:
             signature=_id(_required(d, "signature"), "signature"),
             prior=_number(d.get("prior", 1.0), "prior", minimum=1e-9),
             feedback_events=_integer(d.get("feedback_events", 0), "feedback_events", minimum=0),
+            calibration=_calibration(d.get("calibration")),
         )
 
 

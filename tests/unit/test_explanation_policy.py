@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections import Counter
 
 import orjson
@@ -203,3 +204,55 @@ def test_serving_explains_under_the_swapped_policy_and_logs_its_version(base):
                      if topic == "recloop.impressions")
     assert logged == {None: 12, 11: 12, 12: 12}
     assert worker.health()["policy_version"] == 12 and worker.metrics.policy_swap_count == 2
+
+
+# --------------------------------------------------------------------------- calibrated confidence
+
+
+def test_the_policy_carries_the_served_scores_calibration_signed():
+    calibrated = make_policy(trained_bandit(), version=5, key=KEY, created_at=T0, calibration=(0.4, 0.2, 1.5, -2.0))
+    back = decode(ExplanationPolicy, encode(calibrated))
+    assert back.calibration == (0.4, 0.2, 1.5, -2.0)
+    verify_policy(back, KEY, None)
+    tampered = dataclasses.replace(back, calibration=(0.4, 0.2, 3.0, -2.0))
+    with pytest.raises(PolicyRejected, match="signature"):
+        verify_policy(tampered, KEY, None)
+    with pytest.raises(InvalidRecord, match="calibration"):
+        decode(ExplanationPolicy, orjson.dumps({**orjson.loads(encode(back)), "calibration": [1.0, 0.0, 1.0, 0.0]}))
+
+
+def test_the_publisher_sends_a_new_calibration_even_without_new_feedback():
+    bandit = trained_bandit()
+    platt = [None]
+    publisher = PolicyPublisher(lambda: bandit, KEY, PolicySettings(), lambda: 10, clock=lambda: T0,
+                                calibration=lambda: platt[0])
+    first = publisher.next_policy()
+    publisher.published(first)
+    assert first.calibration is None and publisher.next_policy() is None
+    platt[0] = (0.3, 0.1, 1.0, -1.0)
+    second = publisher.next_policy()
+    assert second is not None and second.calibration == (0.3, 0.1, 1.0, -1.0)
+    publisher.published(second)
+    platt[0] = (0.3, 0.1, 1.01, -1.0)  # within the tolerance: not worth a record
+    assert publisher.next_policy() is None
+
+
+def test_confidence_is_the_calibrated_probability_of_the_served_score(base):
+    live = make_live()
+    worker = ServingWorker(ServingSettings(adapter_key=KEY.decode()), base, live=live, publisher=MemoryPublisher())
+    mean, std, a, b = 0.5, 0.25, 2.0, -1.0
+
+    async def scenario():
+        await worker.updater.serve_base()
+        ts = live.features.clock + 1
+        before = await worker.recommend("u1", 5, ts=ts)
+        calibrated = make_policy(trained_bandit(), version=21, key=KEY, created_at=T0, calibration=(mean, std, a, b))
+        assert worker.policies.apply(encode(calibrated))
+        return before, await worker.recommend("u1", 5, ts=ts)
+
+    before, after = asyncio.run(scenario())
+    for item in after.items:
+        expected = 1.0 / (1.0 + math.exp(-(a * (item["score"] - mean) / std + b)))
+        assert item["explanation"]["confidence"] == pytest.approx(expected, abs=1e-3)
+    shares = [i["explanation"]["confidence"] for i in before.items]  # without a calibration: the reason's share
+    assert shares != [i["explanation"]["confidence"] for i in after.items]

@@ -55,6 +55,7 @@ from learner.baselines import (
     RepeatRecommender,
 )
 from learner.baskets import DEFAULT_DATA_PATH, Basket, timestamp_groups
+from learner.online_metrics import CLASS_METRICS, OnlinePlatt
 from learner.ranking_metrics import K, hit_rate_at_k, ndcg_at_k, recall_at_k, reciprocal_rank
 from ops.shop_files import Shop, load_shop
 
@@ -65,6 +66,8 @@ QUICK_EVERY_NTH = 4
 TEST_DAYS = 91.0
 #: The learners' retention slice: the first this many days of the data.
 PROBE_DAYS = 31.0
+#: Random non-bought catalogue items per bought item in the classification figures (:class:`ClassificationTally`).
+NEGATIVES = 10
 #: A cold item was first sold at most this many days before the basket.
 COLD_ITEM_DAYS = 14.0
 METRICS = ("ndcg@10", "hr@10", "recall@10", "mrr", "coverage@10")
@@ -180,6 +183,39 @@ class SubsetTally:
                 "baskets": self.baskets}
 
 
+class ClassificationTally:
+    """Purchase prediction, the classic way: each scored basket's bought items (1) and :data:`NEGATIVES` random other
+    catalogue items per bought item (0; as the online metrics draw them), the model's scores mapped to
+    probabilities by an online Platt scaling (predicted before it learns: test, then train), "bought" predicted at
+    0.5 — accuracy, precision, recall and F1 over the run.
+    Items a model cannot rank (score ``-inf``) are left out. Negatives are drawn from one seeded generator per
+    model, so every model is asked about the same items."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.platt = OnlinePlatt()
+        self.metrics = {name: metric() for name, metric in CLASS_METRICS.items()}
+        self.rng = np.random.default_rng(seed)
+        self.examples = 0
+
+    def add(self, scores: np.ndarray, targets: np.ndarray) -> None:
+        others = np.setdiff1d(np.arange(len(scores)), targets)
+        wanted = min(NEGATIVES * len(targets), len(others))
+        negatives = self.rng.choice(others, size=wanted, replace=False) if wanted else others[:0]
+        examples = [(True, float(scores[t])) for t in targets] + [(False, float(scores[n])) for n in negatives]
+        examples = [(label, score) for label, score in examples if math.isfinite(score)]
+        predictions = [self.platt.predict_one(score) >= 0.5 for _, score in examples]
+        for (label, _), predicted in zip(examples, predictions, strict=True):
+            for metric in self.metrics.values():
+                metric.update(label, predicted)
+        for label, score in examples:
+            self.platt.learn_one(score, label)
+        self.examples += len(examples)
+
+    def summary(self) -> dict:
+        return {**{name: round(metric.get(), 4) for name, metric in self.metrics.items()}, "examples": self.examples,
+                "threshold": 0.5, "negatives_per_bought_item": NEGATIVES}
+
+
 @dataclass
 class ModelTally:
     """Running sums of one model's per-basket metrics and the items it recommended."""
@@ -191,6 +227,7 @@ class ModelTally:
     weekly_ndcg: dict[str, list[float]] = field(default_factory=dict)  # week -> [sum, baskets]
     discovery: SubsetTally = field(default_factory=SubsetTally)
     cold_items: SubsetTally = field(default_factory=SubsetTally)
+    classification: ClassificationTally = field(default_factory=ClassificationTally)
 
     def add(self, target_ranks: np.ndarray, n_targets: int, top_k: np.ndarray, week: str = "") -> None:
         """Add one basket: 0-based ranks of its rankable targets, its number of targets, its top-k items."""
@@ -210,7 +247,8 @@ class ModelTally:
         coverage = len(self.recommended) / n_items if n_items else 0.0
         return {**{name: round(value, 4) for name, value in means.items()},
                 "coverage@10": round(coverage, 4), "baskets": self.baskets, "seconds": round(self.seconds, 1),
-                "discovery": self.discovery.summary(), "cold_items": self.cold_items.summary()}
+                "discovery": self.discovery.summary(), "cold_items": self.cold_items.summary(),
+                "classification": self.classification.summary()}
 
     def weekly_summary(self) -> dict[str, float]:
         return {week: round(total / n, 4) for week, (total, n) in sorted(self.weekly_ndcg.items())}
@@ -371,6 +409,7 @@ def score_group(models: list[Recommender], asked: list[BasketTargets], catalogue
             if scores.shape != candidates.shape:
                 raise ValueError(f"{model.name} returned {scores.shape} scores for {candidates.shape} candidates")
             tally_ranking(tallies[model.name], ranking_order(scores, tiebreak), basket_targets, candidates)
+            tallies[model.name].classification.add(scores, basket_targets.targets)
 
 
 # --------------------------------------------------------------------------- entry points

@@ -369,3 +369,25 @@ def test_quick_protocol_on_the_real_file_matches_the_reference():
     assert result["models"]["repeat"]["baskets"] == 1403  # every 4th of the 5,610 eligible baskets
     for name, reference in REFERENCE_NDCG.items():
         assert result["models"][name]["ndcg@10"] == pytest.approx(reference, rel=0.05), name
+
+
+def test_every_model_reports_accuracy_precision_recall_and_f1_of_purchase_prediction():
+    tallies, n_items = prequential([Oracle(STREAM), Constant()], STREAM, ALL_DAYS)
+    for name, tally in tallies.items():
+        figures = tally.summary(n_items)["classification"]
+        assert {"accuracy", "precision", "recall", "f1", "examples"} <= set(figures), name
+        assert 0.0 <= figures["accuracy"] <= 1.0 and figures["examples"] > 0
+
+
+def test_classification_learns_that_high_scores_are_bought():
+    from ops.evaluate import ClassificationTally
+
+    tally = ClassificationTally(seed=0)
+    rng = np.random.default_rng(1)
+    for _ in range(400):
+        scores = rng.random(40)
+        targets = np.array([int(rng.integers(40))])
+        scores[targets] += 2.0  # the bought item always scores highest
+        tally.add(scores, targets)
+    figures = tally.summary()
+    assert figures["accuracy"] > 0.9 and figures["recall"] > 0.8 and figures["precision"] > 0.8

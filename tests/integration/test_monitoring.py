@@ -182,10 +182,13 @@ def test_the_worker_publishes_metrics_and_alarms_from_what_it_consumed(kafka_set
     worker = worker_factory()
     impressions, responses, feedback = impressions_and_responses()
     events = shop_events()
+    # The history first, as in a shop: serving computed these impressions from it. (Sent together, the worker may
+    # read the impressions topic before the shopper's history, and the repeat baseline beside them would be computed
+    # from a state serving never had.)
+    asyncio.run(send(kafka_settings, [("interactions", e.user_id.encode(), encode(e)) for e in events]))
     messages = [("impressions", s.user_id.encode(), encode(s)) for s in impressions]
-    messages += [("interactions", e.user_id.encode(), encode(e)) for e in [*events, *responses, NEXT_BASKET]]
+    messages += [("interactions", e.user_id.encode(), encode(e)) for e in [*responses, NEXT_BASKET]]
     messages += [("explanation-feedback", f.user_id.encode(), encode(f)) for f in feedback]
-    asyncio.run(send(kafka_settings, messages))
 
     state, feed = OpsState(), OpsFeed(kafka_settings)
 
@@ -199,6 +202,9 @@ def test_the_worker_publishes_metrics_and_alarms_from_what_it_consumed(kafka_set
         return check
 
     try:
+        wait_for(latest_when(lambda m: m.get("baseline.purchases_evaluated") == len(events)), timeout_s=120,
+                 message="the history measured")
+        asyncio.run(send(kafka_settings, messages))
         # Everything consumed (topics and partitions are read at their own pace) …
         wait_for(latest_when(lambda m: m.get("baseline.purchases_evaluated") == len(events) + 1
                              and m.get("impressions") == 3 and m.get("impressions_responded") == 2),

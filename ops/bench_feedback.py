@@ -26,9 +26,7 @@ import asyncio
 import logging
 import os
 import statistics
-import tempfile
 import time
-import uuid
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -40,10 +38,10 @@ import orjson
 
 from learner.explanation_bandit import segment_of
 from learner.feedback_sim import SimConfig, simulate
-from ops.processes import ChildProcess, free_port, get_json, recloop_env, wait_json
+from ops.processes import ChildProcess, demo_key_unless_configured, free_port, get_json, recloop_env, wait_json
 from ops.replay import OutgoingMessage, file_messages, produce
 from ops.simulator import ShopperSimulator, ShopperVisit, Verdict, visits
-from ops.topic_admin import create_topics, delete_topics
+from ops.topic_admin import delete_topics, fresh_run_topics
 from streams import records
 from streams.app import faust_app_id
 from streams.records import Interaction
@@ -250,9 +248,7 @@ def bench_env(settings: KafkaSettings, policy_interval_s: float, policy: bool = 
     extra = {"RECLOOP_LEARNER": "off", "RECLOOP_POLICY_INTERVAL_S": str(policy_interval_s),
              "RECLOOP_POLICY_ENABLED": "1" if policy else "0",
              "RECLOOP_BASKET_LATENESS_S": "86400", "RECLOOP_LOG_LEVEL": os.environ.get("RECLOOP_LOG_LEVEL", "INFO")}
-    if not os.environ.get("RECLOOP_ADAPTER_KEY"):
-        extra["RECLOOP_DEMO"] = "1"  # as `recloop demo` does: the public demo key signs and verifies the policy
-    return recloop_env(settings, **extra)
+    return recloop_env(settings, **extra, **demo_key_unless_configured())
 
 
 def run_bench_feedback_live(base_settings: KafkaSettings, *, events: int = 5000, window: int = 1000,
@@ -262,10 +258,8 @@ def run_bench_feedback_live(base_settings: KafkaSettings, *, events: int = 5000,
     """The live benchmark (module docstring); returns its JSON object. ``policy=False``: the baseline, no policy
     is published and serving names the largest scoring term, as before serving read the bandit."""
     started = time.monotonic()
-    home = Path(tempfile.mkdtemp(prefix="recloop-bench-feedback-"))
-    settings = KafkaSettings(kafka_bootstrap=base_settings.bootstrap, topic_prefix=f"fbk{uuid.uuid4().hex[:8]}",
-                             partitions=base_settings.partitions, home=home)
-    create_topics(settings)
+    settings = fresh_run_topics(base_settings, "fbk")
+    home = settings.home
     messages = file_messages(data, settings)
     items = [m for m in messages if m.kind == "item"]
     interactions = [m for m in messages if m.kind != "item"]

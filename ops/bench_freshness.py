@@ -27,9 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ import numpy as np
 
 from ops.processes import ChildProcess, free_port, get_json, recloop_env, wait_json
 from ops.replay import OutgoingMessage, file_messages, produce
-from ops.topic_admin import create_topics, delete_topics
+from ops.topic_admin import delete_topics, fresh_run_topics
 from streams.records import AdapterUpdate, decode
 from streams.settings import KafkaSettings
 from streams.topics import MAX_MESSAGE_BYTES, MODEL_UPDATES
@@ -211,10 +209,8 @@ def live_slice(messages: list[OutgoingMessage], *, warmup: int, live: int
 def run_bench_freshness(base_settings: KafkaSettings, *, tiny: bool = False, device: str = "cpu",
                         warmup: int = 3000, rate: float = 10.0, duration_s: float = 120.0,
                         warmup_timeout_s: float = 900.0, drain_s: float = 180.0, poll_s: float = 0.1) -> dict:
-    home = Path(tempfile.mkdtemp(prefix="recloop-bench-freshness-"))
-    settings = KafkaSettings(kafka_bootstrap=base_settings.bootstrap, topic_prefix=f"fresh{uuid.uuid4().hex[:8]}",
-                             partitions=base_settings.partitions, home=home)
-    create_topics(settings)
+    settings = fresh_run_topics(base_settings, "fresh")
+    home = settings.home
     measured = int(rate * duration_s)
     items, warm, live = live_slice(file_messages(DATA, settings), warmup=warmup,
                                    live=measured + int(rate * drain_s) + 1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -18,9 +17,9 @@ from pathlib import Path
 import orjson
 
 from ops.kafka_io import topic_reader
-from ops.processes import ChildProcess, free_port, get_json, recloop_env, wait_json
+from ops.processes import ChildProcess, demo_key_unless_configured, free_port, get_json, recloop_env, wait_json
 from ops.replay import file_messages, produce
-from ops.topic_admin import create_topics
+from ops.topic_admin import fresh_run_topics
 from streams.settings import KafkaSettings
 from streams.topics import INTERACTIONS
 
@@ -44,9 +43,7 @@ async def raw_consume(settings: KafkaSettings, topic: str, expected: int) -> flo
 
 
 def run_bench_ingest(base: KafkaSettings, *, events: int) -> dict:
-    settings = KafkaSettings(kafka_bootstrap=base.bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}",
-                             partitions=base.partitions, home=Path(tempfile.mkdtemp(prefix="recloop-bench-")))
-    create_topics(settings)
+    settings = fresh_run_topics(base, "bench")
     topic = settings.topic(INTERACTIONS.name)
     messages = [m for m in file_messages(DATA, settings, limit=events) if m.kind != "item"]
     asyncio.run(produce(messages, settings))
@@ -55,7 +52,8 @@ def run_bench_ingest(base: KafkaSettings, *, events: int) -> dict:
 
     port = free_port()
     worker = ChildProcess(["worker"], recloop_env(settings, RECLOOP_WORKER_WEB_PORT=str(port),
-                                                  RECLOOP_WORKER_APP_ID=f"bench-{uuid.uuid4().hex[:6]}"),
+                                                  RECLOOP_WORKER_APP_ID=f"bench-{uuid.uuid4().hex[:6]}",
+                                                  **demo_key_unless_configured()),
                           settings.home / "worker.log").start()
     url = f"http://127.0.0.1:{port}/counts/"
     try:

@@ -19,9 +19,7 @@ import logging
 import os
 import random
 import re
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,7 @@ from learner.encoder import load_base, tiny_bert
 from learner.model import RankingModel
 from ops.processes import ChildProcess, free_port, recloop_env, wait_json
 from ops.replay import file_messages, produce
-from ops.topic_admin import create_topics, delete_topics
+from ops.topic_admin import delete_topics, fresh_run_topics
 from streams.records import encode
 from streams.settings import KafkaSettings
 from streams.topics import MODEL_UPDATES
@@ -143,10 +141,8 @@ def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, c
     import httpx
 
     torch.set_num_threads(1)
-    home = Path(tempfile.mkdtemp(prefix="recloop-bench-serve-"))
-    settings = KafkaSettings(kafka_bootstrap=base_settings.bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}",
-                             partitions=base_settings.partitions, home=home)
-    create_topics(settings)
+    settings = fresh_run_topics(base_settings, "bench")
+    home = settings.home
     messages = file_messages(DATA, settings)
     items = [m for m in messages if m.kind == "item"]
     events = [m for m in messages if m.kind != "item"][-interactions:]

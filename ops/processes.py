@@ -32,6 +32,14 @@ def recloop_env(settings: KafkaSettings, **extra: str) -> dict[str, str]:
             **extra}
 
 
+def demo_key_unless_configured() -> dict[str, str]:
+    """Environment for a benchmark's own throwaway workers: the public demo key (``RECLOOP_DEMO=1``, as ``recloop
+    demo`` does) unless an adapter key is configured, so a benchmark runs from a clean shell as the README shows."""
+    if os.environ.get("RECLOOP_ADAPTER_KEY") or os.environ.get("RECLOOP_ADAPTER_KEY_FILE"):
+        return {}
+    return {"RECLOOP_DEMO": "1"}
+
+
 @dataclass
 class ChildProcess:
     """A ``recloop`` sub-command running in the background with its output in a log file."""

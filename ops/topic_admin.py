@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -50,6 +53,15 @@ def create_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = ALL_TO
         return results
     finally:
         admin.close()
+
+
+def fresh_run_topics(base: KafkaSettings, stem: str) -> KafkaSettings:
+    """Settings for one benchmark run on ``base``'s broker: topics of their own (prefix ``<stem><random>``, created
+    now) and a temporary ``RECLOOP_HOME``, so a run never sees another's messages or state."""
+    settings = KafkaSettings(kafka_bootstrap=base.bootstrap, topic_prefix=f"{stem}{uuid.uuid4().hex[:8]}",
+                             partitions=base.partitions, home=Path(tempfile.mkdtemp(prefix=f"recloop-{stem}-")))
+    create_topics(settings)
+    return settings
 
 
 def delete_topics(settings: KafkaSettings, *, app_id: str | None = None) -> None:

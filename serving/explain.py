@@ -126,7 +126,53 @@ def with_calibrated_confidence(explanation: Explanation, policy: ExplanationPoli
 # --------------------------------------------------------------------------- pure pieces
 
 
+_COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
 @torch.inference_mode()
+def term_values(head: FusionHead, features: np.ndarray, cosine: np.ndarray) -> dict[tuple[bool, ...], np.ndarray]:
+    """The head's scores ``[k]`` with every subset of the terms kept (keyed by a flag per term of :data:`TERMS`); a
+    removed term has its feature columns zeroed, or the cosine for ``text``. One batched forward of the head."""
+    kept = list(itertools.product((False, True), repeat=len(TERMS)))
+    feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    cos = torch.as_tensor(np.asarray(cosine, dtype=np.float32))
+    variants_f = feats.repeat(len(kept), 1, 1)  # [variant, k, F]
+    variants_c = cos.repeat(len(kept), 1)
+    for v, mask in enumerate(kept):
+        for term, keep in zip(TERMS, mask, strict=True):
+            if keep:
+                continue
+            if term == "text":
+                variants_c[v] = 0.0
+            else:
+                variants_f[v][:, [_COLUMN[c] for c in TERM_COLUMNS[term]]] = 0.0
+    scores = head(variants_f, variants_c).numpy().astype(np.float64)
+    return dict(zip(kept, scores, strict=True))
+
+
+def occlusions(values: dict[tuple[bool, ...], np.ndarray]) -> np.ndarray:
+    """``[k, len(TERMS)]``: how much each term adds to each item's score (score minus score without it)."""
+    everything = (True,) * len(TERMS)
+    return np.column_stack([values[everything] - values[everything[:i] + (False,) + everything[i + 1:]]
+                            for i in range(len(TERMS))])
+
+
+def shapley(values: dict[tuple[bool, ...], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Shapley values of the terms ``[k, len(TERMS)]`` and the score with every term removed ``[k]``:
+    ``baseline + values.sum(1)`` is the score."""
+    n = len(TERMS)
+    nothing = (False,) * n
+    out = np.zeros((len(values[nothing]), n))
+    for i in range(n):
+        for mask, without_i in values.items():
+            if mask[i]:
+                continue
+            size = sum(mask)
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            out[:, i] += weight * (values[mask[:i] + (True,) + mask[i + 1:]] - without_i)
+    return out, values[nothing]
+
+
 def term_contributions(head: FusionHead, features: np.ndarray, cosine: np.ndarray) -> np.ndarray:
     """``[k, len(TERMS)]``: how much each term adds to each item's score (score minus score without it).
 
@@ -135,23 +181,9 @@ def term_contributions(head: FusionHead, features: np.ndarray, cosine: np.ndarra
     >>> term_contributions(head, np.eye(1, len(FEATURE_NAMES)) * 2.0, np.array([0.5])).round(3).tolist()
     [[2.0, 0.0, 0.0, 0.0, 0.025]]
     """
-    feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    cos = torch.as_tensor(np.asarray(cosine, dtype=np.float32))
-    variants_f = feats.repeat(len(TERMS) + 1, 1, 1)  # [variant, k, F]; variant 0 is the full input
-    variants_c = cos.repeat(len(TERMS) + 1, 1)
-    for term, name in enumerate(TERMS, start=1):
-        if name == "text":
-            variants_c[term] = 0.0
-        else:
-            variants_f[term][:, [_COLUMN[c] for c in TERM_COLUMNS[name]]] = 0.0
-    scores = head(variants_f, variants_c)
-    return (scores[0].unsqueeze(0) - scores[1:]).T.numpy().astype(np.float64)
+    return occlusions(term_values(head, features, cosine))
 
 
-_COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
-
-
-@torch.inference_mode()
 def shapley_contributions(head: FusionHead, features: np.ndarray, cosine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact Shapley values of the terms for each item, ``[k, len(TERMS)]``, and the score with every term removed,
     ``[k]``: ``baseline + values.sum(1)`` is the score (removing a term = zeroing its columns, or the cosine).
@@ -164,32 +196,7 @@ def shapley_contributions(head: FusionHead, features: np.ndarray, cosine: np.nda
     >>> bool(np.isclose(baseline + values.sum(1), score.numpy()).all())
     True
     """
-    n = len(TERMS)
-    kept = list(itertools.product((False, True), repeat=n))  # every subset of kept terms
-    feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    cos = torch.as_tensor(np.asarray(cosine, dtype=np.float32))
-    variants_f = feats.repeat(len(kept), 1, 1)
-    variants_c = cos.repeat(len(kept), 1)
-    for v, mask in enumerate(kept):
-        for term, keep in zip(TERMS, mask, strict=True):
-            if keep:
-                continue
-            if term == "text":
-                variants_c[v] = 0.0
-            else:
-                variants_f[v][:, [_COLUMN[c] for c in TERM_COLUMNS[term]]] = 0.0
-    value = {mask: scores for mask, scores in zip(kept, head(variants_f, variants_c).numpy().astype(np.float64),
-                                                   strict=True)}
-    shapley = np.zeros((feats.shape[0], n))
-    for i in range(n):
-        for mask in kept:
-            if mask[i]:
-                continue
-            size = sum(mask)
-            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
-            with_i = mask[:i] + (True,) + mask[i + 1:]
-            shapley[:, i] += weight * (value[with_i] - value[mask])
-    return shapley, value[(False,) * n]
+    return shapley(term_values(head, features, cosine))
 
 
 def co_purchase_support(features: BehaviourFeatures, user_id: str, items: Sequence[int],
@@ -287,8 +294,9 @@ class Explainer:
         (the explanation policy) picks among them, else the style whose term adds most to the score.
         """
         items = [int(i) for i in items]
-        contributions = term_contributions(state.head, feature_rows, cosine)
-        shapley, baselines = shapley_contributions(state.head, feature_rows, cosine)
+        values = term_values(state.head, feature_rows, cosine)  # one forward serves both views
+        contributions = occlusions(values)
+        shares, baselines = shapley(values)
         options = self.faithful_options(state, features, user_id, history, items, contributions)
         out = []
         for n, item in enumerate(items):
@@ -298,7 +306,7 @@ class Explainer:
             total = np.maximum(terms, 0.0).sum()
             named_term = terms[TERMS.index(TERM_OF_STYLE[style])]
             confidence = float(max(named_term, 0.0) / total) if total > 0 else 0.0
-            named = {TERMS[t]: float(shapley[n, t]) for t in range(len(TERMS))}
+            named = {TERMS[t]: float(shares[n, t]) for t in range(len(TERMS))}
             explanation = self._explanation(state.version, user_id, item, style, faithful[style], confidence, named,
                                             features)
             out.append(dataclasses.replace(explanation, faithful_styles=tuple(faithful),

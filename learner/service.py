@@ -176,8 +176,7 @@ class LearnerService:
         #: set from another thread (or process) when the worker shuts down
         self._stop = stop if stop is not None else threading.Event()
         self._started = time.monotonic()
-        if self.state_dir is not None:
-            self._restore()
+        self.reload_checkpoint()
         log.info("learner ready: base %s (%s…) on %s, resuming from %s", self.base.name,
                  self.base.fingerprint[:12], device, self.current_version or "version 0")
 
@@ -286,7 +285,6 @@ class LearnerService:
         self._sync_catalogue()  # every item seen so far is encoded, whatever the micro-batches were
         held = self.ranker.hold_out(baskets, self._catalogued)
         self.status.examples += len(held)
-        self.status.held_out = len(self.ranker.window)
         if self.ranker.window_full:
             self._decide_window()
 
@@ -344,9 +342,9 @@ class LearnerService:
             raise RuntimeError("this learner has no state directory to checkpoint into")
         with self._lock:
             started = time.perf_counter()
-            self.status.checkpointed_through = through
             state = checkpoint.Checkpoint(self.base.fingerprint, through, self.learning_state(), self.clock())
             path, size = checkpoint.write_checkpoint(self.state_dir, state)
+            self.status.checkpointed_through = through  # only once it is on disk (a load sets it from the file)
             self._checkpointed_step = self._step
             self.status.checkpoints += 1
             self.status.last_checkpoint_s = round(time.perf_counter() - started, 3)
@@ -368,24 +366,19 @@ class LearnerService:
     def reload_checkpoint(self) -> int | None:
         """Load the checkpoint on disk if it covers more input than this service holds; return its offset, if loaded.
 
-        For a worker that takes the learner's partition over from another (a rebalance, with the state directory
-        on shared storage): it loaded the checkpoint when it started, the previous owner learned on since.
+        At start (nothing held yet: any checkpoint of this base is loaded, else the resumed adapter stays), and for a
+        worker that takes the learner's partition over from another (a rebalance, with the state directory on
+        shared storage): it loaded the checkpoint when it started, the previous owner learned on since.
         """
         if self.state_dir is None:
             return None
         with self._lock:
             found = checkpoint.read_checkpoint(self.state_dir, self.base.fingerprint)
             held = self.status.checkpointed_through
-            if found is None or found.through is None or (held is not None and found.through <= held):
+            if found is None or (held is not None and (found.through is None or found.through <= held)):
                 return None
             self._load(found)
             return found.through
-
-    def _restore(self) -> None:
-        """Load the checkpoint under ``state_dir`` if there is one for this base (else keep the resumed adapter)."""
-        found = checkpoint.read_checkpoint(self.state_dir, self.base.fingerprint)
-        if found is not None:
-            self._load(found)
 
     def _load(self, found: checkpoint.Checkpoint) -> None:
         state = found.state

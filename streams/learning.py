@@ -443,10 +443,14 @@ class TrainingAgent:
         finally:
             await watcher.stop()
 
+    @property
+    def _held_through(self) -> int:
+        """The last input offset this learner's state holds (learned here, or in the loaded checkpoint)."""
+        return self._last_offset if self._last_offset is not None else self._loaded_through
+
     def _jumps(self, offset: int) -> bool:
         """Whether the input continues past records this learner never saw (its partition was someone else's)."""
-        learned = self._last_offset if self._last_offset is not None else self._loaded_through
-        return offset > learned + 1
+        return offset > self._held_through + 1
 
     async def _catch_up_with_checkpoint(self, executor: Executor, offset: int) -> None:
         """The input skips ahead of what this learner holds: load the checkpoint its previous owner wrote since."""
@@ -460,7 +464,7 @@ class TrainingAgent:
         if self._jumps(offset):
             log.warning("learner input continues at offset %d, but its state holds only up to %s: the records "
                         "between were learned by another worker whose checkpoint is not in this state directory",
-                        offset, self._last_offset if self._last_offset is not None else self._loaded_through)
+                        offset, self._held_through)
 
     async def _skip_checkpointed(self, stream: faust.StreamT, events: list) -> list:
         """Ack, without learning them again, the records a loaded checkpoint already holds (a restart's replay)."""

@@ -46,7 +46,7 @@ def build_models(base: Base, shop: Shop, probe_until: float | None, config: Rank
     """The baselines, the frozen base, recloop, its ablations and (optionally) the full fine-tune."""
     config = config or RankerConfig()
     texts = shop.item_texts()
-    items = [(shop.index.code_of(i), texts[i]) for i in range(len(texts))]
+    items = shop.items()
     variants = {name: change for name, change in VARIANTS.items() if ablations or name == "recloop"}
     if full_finetune:
         variants["full_finetune"] = {"full_finetune": True}

@@ -182,8 +182,7 @@ def run_search(*, quick: bool, tiny: bool = False, model_dir: Path | None = None
         torch.set_num_threads(threads)
     base = tiny_bert(seed=0) if tiny else load_base(model_dir)
     shop = load_shop(data_path)
-    texts = shop.item_texts()
-    recloop = ServedRecommender(base, [(shop.index.code_of(i), texts[i]) for i in range(len(texts))], config=config)
+    recloop = ServedRecommender(base, shop.items(), config=config)
     try:
         result = run_search_eval(base, shop, quick=quick, recloop=recloop, progress=progress)
     finally:

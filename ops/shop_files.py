@@ -125,6 +125,10 @@ class Shop:
         """Per item int: title, description and category joined when present (:func:`learner.baskets.item_text`)."""
         return item_texts(self.catalog, self.index)
 
+    def items(self) -> list[tuple[str, str]]:
+        """Per item int: ``(item_id, text)``, what :class:`ops.served_recommender.ServedRecommender` is built from."""
+        return [(self.index.code_of(i), text) for i, text in enumerate(self.item_texts())]
+
 
 def load_shop(path: Path) -> Shop:
     """Read ``path`` (contract records or the Online Retail file) into chronological baskets and a catalogue.

@@ -37,8 +37,7 @@ class _Quiet:
 
 def test_eval_recommender_and_a_serving_worker_return_the_same_top_10(base):
     shop = load_shop(DEFAULT_DATA_PATH)
-    texts = shop.item_texts()
-    items = [(shop.index.code_of(i), texts[i]) for i in range(len(texts))]
+    items = shop.items()
     evaluated = ServedRecommender(base, items, config=RankerConfig(window_baskets=24, text_every_windows=2))
     published = []
     publish = evaluated._publish

@@ -59,9 +59,8 @@ def test_only_ambiguous_words_become_queries():
 
 def test_the_search_eval_prints_every_searcher_and_personal_search_beats_bm25():
     shop = generated_shop()
-    texts = shop.item_texts()
     base = tiny_bert(seed=0)
-    recloop = ServedRecommender(base, [(shop.index.code_of(i), texts[i]) for i in range(len(texts))])
+    recloop = ServedRecommender(base, shop.items())
     try:
         result = run_search_eval(base, shop, quick=False, recloop=recloop)
     finally:

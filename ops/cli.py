@@ -172,12 +172,16 @@ def worker(
     web_port: Annotated[int | None, typer.Option(help="Port of /counts and /metrics (default 6066)")] = None,
 ) -> None:
     """Run the Faust worker (all agents). Start more to process more partitions in parallel."""
+    from learner.settings import LearnerSettings
+    from ops.topic_admin import create_learner_topic
     from streams.worker import run_worker
 
     logs.configure()
     kafka = KafkaSettings()
     ensure_broker(kafka)
     settings = WorkerSettings() if web_port is None else WorkerSettings(web_port=web_port)
+    if LearnerSettings().enabled:
+        create_learner_topic(kafka, settings)
     sys.argv = [sys.argv[0]]  # faust.Worker parses argv itself
     run_worker(kafka, settings)
 

@@ -12,7 +12,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from streams.settings import KafkaSettings
+from streams.settings import KafkaSettings, WorkerSettings
 from streams.topics import ALL_TOPICS, TopicSpec, partitions_for
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,32 @@ def create_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = ALL_TO
         return results
     finally:
         admin.close()
+
+
+def create_learner_topic(kafka: KafkaSettings, worker: WorkerSettings) -> str:
+    """Create the worker's internal learner topic before the worker starts (idempotent); returns its name.
+
+    Faust would create it too, but at start-up, racing its own subscription: the consumer may fetch
+    metadata before the new topic is in it, log "Ignoring missing topic" and never be assigned the
+    learner's partition, so that worker never trains (seen once in a test run of 2026-12-02).
+    """
+    from streams.app import faust_app_id
+    from streams.learning import learner_topic_name
+    from streams.topics import MAX_MESSAGE_BYTES
+
+    name = learner_topic_name(faust_app_id(kafka, worker))
+    admin = admin_client(kafka)
+    try:
+        if name not in set(admin.list_topics()):
+            try:
+                admin.create_topics([NewTopic(name=name, num_partitions=1, replication_factor=kafka.replication_factor,
+                                              topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)})])
+                log.info("created topic %s (the learner's input, 1 partition)", name)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+    return name
 
 
 def fresh_run_topics(base: KafkaSettings, stem: str) -> KafkaSettings:

@@ -29,7 +29,7 @@ from learner.durable import replace_file
 log = logging.getLogger(__name__)
 
 #: Bumped whenever what a checkpoint holds changes incompatibly; older files are then ignored.
-FORMAT = 1
+FORMAT = 2  # 2: features gained the "dismissed" column (explanation feedback)
 FILENAME = "learner.ckpt"
 
 

@@ -13,9 +13,10 @@ no history to explain *from*, so "history" cannot help them, while a regular may
 Serving and the worker call the same :func:`segment_of` so both sides mean the same segment.
 
 "Not helpful" says the *explanation* failed; with reason ``irrelevant`` it says the *item* did not
-fit the shopper, which is a label for the ranker too: :func:`ranker_negatives` turns such
-feedback into ``(user_id, item_id, weight)`` negatives. Other reasons ("unclear", "wrong reason",
-none) only teach the bandit: the shopper may well have wanted the item.
+fit the shopper, which is a label for the ranker too: :meth:`learner.rich_features.RichFeatures.learn_feedback`
+counts it (weight :data:`IRRELEVANT_WEIGHT`) in that shopper's ``dismissed`` column, which the head weighs
+against the item and the listwise loss turns into a weighted negative. Other reasons ("unclear", "wrong
+reason", none) only teach the bandit: the shopper may well have wanted the item.
 
 >>> bandit = ExplanationBandit(seed=1)
 >>> for _ in range(200):
@@ -156,17 +157,3 @@ def is_irrelevant(feedback: ExplanationFeedback) -> bool:
     """Whether the shopper said the *item* does not fit them (not helpful, reason "irrelevant")."""
     reason = (feedback.reason or "").strip().lower()
     return not feedback.helpful and reason in IRRELEVANT_REASONS
-
-
-def ranker_negatives(feedback: Iterable[ExplanationFeedback], weight: float = IRRELEVANT_WEIGHT,
-                     ) -> list[tuple[str, str, float]]:
-    """``(user_id, item_id, weight)`` negatives for the ranker from "irrelevant" explanation feedback.
-
-    >>> from streams.records import ExplanationFeedback as F
-    >>> fb = [F("e1", "u1", "r1", "85123A", "x1", "history", False, 1.3e9, "irrelevant"),
-    ...       F("e2", "u1", "r1", "22423", "x2", "history", False, 1.3e9, "unclear"),
-    ...       F("e3", "u2", "r2", "22423", "x3", "popular", True, 1.3e9)]
-    >>> ranker_negatives(fb)
-    [('u1', '85123A', 0.5)]
-    """
-    return [(f.user_id, f.item_id, weight) for f in feedback if is_irrelevant(f)]

@@ -47,6 +47,10 @@ class ModelConfig:
     primary_weight: float = 1.0
     secondary_weight: float = 0.0
     text_weight: float = 0.05
+    #: Initial weight of the ``dismissed`` column (a shopper said the item is irrelevant to them): strongly
+    #: negative, so one published head already keeps twice-dismissed items out of that shopper's top 10 (two
+    #: verdicts: ``log1p(1.0) * -8 = -5.5``, more than the spread of a typical top 10); training moves it.
+    dismissed_weight: float = -8.0
     #: Width of the residual MLP of the fusion head (0: linear head only).
     head_hidden: int = 32
     lora_r: int = 8
@@ -172,17 +176,27 @@ def collate(examples: Sequence[Example], config: ModelConfig) -> Batch:
     return Batch(history, history_weight, candidates, mask, features, weight)
 
 
+#: Trailing feature columns that enter the score through one weight each, outside the linear layer and the MLP:
+#: explanation feedback ("dismissed") can then only lower that shopper's score of that item, by an amount the
+#: explanation names exactly, and a head trained on data without feedback is the head it was before the column.
+LINEAR_ONLY = ("dismissed",)
+
+
 class FusionHead(nn.Module):
-    """score = w·features + exp(text_scale)·cosine + mlp([features, cosine]).
+    """score = w·features + exp(text_scale)·cosine + mlp([features, cosine]) + w_dismissed·dismissed.
 
     The MLP's output layer starts at zero and ``w``/``text_scale`` start at the configured
     weights, so the untrained head ranks like the primary feature with small tie-breakers.
-    ``text_scale`` is a learned temperature for the cosine, kept positive.
+    ``text_scale`` is a learned temperature for the cosine, kept positive. The :data:`LINEAR_ONLY`
+    columns (when the config names them, last) each have their own weight, starting at
+    :attr:`ModelConfig.dismissed_weight`.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        n = config.n_features
+        names = config.feature_names
+        self.n_mixed = len(names) - len(LINEAR_ONLY) if names[-len(LINEAR_ONLY):] == LINEAR_ONLY else len(names)
+        n = self.n_mixed
         self.linear = nn.Linear(n, 1, bias=False)
         with torch.no_grad():
             self.linear.weight.fill_(config.secondary_weight)
@@ -194,12 +208,23 @@ class FusionHead(nn.Module):
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
             self.mlp = nn.Sequential(nn.Linear(n + 1, config.head_hidden), nn.Tanh(), out)
+        self.dismissed_weight: nn.Parameter | None = None
+        if n < len(names):
+            self.dismissed_weight = nn.Parameter(torch.tensor(float(config.dismissed_weight)))
 
     def forward(self, features: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
         """``features [..., F]`` and ``cosine [...]`` → scores ``[...]``."""
-        score = self.linear(features).squeeze(-1) + self.log_text_scale.exp() * cosine
+        score = self.linear_part(features, cosine)
         if self.mlp is not None:
-            score = score + self.mlp(torch.cat([features, cosine.unsqueeze(-1)], dim=-1)).squeeze(-1)
+            mixed = features[..., : self.n_mixed]
+            score = score + self.mlp(torch.cat([mixed, cosine.unsqueeze(-1)], dim=-1)).squeeze(-1)
+        return score
+
+    def linear_part(self, features: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
+        """The score without the MLP: ``w·features + exp(text_scale)·cosine + w_dismissed·dismissed``."""
+        score = self.linear(features[..., : self.n_mixed]).squeeze(-1) + self.log_text_scale.exp() * cosine
+        if self.dismissed_weight is not None:
+            score = score + self.dismissed_weight * features[..., self.n_mixed]
         return score
 
 

@@ -51,20 +51,44 @@ log = logging.getLogger(__name__)
 K = 10
 
 
-def listwise_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def listwise_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor,
+                  log_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over baskets of the mean over bought items of ``-log p(item)`` against every item not bought.
 
-    ``scores``, ``positive`` and ``valid`` are ``[baskets, items]``; ``valid`` masks padding.
+    ``scores``, ``positive`` and ``valid`` are ``[baskets, items]``; ``valid`` masks padding. ``log_weight``
+    (same shape, default 0) weighs negatives: a negative of weight ``w`` counts as ``w`` copies of itself
+    in the softmax's denominator, so pushing it down pays ``w`` times as much (:func:`negative_log_weights`).
 
-    >>> s = torch.tensor([[2.0, 0.0, 0.0]])
-    >>> round(float(listwise_loss(s, torch.tensor([[True, False, False]]), torch.ones(1, 3, dtype=torch.bool))), 4)
+    >>> s, v = torch.tensor([[2.0, 0.0, 0.0]]), torch.ones(1, 3, dtype=torch.bool)
+    >>> round(float(listwise_loss(s, torch.tensor([[True, False, False]]), v)), 4)
     0.2395
+    >>> round(float(listwise_loss(s, torch.tensor([[True, False, False]]), v, torch.tensor([[0.0, math.log(3), 0.0]]))), 4)
+    0.4327
     """
     negatives = valid & ~positive
-    log_rest = torch.logsumexp(scores.masked_fill(~negatives, -math.inf), dim=1, keepdim=True)
+    scores_of_rest = scores if log_weight is None else scores + log_weight
+    log_rest = torch.logsumexp(scores_of_rest.masked_fill(~negatives, -math.inf), dim=1, keepdim=True)
     per_item = -(scores - torch.logaddexp(scores, log_rest))
     per_basket = (per_item * positive).sum(1) / positive.sum(1).clamp(min=1)
     return per_basket.mean()
+
+
+#: Column of the feature rows that counts a shopper's "irrelevant" verdicts on an item (``log1p`` of the count).
+DISMISSED_COLUMN = FEATURE_NAMES.index("dismissed")
+
+
+def negative_log_weights(rows: torch.Tensor) -> torch.Tensor:
+    """Log-weights of items as negatives of the listwise loss, from their feature rows ``[..., F]``.
+
+    An item the shopper dismissed (explanation feedback "irrelevant", weighted count ``c``) is a negative of
+    weight ``1 + c``: their explicit "no" on top of not buying it. Its ``dismissed`` column is ``log1p(c)``,
+    which is exactly that log-weight. Every other item weighs 1.
+
+    >>> rows = torch.zeros(1, 2, len(FEATURE_NAMES)); rows[0, 1, DISMISSED_COLUMN] = math.log1p(1.0)
+    >>> negative_log_weights(rows).exp().tolist()
+    [[1.0, 2.0]]
+    """
+    return rows[..., DISMISSED_COLUMN]
 
 
 def target_ranks(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -388,7 +412,8 @@ class OnlineRanker:
         for start in range(0, len(window), self.config.head_batch):
             chunk = [*window[start : start + self.config.head_batch], *self._replay.sample(self.config.head_replay)]
             batch = Stacked.of(chunk, self.model.config.n_features)
-            loss = listwise_loss(self.model.head(batch.rows, batch.cosine), batch.positive, batch.valid)
+            loss = listwise_loss(self.model.head(batch.rows, batch.cosine), batch.positive, batch.valid,
+                                 negative_log_weights(batch.rows))
             penalty = sum(((p - anchor[name]) ** 2).sum() for name, p in self._head_params.items())
             self._head_optimizer.zero_grad(set_to_none=True)
             (loss + self.config.head_anchor_l2 * penalty).backward()
@@ -472,6 +497,14 @@ class OnlineRanker:
                                   float(window_ndcg(text, stacked.positive, stacked.n_targets).mean())))
         self.timings["probe"] += time.perf_counter() - started
 
+    def head_weights(self) -> dict[str, float]:
+        """The head's weight of the text cosine and of each feature column outside the MLP."""
+        head = self.model.head
+        weights = [float(head.log_text_scale.detach().exp()), *head.linear.weight.detach()[0].tolist()]
+        if head.dismissed_weight is not None:
+            weights.append(float(head.dismissed_weight.detach()))
+        return dict(zip(("text", *FEATURE_NAMES), (round(w, 4) for w in weights), strict=True))
+
     def report(self) -> dict:
         """What the run did: versions, refusals, steps, where the time went, the retention curve, the head."""
         probe = self.probe
@@ -484,7 +517,5 @@ class OnlineRanker:
             "probe": [{"version": v, "ndcg@10": round(f, 4), "text_ndcg@10": round(t, 4)}
                       for v, f, t in (probe.scores if probe else [])],
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
-            "head_linear": dict(zip(("text", *FEATURE_NAMES), [
-                round(float(self.model.head.log_text_scale.detach().exp()), 4),
-                *[round(float(w), 4) for w in self.model.head.linear.weight.detach()[0]]], strict=True)),
+            "head_linear": self.head_weights(),
         }

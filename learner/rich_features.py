@@ -17,7 +17,12 @@ same test-then-train rule (it learns baskets exactly as its parent does), as the
 - ``pop_7d``/``pop_30d``: ``log1p`` of baskets buying it in the last 7/30 days, scaled by the top item;
 - ``item_repurchase``: smoothed share of the item's buyers who bought it again;
 - shopper context, the same on every row (the head's MLP mixes it with the rest): ``log1p`` of their
-  basket count, their smoothed share of repeat items per basket, ``log1p`` days since their last basket.
+  basket count, their smoothed share of repeat items per basket, ``log1p`` days since their last basket;
+- ``dismissed``: ``log1p`` of the weighted count of times the shopper said the item is *irrelevant* to
+  them (explanation feedback "not helpful", reason "irrelevant": :meth:`RichFeatures.learn_dismissal`).
+  Only that shopper's row of that item is ever non-zero, so the feedback moves nobody else's ranking;
+  the head starts with a strongly negative weight on it (:data:`learner.model.COLUMN_PRIORS`) and the
+  listwise loss weighs a dismissed item up as a negative (:func:`learner.ranker.negative_weights`).
 
 Scales are chosen so every column stays roughly within [0, 3]. The features are pure behaviour:
 no item ids, nothing specific to one catalogue.
@@ -44,12 +49,14 @@ import numpy as np
 
 from learner.baselines import DAY, RecentPopularity, grown, recency_weights, sparse_to_candidates
 from learner.baskets import Basket, ItemIndex
+from learner.explanation_bandit import IRRELEVANT_WEIGHT, is_irrelevant
 from learner.features import BehaviourFeatures
+from streams.records import ExplanationFeedback
 
 FEATURE_NAMES = (
     "repeat", "repeat_7d", "repeat_30d", "repeat_365d", "purchases", "bought_before", "days_since", "due",
     "recent_baskets", "knn", "pop_7d", "pop_30d", "item_repurchase",
-    "shopper_baskets", "shopper_repeat_share", "shopper_days_since",
+    "shopper_baskets", "shopper_repeat_share", "shopper_days_since", "dismissed",
 )
 
 #: Half-lives (days) of the repeat columns, in column order.
@@ -102,6 +109,34 @@ class RichFeatures(BehaviourFeatures):
         self._shoppers: dict[str, ShopperLog] = {}
         self._buyers = np.zeros(0)  # distinct shoppers who bought the item
         self._repeaters = np.zeros(0)  # ... and bought it in a second basket
+        self._dismissed: dict[str, dict[int, float]] = {}  # shopper -> item -> weighted "irrelevant" count
+
+    def learn_feedback(self, feedback: ExplanationFeedback) -> bool:
+        """Learn what explanation feedback says about the *item*: "not helpful, irrelevant" dismisses it for that
+        shopper (weight :data:`~learner.explanation_bandit.IRRELEVANT_WEIGHT`); anything else is about the
+        explanation only. Whether it dismissed the item."""
+        if not is_irrelevant(feedback):
+            return False
+        self.learn_dismissal(feedback.user_id, feedback.item_id, IRRELEVANT_WEIGHT)
+        return True
+
+    def learn_dismissal(self, user_id: str, item_id: str, weight: float) -> None:
+        """The shopper said ``item_id`` is irrelevant to them (explanation feedback), counted with ``weight``.
+
+        >>> f = RichFeatures()
+        >>> f.learn_dismissal("u", "A", 0.5); f.learn_dismissal("u", "A", 0.5)
+        >>> round(float(f.matrix("u", np.arange(1))[0, FEATURE_NAMES.index("dismissed")]), 3), f.dismissed("v", 0)
+        (0.693, 0.0)
+        """
+        if weight <= 0 or not math.isfinite(weight):
+            raise ValueError(f"a dismissal needs a positive weight, got {weight}")
+        item = self.add_item(item_id)
+        counts = self._dismissed.setdefault(user_id, {})
+        counts[item] = counts.get(item, 0.0) + weight
+
+    def dismissed(self, user_id: str, item: int) -> float:
+        """The shopper's weighted count of "irrelevant" verdicts on ``item`` (0 when none)."""
+        return self._dismissed.get(user_id, {}).get(item, 0.0)
 
     def learn(self, baskets: Iterable[Basket]) -> None:
         baskets = list(baskets)
@@ -125,7 +160,7 @@ class RichFeatures(BehaviourFeatures):
         self.popularity_7d.advance_to(now)
 
     def matrix(self, user_id: str, candidates: np.ndarray, now: float | None = None) -> np.ndarray:
-        """Feature rows (:data:`FEATURE_NAMES` columns) for ``candidates``, float32 ``[n, 16]``.
+        """Feature rows (:data:`FEATURE_NAMES` columns) for ``candidates``, float32 ``[n, len(FEATURE_NAMES)]``.
 
         ``now`` is the moment of the choice (default: the newest timestamp learned).
         """
@@ -170,6 +205,11 @@ class RichFeatures(BehaviourFeatures):
         out[:, col["pop_30d"]] = _scaled(np.log1p(self.popularity.scores(catalogue)))[candidates]
         buyers = _gather(self._buyers, candidates)
         out[:, col["item_repurchase"]] = (_gather(self._repeaters, candidates) + 1.0) / (buyers + 10.0)
+        dismissed = self._dismissed.get(user_id)
+        if dismissed:
+            items = np.fromiter(dismissed, dtype=np.int64, count=len(dismissed))
+            counts = np.fromiter(dismissed.values(), dtype=np.float64, count=len(dismissed))
+            out[:, col["dismissed"]] = np.log1p(sparse_to_candidates(items, counts, candidates))
         return out
 
 

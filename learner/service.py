@@ -53,7 +53,7 @@ from learner.ranker_config import RankerConfig
 from learner.rich_features import RichFeatures
 from learner.settings import LearnerSettings
 from learner.streaming_model import StreamingRankingModel
-from streams.records import AdapterUpdate, Impression, Interaction, Item, MetricSnapshot
+from streams.records import AdapterUpdate, ExplanationFeedback, Impression, Interaction, Item, MetricSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 GATE_METRIC = "learner.gate"
 
 
-LearnerRecord = Item | Interaction | Impression
+LearnerRecord = Item | Interaction | Impression | ExplanationFeedback
 
 
 # --------------------------------------------------------------------------- the service
@@ -114,6 +114,8 @@ class LearnerStatus:
     last_decision: str | None = None
     items: int = 0
     held_out: int = 0
+    #: "irrelevant" explanation feedback learned (each a weighted negative for that shopper and item)
+    dismissals: int = 0
     first_published_after_s: float | None = None
     #: the input offset the checkpoint on disk covers (records at or below it are learned and saved)
     checkpointed_through: int | None = None
@@ -244,6 +246,8 @@ class LearnerService:
                     items = []
                 if isinstance(record, Interaction):
                     self._learn(record, sources[n] if sources is not None else None)
+                elif isinstance(record, ExplanationFeedback):
+                    self._learn_feedback(record)
             self.add_items(items)
             return self._outcome(len(records), held_before, trained_before)
 
@@ -256,14 +260,26 @@ class LearnerService:
             return self._outcome(0, held_before, trained_before)
 
     def _learn(self, event: Interaction, source: int | None = None) -> None:
-        if event.event_id in self._recent_events:
-            return  # redelivered (a crash between forward and commit upstream): learned once
-        self._recent_events[event.event_id] = None
-        while len(self._recent_events) > self.settings.dedup_window:
-            self._recent_events.popitem(last=False)
+        if not self._first_time(event.event_id):
+            return
         self.features.learn_interaction(event.user_id, event.item_id, event.type, event.ts,
                                         basket_id=event.session_id, source=source)
         self._observed_ts = event.ts if self._observed_ts is None else max(self._observed_ts, event.ts)
+
+    def _learn_feedback(self, feedback: ExplanationFeedback) -> None:
+        """"Not helpful, irrelevant": from now on the item is a weighted negative for that shopper (its
+        ``dismissed`` column), in what the head is trained on and in what it ranks."""
+        if self._first_time(feedback.event_id) and self.features.learn_feedback(feedback):
+            self.status.dismissals += 1
+
+    def _first_time(self, event_id: str) -> bool:
+        """Whether ``event_id`` is new to the learner (a crash between forward and commit upstream redelivers)."""
+        if event_id in self._recent_events:
+            return False
+        self._recent_events[event_id] = None
+        while len(self._recent_events) > self.settings.dedup_window:
+            self._recent_events.popitem(last=False)
+        return True
 
     def _begin_step(self) -> None:
         self._step += 1

@@ -4,7 +4,9 @@ For each shopper visit of the dataset (one basket), before the purchase happens,
 asks a serving worker for recommendations, at the visit's event time (``ts``), so the impression
 joins with the basket that follows it. The shopper clicks the recommended items they really
 buy within the next ``horizon_days`` (the data says so), and says whether each explanation shown
-for a clicked or ignored item was helpful. Every shopper has a preferred explanation style and finds
+for a clicked or ignored item was helpful. A shopper who found an explanation unhelpful calls the item
+*irrelevant* only if they never buy it at all in the data (before or after): a shopper does not
+dismiss their staples just because this basket does without them; otherwise the reason is "unclear". Every shopper has a preferred explanation style and finds
 explanations in that style helpful more often — the ground truth the explanation bandit has to discover.
 
 Whose taste is it? With ``preference="shopper"`` each shopper's style is a hash of their id: every
@@ -46,6 +48,17 @@ class ShopperVisit:
     future_items: frozenset[str]
     #: Baskets the shopper bought before this one (in the data given to :func:`visits`).
     baskets_before: int = 0
+    #: Everything the shopper buys in the data, at any time (``None``: only ``future_items`` are known).
+    ever_items: frozenset[str] | None = None
+
+    def would_dismiss(self, item_id: str) -> bool:
+        """Whether the shopper would call ``item_id`` irrelevant: they never buy it.
+
+        >>> visit = ShopperVisit("u1", 1.3e9, "b1", ("A",), frozenset({"A"}), ever_items=frozenset({"A", "B"}))
+        >>> visit.would_dismiss("B"), visit.would_dismiss("C")
+        (False, True)
+        """
+        return item_id not in (self.ever_items if self.ever_items is not None else self.future_items)
 
     def recommend_params(self, k: int = 10) -> dict[str, str | int | float]:
         """The query of the ``GET /recommend`` the shopper sends just before buying: it carries the visit's
@@ -80,11 +93,12 @@ def visits(purchases: Iterable[Interaction], horizon_days: float = 7.0) -> list[
     for user, timeline in by_user.items():
         timeline.sort()
         times = [ts for ts, _ in timeline]
+        ever = frozenset(item for _, items in timeline for item in items)
         for before, (ts, items) in enumerate(timeline):
             end = bisect_left(times, ts + horizon_days * DAY)
             start = bisect_left(times, ts)
             future = frozenset(item for _, later in timeline[start:end] for item in later)
-            out.append(ShopperVisit(user, ts, basket_ids[(user, ts)], items, future, before))
+            out.append(ShopperVisit(user, ts, basket_ids[(user, ts)], items, future, before, ever))
     out.sort(key=lambda v: (v.ts, v.user_id))
     return out
 
@@ -185,5 +199,5 @@ class ShopperSimulator:
                 event_id=f"sim-feedback-{rec_id}-{position}", user_id=visit.user_id, rec_id=rec_id,
                 item_id=item_id, explanation_id=explanation["explanation_id"],
                 style=style if style in EXPLANATION_STYLES else "popular", helpful=helpful, ts=visit.ts,
-                reason=None if helpful else ("irrelevant" if not clicked else "unclear")))
+                reason=None if helpful else ("irrelevant" if visit.would_dismiss(item_id) else "unclear")))
         return out, verdicts

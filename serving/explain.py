@@ -4,8 +4,8 @@ The ranking score is ``head(features, cosine)`` over the behavioural feature col
 :data:`learner.rich_features.FEATURE_NAMES` and the text cosine between the shopper's vector and the
 item's. The columns form named terms (:data:`TERM_COLUMNS`): ``repeat`` (everything about the
 shopper's own purchases of the item: all zero for an item they never bought), ``knn`` (bought
-together), ``popularity`` (item statistics), ``shopper`` (context, the same for every item) and
-``text``. For each recommended item the explainer
+together), ``popularity`` (item statistics), ``shopper`` (context, the same for every item),
+``feedback`` (the shopper dismissed the item as irrelevant; never a reason to show it) and ``text``. For each recommended item the explainer
 
 1. measures how much each term adds to the score by occlusion (score minus the score with that
    term's columns set to zero; exact for the linear head, and it includes the MLP's share);
@@ -21,8 +21,9 @@ together), ``popularity`` (item statistics), ``shopper`` (context, the same for 
 
 Whichever faithful style is shown, its term really adds to the score and its citations really make
 it up: the policy decides *which true reason* a shopper reads, never whether it is true.
-``contributions`` (in the response) are the terms' **Shapley values**: every subset of the five terms is
-removed in turn (32 evaluations of the head per item, batched), so, unlike single occlusions with a
+``contributions`` (in the response) are the terms' **Shapley values**: every subset of the six terms is
+removed in turn (up to 64 evaluations of the head per item, batched; a term that is zero for every item
+is a dummy player and skipped), so, unlike single occlusions with a
 non-linear head, they add up exactly: ``baseline + sum(contributions) == score``, where ``baseline`` is
 the score with every term removed. Faithfulness (step 2) still uses the single occlusions: a style is
 shown only if removing its term lowers the score.
@@ -67,6 +68,8 @@ TERM_COLUMNS: dict[str, tuple[str, ...]] = {
     # item-level statistics, the same for every shopper: how many buy it, and how often it is bought again
     "popularity": ("pop_7d", "pop_30d", "item_repurchase"),
     "shopper": ("shopper_baskets", "shopper_repeat_share", "shopper_days_since"),
+    # the shopper said the item is irrelevant to them (explanation feedback): only ever lowers a score
+    "feedback": ("dismissed",),
     "text": (),
 }
 assert sorted(c for cols in TERM_COLUMNS.values() for c in cols) == sorted(FEATURE_NAMES), "every column in one term"
@@ -132,22 +135,29 @@ _COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
 @torch.inference_mode()
 def term_values(head: FusionHead, features: np.ndarray, cosine: np.ndarray) -> dict[tuple[bool, ...], np.ndarray]:
     """The head's scores ``[k]`` with every subset of the terms kept (keyed by a flag per term of :data:`TERMS`); a
-    removed term has its feature columns zeroed, or the cosine for ``text``. One batched forward of the head."""
-    kept = list(itertools.product((False, True), repeat=len(TERMS)))
+    removed term has its feature columns zeroed, or the cosine for ``text``. One batched forward of the head.
+
+    A term whose columns are zero on every row changes no score when removed (Shapley's dummy player), so only
+    subsets of the other terms are evaluated; the keys still cover every subset of :data:`TERMS`.
+    """
     feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
     cos = torch.as_tensor(np.asarray(cosine, dtype=np.float32))
+    present = [t for t, term in enumerate(TERMS)
+               if (bool(cos.any()) if term == "text" else bool(feats[:, [_COLUMN[c] for c in TERM_COLUMNS[term]]].any()))]
+    kept = list(itertools.product((False, True), repeat=len(present)))
     variants_f = feats.repeat(len(kept), 1, 1)  # [variant, k, F]
     variants_c = cos.repeat(len(kept), 1)
     for v, mask in enumerate(kept):
-        for term, keep in zip(TERMS, mask, strict=True):
+        for t, keep in zip(present, mask, strict=True):
             if keep:
                 continue
-            if term == "text":
+            if TERMS[t] == "text":
                 variants_c[v] = 0.0
             else:
-                variants_f[v][:, [_COLUMN[c] for c in TERM_COLUMNS[term]]] = 0.0
-    scores = head(variants_f, variants_c).numpy().astype(np.float64)
-    return dict(zip(kept, scores, strict=True))
+                variants_f[v][:, [_COLUMN[c] for c in TERM_COLUMNS[TERMS[t]]]] = 0.0
+    scores = dict(zip(kept, head(variants_f, variants_c).numpy().astype(np.float64), strict=True))
+    return {mask: scores[tuple(mask[t] for t in present)]
+            for mask in itertools.product((False, True), repeat=len(TERMS))}
 
 
 def occlusions(values: dict[tuple[bool, ...], np.ndarray]) -> np.ndarray:
@@ -179,7 +189,7 @@ def term_contributions(head: FusionHead, features: np.ndarray, cosine: np.ndarra
     >>> from learner.model import ModelConfig
     >>> head = FusionHead(ModelConfig())
     >>> term_contributions(head, np.eye(1, len(FEATURE_NAMES)) * 2.0, np.array([0.5])).round(3).tolist()
-    [[2.0, 0.0, 0.0, 0.0, 0.025]]
+    [[2.0, 0.0, 0.0, 0.0, 0.0, 0.025]]
     """
     return occlusions(term_values(head, features, cosine))
 

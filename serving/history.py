@@ -1,6 +1,6 @@
 """What every serving worker knows about shoppers and the catalogue, kept current from the stream.
 
-Each worker follows ``recloop.interactions`` and ``recloop.catalog`` whole, with a group-less
+Each worker follows ``recloop.interactions``, ``recloop.catalog`` and ``recloop.explanation-feedback`` whole, with a group-less
 consumer from the beginning: workers do not share partitions, because any worker may be asked
 about any shopper. Interactions are learned with the partition they were read from, so baskets are
 assembled per partition exactly as the learner's are, however the partitions' fetches interleave.
@@ -22,9 +22,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from learner.rich_features import RichFeatures
 from serving.state import CatalogueSnapshot, ServingState
-from streams.records import Interaction, InvalidRecord, Item, decode
+from streams.records import ExplanationFeedback, Interaction, InvalidRecord, Item, decode
 from streams.settings import KafkaSettings
-from streams.topics import CATALOG, INTERACTIONS
+from streams.topics import CATALOG, EXPLANATION_FEEDBACK, INTERACTIONS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class LiveBehaviour:
         self._recommendable = np.zeros(0, dtype=bool)
         self.generation = 0
         self.counts: Counter[str] = Counter()
+        self._feedback_seen: set[str] = set()
         self._snapshot: CatalogueSnapshot | None = None
         self._all = np.arange(0)
         self._sync_index()
@@ -82,6 +83,19 @@ class LiveBehaviour:
                                         basket_id=event.session_id, source=source)
         self._sync_index()
         self.counts["interactions"] += 1
+
+    def learn_feedback(self, feedback: ExplanationFeedback) -> None:
+        """Explanation feedback: "not helpful, irrelevant" dismisses the item for that shopper (their ``dismissed``
+        column, which the model weighs against it), the learner's rule (:meth:`RichFeatures.learn_feedback`).
+        A redelivered event (same ``event_id``: a client's retry, a replay) counts once, as in the worker."""
+        if feedback.event_id in self._feedback_seen:
+            self.counts["duplicate_feedback"] += 1
+            return
+        self._feedback_seen.add(feedback.event_id)
+        if self.features.learn_feedback(feedback):
+            self._sync_index()
+            self.counts["dismissals"] += 1
+        self.counts["feedback"] += 1
 
     def _sync_index(self) -> None:
         """Items first seen in interactions get their id as text until the catalogue names them."""
@@ -134,8 +148,8 @@ class LiveBehaviour:
     # ------------------------------------------------------------------ raw messages
 
     def apply(self, topic_name: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-        """Learn one raw message of the catalog or interactions topic (read from ``partition``); invalid ones are
-        counted and skipped.
+        """Learn one raw message of the catalog, interactions or explanation-feedback topic (read from
+        ``partition``); invalid ones are counted and skipped.
 
         The worker's ingest agents send invalid messages to the dead-letter topic; a serving worker
         only needs not to trip over them.
@@ -146,6 +160,8 @@ class LiveBehaviour:
                     self.forget_item(key.decode("utf-8", "replace"))
                 else:
                     self.learn_item(decode(Item, value))
+            elif topic_name == EXPLANATION_FEEDBACK.name:
+                self.learn_feedback(decode(ExplanationFeedback, value))
             else:
                 self.learn_interaction(decode(Interaction, value), source=partition)
         except InvalidRecord as exc:
@@ -154,7 +170,8 @@ class LiveBehaviour:
 
 
 class HistoryFollower:
-    """Feeds every catalog and interaction message to :class:`LiveBehaviour`, from the beginning, forever.
+    """Feeds every catalog, interaction and explanation-feedback message to :class:`LiveBehaviour`, from the
+    beginning, forever.
 
     Partitions are read in turns of at most ``chunk`` records each. aiokafka's ``getmany`` drains one
     partition's fetched records before the next, so a catch-up would otherwise learn runs of thousands of
@@ -168,7 +185,7 @@ class HistoryFollower:
         self.live = live
         self.chunk = chunk
         self.caught_up = asyncio.Event()
-        self._names = {kafka.topic(spec.name): spec.name for spec in (CATALOG, INTERACTIONS)}
+        self._names = {kafka.topic(spec.name): spec.name for spec in (CATALOG, INTERACTIONS, EXPLANATION_FEEDBACK)}
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(*self._names, bootstrap_servers=self.kafka.bootstrap, group_id=None,
@@ -207,14 +224,14 @@ class HistoryFollower:
         return n
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        """Wait until every partition of both topics is assigned (group-less: all of them), then rewind."""
+        """Wait until every partition of the followed topics is assigned (group-less: all of them), then rewind."""
         partitions = await wait_for_assignment(consumer, set(self._names))
         await consumer.seek_to_beginning(*partitions)
         return partitions
 
     def _mark_caught_up(self) -> None:
         if not self.caught_up.is_set():
-            log.info("caught up with catalogue and interactions: %s", dict(self.live.counts))
+            log.info("caught up with catalogue, interactions and feedback: %s", dict(self.live.counts))
             self.caught_up.set()
 
 

@@ -117,7 +117,7 @@ class ServingState:
         bounded = isinstance(head.mlp, nn.Sequential) and len(head.mlp) == 3 and isinstance(head.mlp[1], nn.Tanh)
         if bounded:
             out = head.mlp[2]
-            linear = head.linear(feats).squeeze(-1) + head.log_text_scale.exp() * cosine + out.bias
+            linear = head.linear_part(feats, cosine) + out.bias
             slack = out.weight.abs().sum()
             lower = torch.where(allowed, linear - slack, -torch.inf)
             threshold = torch.topk(lower, k).values[-1]

@@ -5,12 +5,13 @@ only move records in, hand them to the service and send what it returns.
 
 Data path::
 
-    ingest agents (validated, deduplicated) ─┐
+    ingest agents (validated, deduplicated) ───┐  interactions, catalogue items, "irrelevant" feedback
     recloop.impressions ─► learner-impressions ─┼─► <app_id>-learner-events (internal, 1 partition)
                                                ┘        └─► learner-train ─► Inbox ─► micro-batch (n, within s)
                                                                └─► run_in_executor → LearnerService (own process)
 
-* The ingest ``Downstream`` hooks forward every accepted interaction and catalogue item to an
+* The ingest ``Downstream`` hooks forward every accepted interaction and catalogue item (and explanation
+  feedback that calls an item irrelevant: a weighted negative for the ranker) to an
   internal topic of **one partition**. However many workers run, exactly one owns that
   partition and trains, so adapters form one chain of versions; the others only ingest, and
   every item reaches the trainer whichever worker ingested its catalogue partition.
@@ -68,7 +69,18 @@ from streams import topics
 from streams.agents import Downstream
 from streams.app import RecloopApp
 from streams.ingest import SourcePosition, dead_letter, validate
-from streams.records import AdapterUpdate, DeadLetter, Impression, Interaction, InvalidRecord, Item, decode, encode
+from learner.explanation_bandit import is_irrelevant
+from streams.records import (
+    AdapterUpdate,
+    DeadLetter,
+    ExplanationFeedback,
+    Impression,
+    Interaction,
+    InvalidRecord,
+    Item,
+    decode,
+    encode,
+)
 from streams.topics import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
@@ -76,11 +88,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LearnerRecord = Item | Interaction | Impression
+LearnerRecord = Item | Interaction | Impression | ExplanationFeedback
 
 #: Record kind in the key of the internal topic: ``b"interaction:<user_id>"`` etc.; an interaction also says
 #: which partition of the interactions topic it was read from: ``b"interaction@<partition>:<user_id>"``.
-KINDS: dict[bytes, type] = {b"interaction": Interaction, b"item": Item, b"impression": Impression}
+KINDS: dict[bytes, type] = {b"interaction": Interaction, b"item": Item, b"impression": Impression,
+                            b"feedback": ExplanationFeedback}
 _KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 
 
@@ -359,6 +372,12 @@ class LearnerRouter:
         key, value = envelope(record, position.partition if position is not None else None)
         await self.handles.topic.send(key=key, value=value)
 
+    async def forward_feedback(self, feedback: ExplanationFeedback, position: SourcePosition | None = None) -> None:
+        """Explanation feedback that says the *item* is irrelevant is a label for the ranker: send it on; feedback
+        about the explanation alone only teaches the explanation policy (:mod:`streams.monitoring`)."""
+        if is_irrelevant(feedback):
+            await self.forward(feedback)
+
     async def send_dead_letter(self, letter: DeadLetter) -> None:
         self.handles.dead_lettered += 1
         await self.r.dlq.send(key=letter.source_topic.encode(), value=encode(letter))
@@ -596,6 +615,7 @@ def register_learning_agents(r: RecloopApp, downstream: Downstream,
     trainer = TrainingAgent(r, handles, router, key, model_updates=model_updates, ops_metrics=ops_metrics)
     downstream.interaction.append(router.forward)
     downstream.item.append(router.forward)
+    downstream.feedback.append(router.forward_feedback)
 
     @r.app.agent(impressions, name="learner-impressions")
     async def forward_impressions(stream: faust.StreamT) -> None:

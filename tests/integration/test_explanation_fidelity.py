@@ -83,7 +83,7 @@ def mixed_head(state):
     head = frozen_head(state.config)
     with torch.no_grad():
         weights = dict.fromkeys(FEATURE_NAMES, 0.0) | {"repeat": 1.0, "knn": 1.2, "pop_30d": 0.1}
-        head.linear.weight.copy_(torch.tensor([[weights[name] for name in FEATURE_NAMES]]))
+        head.linear.weight.copy_(torch.tensor([[weights[name] for name in FEATURE_NAMES[: head.n_mixed]]]))
         head.log_text_scale.fill_(float(np.log(0.8)))
     return dataclasses.replace(state, head=head)
 

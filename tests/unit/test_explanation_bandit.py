@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from learner.explanation_bandit import IRRELEVANT_WEIGHT, ExplanationBandit, ranker_negatives, segment_of
+from learner.explanation_bandit import IRRELEVANT_WEIGHT, ExplanationBandit, segment_of
+from learner.rich_features import RichFeatures
 from learner.feedback_sim import SimConfig, events_to_ratio, simulate
 from streams.records import EXPLANATION_STYLES, ExplanationFeedback
 
@@ -78,8 +79,11 @@ def feedback(helpful: bool, reason: str | None, item: str = "i1") -> Explanation
     return ExplanationFeedback("e", "u1", "r1", item, "x", "history", helpful, 1.3e9, reason)
 
 
-def test_only_irrelevant_not_helpful_feedback_becomes_a_ranker_negative():
+def test_only_irrelevant_not_helpful_feedback_dismisses_the_item_for_that_shopper():
+    features = RichFeatures()
     verdicts = [feedback(False, "irrelevant", "i1"), feedback(False, " Not Relevant ", "i2"),
                 feedback(False, "unclear", "i3"), feedback(False, None, "i4"), feedback(True, "irrelevant", "i5")]
-    assert ranker_negatives(verdicts) == [("u1", "i1", IRRELEVANT_WEIGHT), ("u1", "i2", IRRELEVANT_WEIGHT)]
-    assert ranker_negatives(verdicts[:1], weight=2.0) == [("u1", "i1", 2.0)]
+    assert [features.learn_feedback(v) for v in verdicts] == [True, True, False, False, False]
+    weights = {item: features.dismissed("u1", features.index.index_of(item)) for item in ("i1", "i2", "i3", "i4", "i5")}
+    assert weights == {"i1": IRRELEVANT_WEIGHT, "i2": IRRELEVANT_WEIGHT, "i3": 0.0, "i4": 0.0, "i5": 0.0}
+    assert features.dismissed("someone else", features.index.index_of("i1")) == 0.0

@@ -48,3 +48,18 @@ def test_visits_are_in_time_order_and_look_ahead_only():
     result = visits(events, horizon_days=7)
     assert [(v.user_id, v.items, v.future_items) for v in result] == [
         ("v", ("B",), frozenset({"B"})), ("u", ("A",), frozenset({"A"})), ("u", ("C",), frozenset({"C"}))]
+
+
+def test_a_shopper_calls_irrelevant_only_what_they_never_buy():
+    """Unhelpful verdicts on an item the shopper buys at some other time are "unclear", never "irrelevant"."""
+    events = [Interaction("e1", "u", "A", "purchase", T0), Interaction("e2", "u", "B", "purchase", T0 + 30 * DAY)]
+    first = visits(events, horizon_days=7)[0]
+    assert "B" not in first.future_items  # bought, but after the horizon: not clicked now
+    sim = ShopperSimulator(seed=0, feedback_rate=1.0)
+    reasons = {}
+    for seed in range(40):
+        sim.seed = seed
+        for event in sim.react(first, recommendation([("B", "popular"), ("Z", "popular")])):
+            if isinstance(event, ExplanationFeedback) and not event.helpful:
+                reasons.setdefault(event.item_id, set()).add(event.reason)
+    assert reasons == {"B": {"unclear"}, "Z": {"irrelevant"}}

@@ -56,6 +56,22 @@ def version_sequence(version: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def require_newer(version: str, current: str | None) -> None:
+    """Refuse (:class:`~learner.artifacts.AdapterRejected`, reason ``not newer: …``) a version that does not come
+    after ``current`` in its lineage: versions strictly increase, so a replayed old record never rolls a
+    model back; a rollback is an explicit new version. ``current`` None (nothing adopted yet) accepts anything.
+
+    >>> require_newer("v000012-rollback-v000003", "v000011")
+    >>> require_newer("v000005", "v000011")
+    Traceback (most recent call last):
+    ...
+    learner.artifacts.AdapterRejected: not newer: version v000005 does not come after v000011 (versions strictly increase; a rollback is a new version)
+    """
+    if current is not None and version_sequence(version) <= version_sequence(current):
+        raise artifacts.AdapterRejected(f"not newer: version {version} does not come after {current} "
+                                        "(versions strictly increase; a rollback is a new version)")
+
+
 def is_rollback(version: str) -> bool:
     """Whether ``version`` is an operator's rollback (``recloop adapters rollback``), not a version a learner trained.
 
@@ -79,15 +95,18 @@ def stored_adapters(root: str | Path) -> list[StoredAdapter]:
     return sorted(found, key=lambda a: (a.sequence, a.manifest.created_at, a.manifest.version))
 
 
-def next_version(root: str | Path, suffix: str = "") -> str:
-    """A new version id after every one ever saved here (published or not): ``v000001``, ``v000002``, …
+def next_version(root: str | Path, suffix: str = "", *, after: str | None = None) -> str:
+    """A new version id after every one ever saved here (published or not) and after ``after`` (the newest on the
+    updates topic, which may not be here): ``v000001``, ``v000002``, …
 
     >>> import tempfile
-    >>> next_version(tempfile.mkdtemp()), next_version(tempfile.mkdtemp(), "-rollback-v000003")
-    ('v000001', 'v000001-rollback-v000003')
+    >>> next_version(tempfile.mkdtemp()), next_version(tempfile.mkdtemp(), "-rollback-v000003", after="v000009")
+    ('v000001', 'v000010-rollback-v000003')
     """
     directory = artifacts.adapters_dir(root)
     names = [p.name.removeprefix(UNPUBLISHED_PREFIX) for p in directory.iterdir()] if directory.is_dir() else []
+    if after is not None:
+        names.append(after)
     sequence = max((version_sequence(name) for name in names), default=0) + 1
     return f"v{sequence:06d}{suffix}"
 

@@ -43,7 +43,14 @@ import numpy as np
 import torch
 
 from learner import artifacts, checkpoint
-from learner.adapter_store import UNPUBLISHED_PREFIX, is_rollback, mark_published, next_version, stored_adapters
+from learner.adapter_store import (
+    UNPUBLISHED_PREFIX,
+    is_rollback,
+    mark_published,
+    next_version,
+    require_newer,
+    stored_adapters,
+)
 from learner.baskets import Basket
 from learner.encoder import Base, load_base, tiny_bert
 from learner.gate import GateDecision
@@ -417,12 +424,14 @@ class LearnerService:
         It is verified like a serving worker would (sha256, signature, base, shapes), stored under
         ``adapters/<version>/`` if it is not there yet, loaded, and becomes the anchor the next updates
         are trained from and parented to. Training not yet decided is dropped: the operator chose these
-        weights over it. Returns False when ``update`` already is the current version.
+        weights over it. Returns False when ``update`` already is the current version; an older version (a
+        replayed record) is refused like serving workers refuse it (:func:`~learner.adapter_store.require_newer`).
         """
         with self._lock:
             if update.version == self.current_version:
                 return False
             content = artifacts.verify(update, self._key, self.base.fingerprint, model=self.model)
+            require_newer(update.version, self.current_version)
             dest = artifacts.adapters_dir(self.home) / update.version
             if not dest.exists():
                 artifacts.unpack(update.payload, dest)

@@ -76,10 +76,11 @@ def show_adapter(home: Path, version: str) -> dict:
             "payload_bytes": len(payload), "payload_sha256": artifacts.sha256(payload)}
 
 
-def copy_as_new_version(home: Path, version: str, *, parent: str | None) -> Path:
-    """Write ``version``'s weights as a new adapter directory (new id, ``parent``), atomically and fsynced."""
+def copy_as_new_version(home: Path, version: str, *, parent: str | None, after: str | None = None) -> Path:
+    """Write ``version``'s weights as a new adapter directory (new id, ``parent``), atomically and fsynced. The
+    id comes after every version here and after ``after`` (the topic's newest): serving refuses any other."""
     source = find_adapter(home, version)
-    new_version = next_version(home, suffix=f"{ROLLBACK_MARK}{version}")
+    new_version = next_version(home, suffix=f"{ROLLBACK_MARK}{version}", after=after)
     directory = artifacts.adapters_dir(home)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{new_version}-", dir=directory))
     try:
@@ -151,7 +152,7 @@ def rollback(settings: KafkaSettings, version: str, key: bytes) -> AdapterUpdate
     parent = current_version(home, latest.version if latest is not None else None)
     if parent == version:
         raise ValueError(f"{version} is already the current adapter")
-    path = copy_as_new_version(home, version, parent=parent)
+    path = copy_as_new_version(home, version, parent=parent, after=latest.version if latest is not None else None)
     update = artifacts.make_update(path, key)
     asyncio.run(send_update(settings, update))
     mark_published(home, update.version)

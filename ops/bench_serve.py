@@ -54,7 +54,8 @@ class AdapterFactory:
         with torch.no_grad():
             for param in self.model.head.parameters():
                 param.add_(torch.randn(param.shape, generator=self.rng) * 0.01)
-        path = artifacts.save_adapter(self.model, self.root, f"b{self.published}", with_item_vectors=True)
+        # versions strictly increase, or serving refuses them
+        path = artifacts.save_adapter(self.model, self.root, f"v{self.published:06d}", with_item_vectors=True)
         return encode(artifacts.make_update(path, KEY))
 
 

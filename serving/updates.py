@@ -7,9 +7,13 @@ fingerprint and its architecture all check out; anything else is logged with its
 counted, and the version already serving keeps serving.
 
 **Lineages.** The adapters trained on one frozen base form a lineage; a worker serves only its own
-base's. Publication order decides, never the version number: at boot the newest update of this
-worker's base is tried first, whatever numbers another lineage used; afterwards each new update of
-this base that verifies is served (a rollback republishes an older version as the newest). Updates
+base's, and within it **versions strictly increase**: an update whose running number
+(:func:`~learner.adapter_store.version_sequence`) is not above the one serving is refused as
+``not newer`` and counted, however validly it is signed — a replayed old record (a mistaken replay of
+the topic, an attacker with broker access) can never silently roll serving back. A rollback is an
+explicit new version (``recloop adapters rollback``: ``v<next>-rollback-<old>``). At boot the
+candidates of this base are tried from the highest number down (a replayed old record published last
+is not taken for the newest), whatever numbers another lineage used. Updates
 of another base found at boot (a run on another base model earlier on the same topic) are skipped
 with one log line saying how many and which base, not refused one by one. One that arrives while the
 worker runs is refused and counted like any other: a learner on another base is publishing to this
@@ -34,6 +38,7 @@ from typing import Protocol
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from learner.adapter_store import require_newer, version_sequence
 from learner.artifacts import AdapterRejected, verify
 from serving.history import LiveBehaviour, wait_for_assignment
 from serving.state import CatalogueSnapshot, ServingState, StateBuilder, StateHolder, Swap
@@ -55,6 +60,7 @@ _REJECTION_KINDS = (
     ("version mismatch", "version"),
     ("malformed payload", "malformed"),
     ("unknown payload format", "malformed"),
+    ("not newer", "replayed"),
 )
 
 
@@ -141,6 +147,20 @@ class BootBacklog:
     def skipped(self) -> int:
         return sum(other.count for other in self.other_bases.values())
 
+    def by_version(self) -> list[bytes]:
+        """The candidates, lowest version number first (publication order among equal ones; unreadable first).
+
+        >>> backlog = BootBacklog("b")
+        >>> backlog.extend([b'{"version": "v000002", "base_fingerprint": "b"}', b'{"version": "v000003", '
+        ...                 b'"base_fingerprint": "b"}', b'{"version": "v000001", "base_fingerprint": "b"}'])
+        >>> [peek_lineage(raw).version for raw in backlog.by_version()]
+        ['v000001', 'v000002', 'v000003']
+        """
+        def number(raw: bytes) -> int:
+            lineage = peek_lineage(raw)
+            return version_sequence(lineage.version) if lineage is not None else -1
+        return sorted(self.candidates, key=number)  # stable: publication order among equal numbers
+
     def describe_skipped(self) -> str:
         """One line for the log: how many updates of which other bases were skipped.
 
@@ -198,7 +218,7 @@ class StateUpdater:
                      self.builder.base.fingerprint[:12])
         log.info("read %d published updates; trying the newest %d of this base", backlog.read,
                  len(backlog.candidates))
-        outcome = await self.apply_newest(list(backlog.candidates))
+        outcome = await self.apply_newest(backlog.by_version())
         if outcome is None:
             await self.serve_base()
         return outcome
@@ -254,10 +274,11 @@ class StateUpdater:
         """Decode, verify and build (in a worker thread); None when this exact version already serves."""
         update = decode(AdapterUpdate, raw)
         content = verify(update, self.key, self.builder.base.fingerprint, model=self.builder.reference)
-        if current is not None and current.version == update.version and current.source.content is not None \
-                and current.source.content.manifest == content.manifest:
-            log.info("version %s is already serving", update.version)
-            return None
+        if current is not None and current.source.content is not None:
+            if current.version == update.version and current.source.content.manifest == content.manifest:
+                log.info("version %s is already serving", update.version)
+                return None
+            require_newer(update.version, current.version)
         return self.builder.build(content, catalogue, current)
 
     async def refresh_catalogue(self) -> Swap | None:

@@ -325,6 +325,9 @@ def test_an_adapter_published_elsewhere_is_adopted_and_trained_on(base, retail, 
     forged = artifacts.make_update(tmp_path / "a" / "adapters" / updates[1].version, b"not-the-key")
     with pytest.raises(artifacts.AdapterRejected, match="bad signature"):
         other.adopt(forged)
+    with pytest.raises(artifacts.AdapterRejected, match="not newer"):  # a replayed old record: never a rollback
+        other.adopt(updates[1])
+    assert other.current_version == later[-1].version
 
 
 def test_adapter_store_lists_shows_and_copies_a_version_for_rollback(base, retail, tmp_path):

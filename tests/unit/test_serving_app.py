@@ -286,15 +286,25 @@ def test_boot_with_only_another_bases_updates_serves_version_0(base, tmp_path):
     assert worker.holder.current.version == "v0" and worker.metrics.rejected_count == 0
 
 
-def test_publication_order_decides_not_the_version_number(base, tmp_path):
-    """A learner whose home was wiped publishes v000001 again, other weights: the newest publication serves."""
+def test_versions_strictly_increase_a_replayed_older_one_is_refused(base, tmp_path):
+    """A replayed old record (validly signed) never rolls serving back; a rollback is a new, higher version."""
     worker = make_worker(base, ready=False)
     asyncio.run(worker.updater.apply(publishable(base, tmp_path / "old", "v000007")))
-    restarted = publishable(base, tmp_path / "new", "v000001", bias=0.9)
-    assert asyncio.run(worker.updater.apply(restarted)).swap is not None
-    assert worker.holder.current.version == "v000001"
-    again = publishable(base, tmp_path / "newer", "v000001", bias=0.3)  # the same id, other weights
-    assert asyncio.run(worker.updater.apply(again)).swap is not None
+    replayed = asyncio.run(worker.updater.apply(publishable(base, tmp_path / "new", "v000001", bias=0.9)))
+    assert not replayed.accepted and replayed.reason.startswith("not newer")
+    assert worker.holder.current.version == "v000007" and worker.metrics.rejected_count == 1
+    rollback = publishable(base, tmp_path / "back", "v000008-rollback-v000001", bias=0.9)
+    assert asyncio.run(worker.updater.apply(rollback)).swap is not None
+    assert worker.holder.current.version == "v000008-rollback-v000001"
+
+
+def test_at_boot_the_highest_version_serves_not_the_last_published(base, tmp_path):
+    worker = make_worker(base, ready=False)
+    backlog = BootBacklog(base.fingerprint)
+    backlog.extend([publishable(base, tmp_path / "a", "v000002"), publishable(base, tmp_path / "b", "v000003"),
+                    publishable(base, tmp_path / "c", "v000001", bias=0.5)])  # an old record replayed last
+    asyncio.run(worker.updater.boot(backlog))
+    assert worker.holder.current.version == "v000003"
 
 
 def test_the_boot_backlog_keeps_only_the_newest_candidates_of_this_base():

@@ -7,7 +7,9 @@ it, so everything above the broker is testable in-process.
 
 Requests are cheap on CPU: one feature matrix over the whole catalogue (numpy), one
 matrix-vector product and the fusion head (torch), and a top-k. Responses are serialised with
-orjson directly; the pydantic models below only document the API in OpenAPI.
+orjson directly; the pydantic response models below document them in OpenAPI. The ``/feedback``
+request models are derived from the records (:func:`streams.record_schemas.request_model`), and
+bodies are read by the records' own rules, so the API accepts exactly what its schema declares.
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ from serving.policy import PolicyFollower, PolicyHolder, style_chooser
 from serving.settings import MAX_K, ServingSettings
 from serving.state import ServingState, StateBuilder, StateHolder, Swap
 from serving.updates import StateUpdater, UpdateFollower
+from streams.record_schemas import request_model
 from streams.records import (
+    ID_PATTERN,
     MAX_EVENT_BYTES,
     MAX_ID_CHARS,
     MAX_TS,
     MIN_TS,
+    Choice,
     ExplanationFeedback,
     ExplanationPolicy,
     Impression,
@@ -59,6 +64,8 @@ log = logging.getLogger(__name__)
 
 #: Interaction types a client may report through ``/feedback`` (purchases come from the shop's own feed).
 FEEDBACK_INTERACTIONS = ("click",)
+#: Record fields a ``/feedback`` body may leave out: the worker fills them in.
+SERVER_FILLED = ("event_id", "ts")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -221,8 +228,11 @@ class FeedbackRejected(Exception):
 def parse_feedback(body: bytes, now: float | None = None) -> ExplanationFeedback | Interaction:
     """Validate a ``/feedback`` body into the record it describes.
 
-    A body with ``explanation_id`` is a verdict on an explanation; one with ``type`` is a click.
-    ``event_id`` and ``ts`` are filled in when the client leaves them out.
+    A body with ``explanation_id`` is a verdict on an explanation (:class:`ExplanationFeedbackIn`); one
+    with ``type`` is a click (:class:`ClickIn`). Both are read by their record's own rules, the ones
+    ingest applies, so the API accepts exactly what its OpenAPI schema says. ``event_id`` and ``ts`` are
+    filled in when the client leaves them out (or sends null); a field the body's record does not have
+    is refused rather than dropped.
 
     >>> parse_feedback(b'{"user_id":"u1","item_id":"i1","type":"click"}', now=1.3e9).type
     'click'
@@ -230,6 +240,10 @@ def parse_feedback(body: bytes, now: float | None = None) -> ExplanationFeedback
     Traceback (most recent call last):
     ...
     serving.app.FeedbackRejected: body must be explanation feedback (with explanation_id) or a click (with type)
+    >>> parse_feedback(b'{"user_id":"u1","item_id":"i1","type":"click","helpfull":true}')
+    Traceback (most recent call last):
+    ...
+    serving.app.FeedbackRejected: unknown field 'helpfull' for a click
     """
     if len(body) > MAX_EVENT_BYTES:
         raise FeedbackRejected(413, f"body of {len(body)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
@@ -239,17 +253,21 @@ def parse_feedback(body: bytes, now: float | None = None) -> ExplanationFeedback
         raise FeedbackRejected(400, "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise FeedbackRejected(422, "body must be a JSON object")
-    data = {"event_id": uuid.uuid4().hex, "ts": time.time() if now is None else now, **data}
     if "explanation_id" in data:
-        record_type: type = ExplanationFeedback
+        record_type, model, kind = ExplanationFeedback, ExplanationFeedbackIn, "explanation feedback"
     elif "type" in data:
-        if data["type"] not in FEEDBACK_INTERACTIONS:
-            raise FeedbackRejected(422, f"field 'type' must be one of {', '.join(FEEDBACK_INTERACTIONS)}")
-        record_type = Interaction
+        record_type, model, kind = Interaction, ClickIn, "a click"
     else:
         raise FeedbackRejected(422, "body must be explanation feedback (with explanation_id) or a click (with type)")
+    unknown = [name for name in data if name not in model.model_fields]
+    if unknown:
+        raise FeedbackRejected(422, f"unknown field {unknown[0][:40]!r} for {kind}")
+    data = {name: value for name, value in data.items() if value is not None}
     try:
-        return from_dict(record_type, data)
+        if record_type is Interaction and "type" in data:
+            CLICK_TYPE.check(data["type"], "type")
+        return from_dict(record_type, {"event_id": uuid.uuid4().hex, "ts": time.time() if now is None else now,
+                                       **data})
     except InvalidRecord as exc:
         raise FeedbackRejected(422, str(exc)) from None
 
@@ -513,8 +531,33 @@ class FeedbackResponse(BaseModel):
     topic: str
 
 
+class FieldError(BaseModel):
+    """One invalid request parameter, as pydantic reports it."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
 class ErrorResponse(BaseModel):
-    detail: Any
+    """Every error the worker answers with: a readable reason, and per-parameter details for a 422."""
+
+    detail: str = Field(description="What was wrong, in one line")
+    errors: list[FieldError] | None = Field(default=None, description=(
+        "Request validation only: each invalid query parameter (pydantic's error list)"))
+
+
+#: ``/feedback`` bodies: the records' own fields and rules (``streams/records.py``), closed to other
+#: properties, with what the worker fills in left optional. They cannot drift from what ingest accepts.
+ExplanationFeedbackIn = request_model(
+    ExplanationFeedback, "ExplanationFeedbackIn", server_filled=SERVER_FILLED,
+    doc="Was the explanation shown with a recommendation helpful? (an ExplanationFeedback record)")
+CLICK_TYPE = Choice(FEEDBACK_INTERACTIONS, "Only clicks: purchases come from the shop's own feed")
+ClickIn = request_model(
+    Interaction, "ClickIn", server_filled=SERVER_FILLED, rules={"type": CLICK_TYPE},
+    doc="The shopper clicked a recommended item (an Interaction record of type click)")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -551,6 +594,7 @@ def create_app(worker: ServingWorker) -> FastAPI:
     app.state.worker = worker
     metrics = worker.metrics
     not_ready = {"model": ErrorResponse, "description": "No model version is serving yet"}
+    invalid = {"model": ErrorResponse, "description": "Invalid parameters: `detail` says which and why"}
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -558,9 +602,11 @@ def create_app(worker: ServingWorker) -> FastAPI:
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in errors)
         return JSONResponse({"detail": message, "errors": jsonable_errors(errors)}, status_code=422)
 
-    @app.get("/recommend", response_model=None, responses={200: {"model": RecommendResponse}, 503: not_ready})
+    @app.get("/recommend", response_model=None,
+             responses={200: {"model": RecommendResponse}, 422: invalid, 503: not_ready})
     async def recommend(
-        user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_CHARS, description="The shopper")],
+        user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
+                                      description="The shopper (an id: no control characters)")],
         k: Annotated[int, Query(ge=1, le=MAX_K, description="How many items (1..1000)")] = worker.settings.default_k,
         ts: Annotated[float | None, Query(ge=MIN_TS, le=MAX_TS, allow_inf_nan=False, description=(
             "Event time of the visit (epoch seconds), stamped on the impression so that it joins with what "
@@ -568,8 +614,6 @@ def create_app(worker: ServingWorker) -> FastAPI:
     ) -> Response:
         """Rank the whole catalogue for ``user_id`` with the current model and explain the top ``k``."""
         start = time.perf_counter()
-        if not user_id.isprintable():
-            return _error(422, "user_id: must be printable text")
         try:
             recommendation = await worker.recommend(user_id, k, ts)
         except NotReady:
@@ -580,8 +624,10 @@ def create_app(worker: ServingWorker) -> FastAPI:
         return Response(recommendation.body(), media_type="application/json")
 
     @app.post("/feedback", status_code=202, response_model=FeedbackResponse,
-              responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-                         503: {"model": ErrorResponse}},
+              responses={400: {"model": ErrorResponse, "description": "The body is not JSON"},
+                         413: {"model": ErrorResponse, "description": f"The body exceeds {MAX_EVENT_BYTES} bytes"},
+                         422: {"model": ErrorResponse, "description": "The body is not a valid verdict or click"},
+                         503: {"model": ErrorResponse, "description": "The feedback could not be delivered"}},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                   "oneOf": [ExplanationFeedbackIn.model_json_schema(), ClickIn.model_json_schema()]}}}}})
     async def feedback(request: Request) -> Any:
@@ -611,32 +657,6 @@ def create_app(worker: ServingWorker) -> FastAPI:
 def jsonable_errors(errors: Any) -> Any:
     """Validation errors without the exception objects pydantic may put in ``ctx``."""
     return orjson.loads(orjson.dumps(errors, default=str))
-
-
-class ExplanationFeedbackIn(BaseModel):
-    """Was the explanation shown with a recommendation helpful?"""
-
-    user_id: str
-    rec_id: str
-    item_id: str
-    explanation_id: str
-    style: str
-    helpful: bool
-    reason: str | None = None
-    event_id: str | None = None
-    ts: float | None = None
-
-
-class ClickIn(BaseModel):
-    """The shopper clicked a recommended item."""
-
-    user_id: str
-    item_id: str
-    type: str = "click"
-    rec_id: str | None = None
-    session_id: str | None = None
-    event_id: str | None = None
-    ts: float | None = None
 
 
 # --------------------------------------------------------------------------- running

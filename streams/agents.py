@@ -73,7 +73,7 @@ def register_ingest_agents(r: RecloopApp, stats: IngestStats, downstream: Downst
                 metrics.dead_lettered.labels(source).inc()
                 log.debug("dead-lettered %s[%d]@%d: %s", source, message.partition, message.offset, result.error)
                 continue
-            if seen is not None and not first_time_seen(seen, result.event_id, result.ts):
+            if seen is not None and not first_time_seen(seen, result.event_id, result.ts, position):
                 stats.duplicate(source)
                 metrics.duplicates.labels(source).inc()
                 continue
@@ -98,6 +98,12 @@ def register_ingest_agents(r: RecloopApp, stats: IngestStats, downstream: Downst
     @r.app.page("/counts/")
     async def counts(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
         return web.json(stats.snapshot())
+
+    @r.app.page("/ready/")
+    async def ready(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+        """Whether the worker consumes: in its group, tables recovered, not rebalancing (503 until then)."""
+        consuming = r.app.tables.recovery.completed.is_set() and not r.app.rebalancing
+        return web.json({"ready": consuming}, status=200 if consuming else 503)
 
     @r.app.page("/metrics/")
     async def prometheus(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:

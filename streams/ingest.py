@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from typing import Generic
+from typing import Any, Generic
 
 from streams.records import DeadLetter, InvalidRecord, R, decode
 
@@ -45,17 +45,27 @@ def dead_letter(value: bytes | None, *, key: bytes | None, source: SourcePositio
                       key=None if key is None else bytes(key), ts=time.time())
 
 
-def first_time_seen(seen: MutableMapping[str, float], event_id: str, ts: float) -> bool:
-    """Record ``event_id`` in ``seen``; False when it was already there (a replay or redelivery).
+def first_time_seen(seen: MutableMapping[str, Any], event_id: str, ts: float, position: SourcePosition) -> bool:
+    """Record ``event_id`` in ``seen`` with where it was first read; False when it is a duplicate.
 
-    >>> seen = {}
-    >>> first_time_seen(seen, "e1", 1.0), first_time_seen(seen, "e1", 1.0)
-    (True, False)
+    A duplicate is the same event id in *another* message (a replay, a producer's retry). The same message
+    read again (same partition and offset: the worker crashed after marking it seen but before its offset
+    was committed) is **not** one: its effects downstream (the forward to the learner) may have been lost
+    with the crash, while the mark reached the table's changelog. It is handled again; downstream
+    consumers that keep state deduplicate by event id or offset themselves (the learner, the monitor).
+
+    >>> seen, at = {}, SourcePosition("t", 0, 7)
+    >>> first_time_seen(seen, "e1", 1.0, at), first_time_seen(seen, "e1", 1.0, at)
+    (True, True)
+    >>> first_time_seen(seen, "e1", 1.0, SourcePosition("t", 0, 9))  # the same event in another message
+    False
     """
-    if event_id in seen:
-        return False
-    seen[event_id] = ts
-    return True
+    where = [position.partition, position.offset]
+    first = seen.get(event_id)
+    if first is None:
+        seen[event_id] = [ts, *where]
+        return True
+    return isinstance(first, list) and first[1:] == where  # a bare timestamp: written before positions were
 
 
 def error_kind(error: str) -> str:

@@ -8,12 +8,14 @@ instead of failing inside Faust's deserializer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import faust
 
 from streams import topics
 from streams.settings import KafkaSettings, WorkerSettings
 from streams.topics import MAX_MESSAGE_BYTES
+from streams.worker_identity import WorkerIdentity
 
 #: Events an agent's stream buffers before Faust stops fetching its partition (at 80 %, 1 / 1.25).
 STREAM_BUFFER_MAXSIZE = 4096
@@ -35,6 +37,8 @@ class RecloopApp:
     dlq: faust.TopicT
     seen_interactions: faust.Table
     seen_feedback: faust.Table
+    #: The worker's stable identity (:mod:`streams.worker_identity`), when it claimed one before the app was built.
+    identity: WorkerIdentity | None = None
 
 
 def _raw_topic(app: faust.App, kafka: KafkaSettings, spec: topics.TopicSpec) -> faust.TopicT:
@@ -52,7 +56,18 @@ def faust_app_id(kafka: KafkaSettings, worker: WorkerSettings) -> str:
     return f"{worker.app_id}-{kafka.topic_prefix}" if kafka.topic_prefix != "recloop" else worker.app_id
 
 
-def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None = None) -> RecloopApp:
+def worker_data_dir(kafka: KafkaSettings) -> Path:
+    """Where a worker of this deployment (topic prefix) keeps its local state."""
+    return _ensure_dir(kafka.home / "worker" / kafka.topic_prefix)
+
+
+def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None = None,
+               identity: WorkerIdentity | None = None) -> RecloopApp:
+    """The Faust app. With the worker's ``identity`` the consumer is a **static member** of its group
+    (``group.instance.id`` = the worker id): a worker restarted after a crash (``kill -9``) rejoins with its
+    old partitions at once instead of waiting for the broker to expire the dead member's session (30 s;
+    docs/operations.md, "Faults"). The price: a worker that stops for good keeps its partitions for that
+    session timeout before they move."""
     kafka = kafka or KafkaSettings()
     worker = worker or WorkerSettings()
     app = faust.App(
@@ -79,11 +94,12 @@ def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None
         web_enabled=True,
         web_host=worker.web_host,
         web_port=worker.web_port,
-        datadir=str(_ensure_dir(kafka.home / "worker" / kafka.topic_prefix)),
+        datadir=str(worker_data_dir(kafka)),
         # A rebalance should not wait for long: partitions move to the workers that are alive.
         broker_session_timeout=30,
         broker_heartbeat_interval=3,
         stream_wait_empty=False,
+        consumer_group_instance_id=identity.id if identity is not None else None,
     )
     # Deduplication state: event_id -> event time. Tables are backed by changelog topics,
     # so the state is rebuilt when a worker restarts or takes over a partition.
@@ -100,6 +116,7 @@ def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None
         dlq=_raw_topic(app, kafka, topics.DLQ),
         seen_interactions=seen_interactions,
         seen_feedback=seen_feedback,
+        identity=identity,
     )
 
 

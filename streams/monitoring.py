@@ -95,7 +95,7 @@ def register_monitoring(r: RecloopApp, downstream: Downstream, *, registry: Coll
     """
     settings = settings or MonitoringSettings()
     join = join or JoinSettings()
-    identity = claim_worker_identity(Path(r.app.conf.datadir), r.worker.id)
+    identity = r.identity or claim_worker_identity(Path(r.app.conf.datadir), r.worker.id)
     worker_id = identity.id
     state, checkpoint = restore_or_build_monitor(identity.state_dir, settings, join, scorer)
     monitor = state.monitor

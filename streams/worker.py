@@ -7,17 +7,20 @@ import logging
 import faust
 
 from streams.agents import Downstream, register_ingest_agents
-from streams.app import RecloopApp, create_app
+from streams.app import RecloopApp, create_app, worker_data_dir
 from streams.ingest import IngestStats
 from streams.monitoring import register_monitoring
 from streams.settings import KafkaSettings, WorkerSettings
+from streams.worker_identity import claim_worker_identity
 
 log = logging.getLogger(__name__)
 
 
 def build_worker_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None = None,
                      downstream: Downstream | None = None) -> tuple[RecloopApp, IngestStats]:
-    recloop = create_app(kafka, worker)
+    kafka, worker = kafka or KafkaSettings(), worker or WorkerSettings()
+    identity = claim_worker_identity(worker_data_dir(kafka), worker.id)  # before the app: its consumer's id
+    recloop = create_app(kafka, worker, identity)
     stats: IngestStats = IngestStats()
     downstream = downstream or Downstream()
     from learner.settings import LearnerSettings

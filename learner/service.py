@@ -123,6 +123,8 @@ class LearnerStatus:
     held_out: int = 0
     #: "irrelevant" explanation feedback learned (each a weighted negative for that shopper and item)
     dismissals: int = 0
+    #: records whose event id the learner had already learned (forwarded twice upstream): skipped, learned once
+    redelivered: int = 0
     first_published_after_s: float | None = None
     #: the input offset the checkpoint on disk covers (records at or below it are learned and saved)
     checkpointed_through: int | None = None
@@ -282,6 +284,7 @@ class LearnerService:
     def _first_time(self, event_id: str) -> bool:
         """Whether ``event_id`` is new to the learner (a crash between forward and commit upstream redelivers)."""
         if event_id in self._recent_events:
+            self.status.redelivered += 1
             return False
         self._recent_events[event_id] = None
         while len(self._recent_events) > self.settings.dedup_window:

@@ -424,6 +424,23 @@ def bench_ingest(
     print(json.dumps(result))
 
 
+@bench_app.command("faults")
+def bench_faults(
+    quick: Annotated[bool, typer.Option("--quick", help="6,000 events and 2 worker kills instead of 40,000 and 5")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the kill points")] = 0,
+) -> None:
+    """Worker kill -9 with the learner on, forged adapters, a serving worker killed mid-swap: what was lost,
+    trained twice, or served wrong (docs/operations.md, "Faults")."""
+    from ops.bench_faults import run_bench_faults
+
+    logs.configure("WARNING")
+    settings = KafkaSettings()
+    ensure_broker(settings)
+    result = run_bench_faults(settings, quick=quick, seed=seed)
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    print(json.dumps(result))
+
+
 @bench_app.command("serve")
 def bench_serve(
     duration: Annotated[float, typer.Option(min=5, help="Seconds of measured load")] = 30.0,

@@ -34,3 +34,15 @@ async def topic_reader(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
         yield consumer, await consumer.end_offsets(partitions)
     finally:
         await consumer.stop()
+
+
+async def read_messages(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every ``(key, value)`` of ``topic`` up to its end as of now, partition by partition in offset order."""
+    out: dict[int, list[tuple[int, bytes | None, bytes | None]]] = {}
+    async with topic_reader(bootstrap, topic) as (consumer, ends):
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for tp, messages in batches.items():
+                out.setdefault(tp.partition, []).extend(
+                    (m.offset, m.key, m.value) for m in messages if m.offset < ends[tp])
+    return [(key, value) for partition in sorted(out) for _, key, value in sorted(out[partition], key=lambda m: m[0])]

@@ -501,8 +501,9 @@ class ExplanationOut(BaseModel):
         "published, the share of the score's positive contributions the named reason makes up"))
     text: str
     contributions: dict[str, float] = Field(default_factory=dict, description=(
-        "What each scoring term adds to the score (repeat, knn, popularity, shopper, text): exact Shapley values "
-        "over removing the terms' feature columns, so `baseline` + their sum is the item's score. Empty for a "
+        "What each scoring term adds to the score (repeat, knn, popularity, shopper, feedback, text): exact "
+        "Shapley values over removing the terms' feature columns (`feedback`: the shopper called the item "
+        "irrelevant; only ever negative), so `baseline` + their sum is the item's score. Empty for a "
         "shopper we know nothing about (the ranking is popularity alone)"))
     baseline: float | None = Field(default=None, description="The score with every term removed")
 

@@ -428,6 +428,8 @@ def bench_ingest(
 def bench_faults(
     quick: Annotated[bool, typer.Option("--quick", help="6,000 events and 2 worker kills instead of 40,000 and 5")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the kill points")] = 0,
+    broker_restart: Annotated[bool, typer.Option(
+        "--broker-restart", help="Also stop and start the local broker mid-stream (it stops every client of it)")] = False,
 ) -> None:
     """Worker kill -9 with the learner on, forged adapters, a serving worker killed mid-swap: what was lost,
     trained twice, or served wrong (docs/operations.md, "Faults")."""
@@ -436,7 +438,10 @@ def bench_faults(
     logs.configure("WARNING")
     settings = KafkaSettings()
     ensure_broker(settings)
-    result = run_bench_faults(settings, quick=quick, seed=seed)
+    if broker_restart and settings.uses_external_cluster:
+        _fail("--broker-restart stops the local broker; RECLOOP_KAFKA_BOOTSTRAP points at an external cluster")
+    result = run_bench_faults(settings, quick=quick, seed=seed,
+                              broker=local_broker(settings) if broker_restart else None)
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(result))
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from ops.kafka_io import topic_reader
 from ops.shop_files import SUFFIXES, contract_records, read_records
@@ -177,38 +178,101 @@ def _event_ts(value: bytes | None) -> float | None:
 # ------------------------------------------------------------------ producing
 
 
+#: How long a replay keeps resending while the broker is unreachable or electing leaders (a restart) before it
+#: gives up. Resending is safe: every event keeps its ``event_id``, so a copy that did arrive is a duplicate the
+#: worker drops.
+OUTAGE_PATIENCE_S = 600.0
+
+
+class PatientProducer:
+    """An idempotent producer that sends windows of messages and rides broker outages out.
+
+    A window that fails with a broker error (unreachable, restarting, electing leaders, or an idempotence
+    sequence the restarted broker no longer knows) is sent again by a *new* producer (a new producer id, so
+    no stale sequence numbers), for up to ``patience_s`` of trying.
+    """
+
+    def __init__(self, settings: KafkaSettings, patience_s: float = OUTAGE_PATIENCE_S) -> None:
+        self.settings, self.patience_s = settings, patience_s
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        deadline = time.monotonic() + self.patience_s
+        while True:
+            producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
+                                        linger_ms=20, max_batch_size=512 * 1024, max_request_size=MAX_MESSAGE_BYTES,
+                                        request_timeout_ms=60_000)
+            try:
+                await producer.start()
+                self._producer = producer
+                return
+            except KafkaError as exc:
+                await producer.stop()
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("broker not reachable (%s): retrying", exc)
+                await asyncio.sleep(2.0)
+
+    async def send(self, batch: list[OutgoingMessage]) -> None:
+        """Send ``batch`` and wait for every acknowledgement."""
+        deadline = time.monotonic() + self.patience_s
+        while True:
+            try:
+                pending = [await self._producer.send(m.topic, m.value, key=m.key) for m in batch]
+                await asyncio.gather(*pending)
+                return
+            except KafkaError as exc:
+                if time.monotonic() > deadline or isinstance(exc, MessageSizeTooLargeError):
+                    raise
+                log.warning("%d messages not acknowledged (%s): sending them again", len(batch), exc)
+                await self.stop()
+                await asyncio.sleep(2.0)
+                await self.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            try:
+                await self._producer.stop()
+            except KafkaError as exc:
+                log.debug("producer stopped with %s", exc)
+            self._producer = None
+
+
 async def produce(messages: list[OutgoingMessage], settings: KafkaSettings, *, pacer: Pacer | None = None,
-                  on_progress: Callable[[int], None] | None = None, window: int = 5000) -> ReplaySummary:
-    """Send ``messages`` in order with an idempotent producer; returns what was produced."""
+                  on_progress: Callable[[int], None] | None = None, window: int = 5000,
+                  patience_s: float = OUTAGE_PATIENCE_S) -> ReplaySummary:
+    """Send ``messages`` in order (windows of ``window``, or one by one while paced) with a
+    :class:`PatientProducer`; returns what was produced. A broker restart is ridden out, not fatal."""
     pacer = pacer or Pacer()
     summary = ReplaySummary()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=20, max_batch_size=512 * 1024, max_request_size=MAX_MESSAGE_BYTES,
-                                request_timeout_ms=60_000)
+    producer = PatientProducer(settings, patience_s)
     await producer.start()
     started = time.monotonic()
     try:
-        pending: list[asyncio.Future] = []
+        batch: list[OutgoingMessage] = []
         for message in messages:
             delay = pacer.delay(message.ts) if message.kind != "item" else 0.0
             if delay > 0:
                 await asyncio.sleep(delay)
-            pending.append(await producer.send(message.topic, message.value, key=message.key))
-            summary.produced[message.kind] += 1
-            if len(pending) >= window or delay > 0:
-                await asyncio.gather(*pending)
-                if on_progress:
-                    on_progress(len(pending))
-                pending = []
-        await producer.flush()
-        if pending:
-            await asyncio.gather(*pending)
-            if on_progress:
-                on_progress(len(pending))
+            batch.append(message)
+            if len(batch) >= window or delay > 0:
+                await producer.send(batch)
+                _count(summary, batch, on_progress)
+                batch = []
+        if batch:
+            await producer.send(batch)
+            _count(summary, batch, on_progress)
     finally:
         await producer.stop()
         summary.seconds = time.monotonic() - started
     return summary
+
+
+def _count(summary: ReplaySummary, batch: list[OutgoingMessage], on_progress: Callable[[int], None] | None) -> None:
+    for message in batch:
+        summary.produced[message.kind] += 1
+    if on_progress:
+        on_progress(len(batch))
 
 
 async def replay(source: str, settings: KafkaSettings, *, since: float | None = None, until: float | None = None,

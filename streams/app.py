@@ -15,7 +15,7 @@ import faust
 from streams import topics
 from streams.settings import KafkaSettings, WorkerSettings
 from streams.topics import MAX_MESSAGE_BYTES
-from streams.worker_identity import WorkerIdentity
+from streams.worker_identity import WorkerIdentity, safe_name
 
 #: Events an agent's stream buffers before Faust stops fetching its partition (at 80 %, 1 / 1.25).
 STREAM_BUFFER_MAXSIZE = 4096
@@ -61,11 +61,23 @@ def worker_data_dir(kafka: KafkaSettings) -> Path:
     return _ensure_dir(kafka.home / "worker" / kafka.topic_prefix)
 
 
+def group_instance_id(identity: WorkerIdentity, worker: WorkerSettings) -> str:
+    """The worker's static membership id: its worker id *and* its web address. The broker hands a returning
+    static member the assignment of its previous life, which Faust stamps with the worker's web URL (and
+    refuses when the URL differs), so a worker that comes back on another address joins as a new member.
+
+    >>> from pathlib import Path
+    >>> group_instance_id(WorkerIdentity("shop 7", Path(".")), WorkerSettings(web_host="localhost", web_port=6066))
+    'shop_7-localhost-6066'
+    """
+    return safe_name(f"{identity.id}-{worker.web_host}-{worker.web_port}")
+
+
 def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None = None,
                identity: WorkerIdentity | None = None) -> RecloopApp:
     """The Faust app. With the worker's ``identity`` the consumer is a **static member** of its group
-    (``group.instance.id`` = the worker id): a worker restarted after a crash (``kill -9``) rejoins with its
-    old partitions at once instead of waiting for the broker to expire the dead member's session (30 s;
+    (:func:`group_instance_id`): a worker restarted after a crash (``kill -9``) rejoins with its old
+    partitions at once instead of waiting for the broker to expire the dead member's session (30 s;
     docs/operations.md, "Faults"). The price: a worker that stops for good keeps its partitions for that
     session timeout before they move."""
     kafka = kafka or KafkaSettings()
@@ -99,7 +111,7 @@ def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None
         broker_session_timeout=30,
         broker_heartbeat_interval=3,
         stream_wait_empty=False,
-        consumer_group_instance_id=identity.id if identity is not None else None,
+        consumer_group_instance_id=group_instance_id(identity, worker) if identity is not None else None,
     )
     # Deduplication state: event_id -> event time. Tables are backed by changelog topics,
     # so the state is rebuilt when a worker restarts or takes over a partition.

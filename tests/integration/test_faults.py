@@ -1,6 +1,7 @@
-"""``recloop bench faults --quick`` as a test: worker kills with the learner on, forged adapters, a serving worker
-killed mid-swap, fuzzing — against the real broker. The figures are the benchmark's; the test only asserts
-what must hold exactly (nothing lost or trained twice, nothing forged served, no serving error), never a time."""
+"""``recloop bench faults --quick`` as a test, against the real broker: worker kills with the learner on, forged
+adapters, a serving worker killed mid-swap, fuzzing. The figures are the benchmark's;
+the test asserts only what must hold exactly (nothing lost or trained twice, nothing forged served, no serving
+error), never a time."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 def test_faults_lose_nothing_serve_nothing_forged_and_never_fail_a_request(kafka_settings):
+    # without the broker restart: the suite's broker holds every test's topics and takes minutes to start again
     result = run_bench_faults(kafka_settings, quick=True, seed=7)
     assert result["kills"] == 2 and len(result["restart_ready_s"]) == 2
     assert result["lost"] == 0 and result["duplicates_trained"] == 0, result

@@ -10,8 +10,9 @@ same as with MiniLM). One serving worker answers ``/recommend`` for a set of sho
    with the same identity (app id, home, worker id). Restart-to-ready (``restart_ready_s``) is the time from
    the new process's start until it consumes again (``/ready/``: in its group, tables recovered, not
    rebalancing); ``learner_ready_s`` until its learner has also loaded its checkpoint (a second process that
-   imports torch). A worker is a static member of its consumer group (:func:`streams.app.create_app`), so the
-   broker hands its partitions back at once instead of expiring the dead member's session first (30 s). At the end the learner's input topic must hold every valid interaction and its last
+   imports torch). The benchmark's worker is a static member of its consumer group
+   (``RECLOOP_WORKER_STATIC_MEMBERSHIP=1``, :func:`streams.app.create_app`), so the broker hands its partitions
+   back at once instead of expiring the dead member's session first (30 s); without it, expect ~35 s. At the end the learner's input topic must hold every valid interaction and its last
    checkpoint must cover the whole input:
 
    - ``lost``: valid interactions produced that never reached the learner's checkpointed input (must be 0);
@@ -346,8 +347,8 @@ def run_bench_faults(base: KafkaSettings, *, quick: bool = False, seed: int = 0,
     env = recloop_env(settings, **demo, **LEARNER_ENV)
     app_id = f"faults-{uuid.uuid4().hex[:6]}"
     worker_port = free_port()
-    worker = Restartable(["worker"], {**env, "RECLOOP_WORKER_APP_ID": app_id,
-                                      "RECLOOP_WORKER_WEB_PORT": str(worker_port)},
+    worker = Restartable(["worker"], {**env, "RECLOOP_WORKER_APP_ID": app_id, "RECLOOP_WORKER_WEB_PORT": str(worker_port),
+                                      "RECLOOP_WORKER_STATIC_MEMBERSHIP": "1"},
                          settings.home / "worker.log", worker_port, "/ready/")
     servers = []
     for name in ("serve-a", "serve-b"):

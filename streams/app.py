@@ -75,8 +75,8 @@ def group_instance_id(identity: WorkerIdentity, worker: WorkerSettings) -> str:
 
 def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None = None,
                identity: WorkerIdentity | None = None) -> RecloopApp:
-    """The Faust app. With the worker's ``identity`` the consumer is a **static member** of its group
-    (:func:`group_instance_id`): a worker restarted after a crash (``kill -9``) rejoins with its old
+    """The Faust app. With the worker's ``identity`` and ``RECLOOP_WORKER_STATIC_MEMBERSHIP=1`` the consumer is a
+    **static member** of its group (:func:`group_instance_id`): a worker restarted after a crash (``kill -9``) rejoins with its old
     partitions at once instead of waiting for the broker to expire the dead member's session (30 s;
     docs/operations.md, "Faults"). The price: a worker that stops for good keeps its partitions for that
     session timeout before they move."""
@@ -111,7 +111,8 @@ def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None
         broker_session_timeout=30,
         broker_heartbeat_interval=3,
         stream_wait_empty=False,
-        consumer_group_instance_id=group_instance_id(identity, worker) if identity is not None else None,
+        consumer_group_instance_id=(group_instance_id(identity, worker)
+                                    if identity is not None and worker.static_membership else None),
     )
     # Deduplication state: event_id -> event time. Tables are backed by changelog topics,
     # so the state is rebuilt when a worker restarts or takes over a partition.

@@ -80,6 +80,11 @@ class WorkerSettings(BaseSettings):
     #: Port of the worker's web endpoint (``/counts``, ``/metrics``).
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_host: str = "127.0.0.1"
+    #: Join the consumer group as a static member (``RECLOOP_WORKER_STATIC_MEMBERSHIP=1``): a worker restarted
+    #: after a crash gets its partitions back at once instead of after the dead member's 30 s session timeout
+    #: (``recloop bench faults``: ready 6–9 s instead of 35 s). Off by default until one CI failure seen with
+    #: it on (a restarted worker's learner missing events, docs/operations.md "Faults") is understood.
+    static_membership: bool = False
     #: How many messages an ingest agent takes at once, and how long it waits for them.
     batch_size: int = Field(default=500, ge=1)
     batch_within_s: float = Field(default=0.2, gt=0)

@@ -42,14 +42,21 @@ def lists(url: str, users: list[str]) -> dict[str, tuple[str, list[str]]]:
     return out
 
 
-def settled_version(url: str, worker) -> str:
-    """Wait until the learner has nothing pending and serving runs the learner's newest version."""
+def settled_version(url: str, worker, produced: int) -> str:
+    """Wait until the worker accepted all ``produced`` interactions, its learner has nothing pending and has not
+    moved for a few seconds, and serving runs the learner's newest version."""
+    seen: list[tuple] = []
+
     def settled():
+        accepted = sum(c.get("accepted", 0) + c.get("duplicates", 0) for name, c in worker.counts().items()
+                       if name.endswith("interactions"))
         status, health = learner_status(worker), httpx.get(f"{url}/healthz").json()
         current = status.get("current_version")
-        quiet = status.get("pending_events") == 0 and status.get("unacked_events", 1) == 0
-        return current if quiet and current and health["model_version"] == current else None
-    return wait_for(settled, timeout_s=180, interval_s=1.0,
+        quiet = accepted >= produced and status.get("pending_events") == 0 and status.get("unacked_events", 1) == 0
+        seen.append((current, status.get("steps")) if quiet else None)
+        stable = len(seen) >= 4 and len(set(seen[-4:])) == 1 and seen[-1] is not None  # 3 s without a step
+        return current if stable and current and health["model_version"] == current else None
+    return wait_for(settled, timeout_s=240, interval_s=1.0,
                     message=lambda: f"serving to run the learner's newest version: {learner_status(worker)}")
 
 
@@ -73,7 +80,7 @@ def test_an_item_marked_irrelevant_twice_leaves_the_shoppers_top10_and_no_other_
                  message=lambda: f"the learner to know the catalogue: {learner_status(worker)}")
         asyncio.run(produce(history, kafka_settings))
         wait_json(f"{url}/healthz", server, timeout_s=120)
-        version = settled_version(url, worker)
+        version = settled_version(url, worker, len(history))
         assert version != "v0"
         before = lists(url, shoppers)
         assert all(v == version for v, _ in before.values())
@@ -100,8 +107,8 @@ def test_an_item_marked_irrelevant_twice_leaves_the_shoppers_top10_and_no_other_
 
         # the learner trains on: after its next published version the item stays out of the shopper's list
         asyncio.run(produce(later, kafka_settings))
-        newer = wait_for(lambda: (v := settled_version(url, worker)) != version and v, timeout_s=180,
-                         message="a newer version served")
+        newer = settled_version(url, worker, len(history) + len(later))
+        assert newer != version
         served, items = lists(url, [shopper])[shopper]
         assert served == newer and dismissed not in items
     finally:

@@ -72,6 +72,14 @@ def require_newer(version: str, current: str | None) -> None:
                                         "(versions strictly increase; a rollback is a new version)")
 
 
+def newest_published(root: str | Path, base_fingerprint: str, *, excluding: str | None = None) -> str | None:
+    """The highest-numbered version of this base that reached the updates topic from here (its ``PUBLISHED``
+    marker), ``excluding`` one version; ``None`` when there is none."""
+    published = [a.manifest.version for a in stored_adapters(root)
+                 if a.published and a.manifest.base_fingerprint == base_fingerprint and a.manifest.version != excluding]
+    return max(published, key=version_sequence, default=None)
+
+
 def is_rollback(version: str) -> bool:
     """Whether ``version`` is an operator's rollback (``recloop adapters rollback``), not a version a learner trained.
 

@@ -47,6 +47,7 @@ from learner.adapter_store import (
     UNPUBLISHED_PREFIX,
     is_rollback,
     mark_published,
+    newest_published,
     next_version,
     require_newer,
     stored_adapters,
@@ -434,7 +435,9 @@ class LearnerService:
             if update.version == self.current_version:
                 return False
             content = artifacts.verify(update, self._key, self.base.fingerprint, model=self.model)
-            require_newer(update.version, self.current_version)
+            # against what reached the topic, not the current version: that may be one saved but never published
+            # (a rollback landed while its step trained, streams.learning)
+            require_newer(update.version, newest_published(self.home, self.base.fingerprint, excluding=update.version))
             dest = artifacts.adapters_dir(self.home) / update.version
             if not dest.exists():
                 artifacts.unpack(update.payload, dest)

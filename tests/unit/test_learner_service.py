@@ -322,11 +322,13 @@ def test_an_adapter_published_elsewhere_is_adopted_and_trained_on(base, retail, 
     assert all(torch.equal(other.model.head.state_dict()[k], v) for k, v in expected.items())
     later = [o.update for batch in batches(*retail)[1:] if (o := other.process(batch)).update is not None]
     assert later and later[0].parent == updates[0].version
+    for update in later:
+        other.mark_published(update.version)  # what the worker does once the broker acknowledged each
     forged = artifacts.make_update(tmp_path / "a" / "adapters" / updates[1].version, b"not-the-key")
     with pytest.raises(artifacts.AdapterRejected, match="bad signature"):
         other.adopt(forged)
     with pytest.raises(artifacts.AdapterRejected, match="not newer"):  # a replayed old record: never a rollback
-        other.adopt(updates[1])
+        other.adopt(updates[0])
     assert other.current_version == later[-1].version
 
 

@@ -62,7 +62,8 @@ def listwise_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Ten
     >>> s, v = torch.tensor([[2.0, 0.0, 0.0]]), torch.ones(1, 3, dtype=torch.bool)
     >>> round(float(listwise_loss(s, torch.tensor([[True, False, False]]), v)), 4)
     0.2395
-    >>> round(float(listwise_loss(s, torch.tensor([[True, False, False]]), v, torch.tensor([[0.0, math.log(3), 0.0]]))), 4)
+    >>> weights = torch.tensor([[0.0, math.log(3), 0.0]])
+    >>> round(float(listwise_loss(s, torch.tensor([[True, False, False]]), v, weights)), 4)
     0.4327
     """
     negatives = valid & ~positive

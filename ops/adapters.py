@@ -133,13 +133,20 @@ async def latest_update(settings: KafkaSettings) -> AdapterUpdate | None:
 
 
 async def send_update(settings: KafkaSettings, update: AdapterUpdate) -> None:
+    await send_raw_updates(settings, [records.encode(update)])
+
+
+async def send_raw_updates(settings: KafkaSettings, raws: list[bytes]) -> None:
+    """Publish raw records on the updates topic, each acknowledged before the next (also what the fault benchmark
+    sends: records that need not be valid)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True,
                                 max_request_size=MAX_MESSAGE_BYTES)
     await producer.start()
     try:
-        await producer.send_and_wait(settings.topic(MODEL_UPDATES.name), records.encode(update), key=b"adapter")
+        for raw in raws:
+            await producer.send_and_wait(settings.topic(MODEL_UPDATES.name), raw, key=b"adapter")
     finally:
         await producer.stop()
 

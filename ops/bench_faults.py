@@ -1,4 +1,4 @@
-"""``recloop bench faults [--quick]``: kill things, forge things, and count what was lost, trained twice or served wrong.
+"""``recloop bench faults [--quick]``: kill things, forge things, count what was lost, trained twice or served wrong.
 
 Against the real local broker, on topics and a home of its own (:func:`ops.topic_admin.fresh_run_topics`),
 with the seeded tiny encoder (faults, not ranking quality, are measured; the learner's code path is the
@@ -12,8 +12,9 @@ same as with MiniLM). One serving worker answers ``/recommend`` for a set of sho
    rebalancing); ``learner_ready_s`` until its learner has also loaded its checkpoint (a second process that
    imports torch). The benchmark's worker is a static member of its consumer group
    (``RECLOOP_WORKER_STATIC_MEMBERSHIP=1``, :func:`streams.app.create_app`), so the broker hands its partitions
-   back at once instead of expiring the dead member's session first (30 s); without it, expect ~35 s. At the end the learner's input topic must hold every valid interaction and its last
-   checkpoint must cover the whole input:
+   back at once instead of expiring the dead member's session first (30 s); without it, expect ~35 s. At the
+   end the learner's input topic must hold every valid interaction and its last checkpoint must cover the whole
+   input:
 
    - ``lost``: valid interactions produced that never reached the learner's checkpointed input (must be 0);
    - ``duplicates_forwarded``: interactions forwarded to the learner more than once (a crash between the
@@ -33,9 +34,9 @@ same as with MiniLM). One serving worker answers ``/recommend`` for a set of sho
    ``fuzz_5xx``, crashes, hangs and schema violations must be 0.
 
 5. **Broker stop/start** (``--broker-restart``, local broker only): during the last chunk of the replay the
-   broker is stopped and started again 3 s later; the replay, the worker and the serving workers must carry on by themselves
-   (``broker_restart``: outage seconds, ``replay_recovered``), and the loss accounting of scenario 1 covers
-   the events produced around it.
+   broker is stopped and started again 3 s later; the replay, the worker and the serving workers must carry on
+   by themselves (``broker_restart``: outage seconds, ``replay_recovered``), and the loss accounting of
+   scenario 1 covers the events produced around it.
 """
 
 from __future__ import annotations
@@ -48,17 +49,19 @@ import threading
 import time
 import uuid
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
 
 from learner.adapter_store import version_sequence
 from learner.settings import LearnerSettings
+from ops.adapters import send_raw_updates
 from ops.forgery import FORGERY_KINDS, forgeries, renumbered
 from ops.fuzz import fuzz_api, fuzz_records
+from ops.kafka_broker import LocalKafka
 from ops.kafka_io import read_messages
 from ops.processes import ChildProcess, demo_key_unless_configured, free_port, get_json, recloop_env, wait_json
-from ops.kafka_broker import LocalKafka
 from ops.replay import OutgoingMessage, Pacer, file_messages, produce
 from ops.topic_admin import delete_topics, fresh_run_topics
 from streams.learning import open_envelope
@@ -137,15 +140,8 @@ class Restartable:
     def wait_for(self, path: str, ready, timeout_s: float = 180.0) -> float:
         """Seconds until ``path`` answers (200) a page that ``ready`` accepts."""
         started = time.monotonic()
-        deadline = started + timeout_s
-        while time.monotonic() < deadline:
-            if not self.child.alive:
-                raise RuntimeError(f"`recloop {' '.join(self.args)}` exited:\n{self.child.log_tail()}")
-            page = get_json(self.url + path)
-            if page is not None and ready(page):
-                return time.monotonic() - started
-            time.sleep(0.1)
-        raise TimeoutError(f"`recloop {' '.join(self.args)}` not ready in {timeout_s:.0f}s:\n{self.child.log_tail()}")
+        wait_json(self.url + path, self.child, timeout_s=timeout_s, accept=ready, interval_s=0.1)
+        return time.monotonic() - started
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""
@@ -248,7 +244,7 @@ def kill_and_count(settings: KafkaSettings, worker: Restartable, events: list[Ou
             "restart_ready_s_max": round(max(ready_s), 1) if ready_s else None,
             "learner_ready_s": [round(s, 1) for s in learner_s],
             "versions": len(updates),
-            "versions_strictly_increasing": all(b > a for a, b in zip(numbers, numbers[1:])) and len(updates) > 0,
+            "versions_strictly_increasing": all(b > a for a, b in pairwise(numbers)) and len(updates) > 0,
             "broker_restart": outage or None}
 
 
@@ -264,21 +260,7 @@ def published_updates(settings: KafkaSettings) -> list[AdapterUpdate]:
 
 
 def publish_raw(settings: KafkaSettings, raws: list[bytes]) -> None:
-    async def send() -> None:
-        from aiokafka import AIOKafkaProducer
-
-        from streams.topics import MAX_MESSAGE_BYTES
-
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
-                                    max_request_size=MAX_MESSAGE_BYTES)
-        await producer.start()
-        try:
-            for raw in raws:
-                await producer.send_and_wait(settings.topic(MODEL_UPDATES.name), raw, key=b"adapter")
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
+    asyncio.run(send_raw_updates(settings, raws))
 
 
 def _wait(predicate, timeout_s: float, what: str):
@@ -301,8 +283,8 @@ def forge(settings: KafkaSettings, serving: Restartable, key: bytes) -> dict:
     forged = forgeries(settings.home / "adapters" / current.version, key, newer=newer, older=updates[0],
                        work=settings.home / "forged")
     publish_raw(settings, list(forged.values()))
-    health = _wait(lambda: (h := serving.page("/healthz")).get("rejected_updates", 0) - before >= len(forged) and h,
-                   60, f"serving to reject {len(forged)} forged updates")
+    _wait(lambda: serving.page("/healthz").get("rejected_updates", 0) - before >= len(forged), 60,
+          f"serving to reject {len(forged)} forged updates")
     time.sleep(1.0)  # anything still in flight would show now
     health = serving.page("/healthz")
     return {"forged_total": len(forged), "forged_rejected": health["rejected_updates"] - before,
@@ -347,7 +329,8 @@ def run_bench_faults(base: KafkaSettings, *, quick: bool = False, seed: int = 0,
     env = recloop_env(settings, **demo, **LEARNER_ENV)
     app_id = f"faults-{uuid.uuid4().hex[:6]}"
     worker_port = free_port()
-    worker = Restartable(["worker"], {**env, "RECLOOP_WORKER_APP_ID": app_id, "RECLOOP_WORKER_WEB_PORT": str(worker_port),
+    worker = Restartable(["worker"], {**env, "RECLOOP_WORKER_APP_ID": app_id,
+                                      "RECLOOP_WORKER_WEB_PORT": str(worker_port),
                                       "RECLOOP_WORKER_STATIC_MEMBERSHIP": "1"},
                          settings.home / "worker.log", worker_port, "/ready/")
     servers = []

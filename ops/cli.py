@@ -426,10 +426,12 @@ def bench_ingest(
 
 @bench_app.command("faults")
 def bench_faults(
-    quick: Annotated[bool, typer.Option("--quick", help="6,000 events and 2 worker kills instead of 40,000 and 5")] = False,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="6,000 events and 2 worker kills instead of 40,000 and 5")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the kill points")] = 0,
     broker_restart: Annotated[bool, typer.Option(
-        "--broker-restart", help="Also stop and start the local broker mid-stream (it stops every client of it)")] = False,
+        "--broker-restart",
+        help="Also stop and start the local broker mid-stream (it stops every client of it)")] = False,
 ) -> None:
     """Worker kill -9 with the learner on, forged adapters, a serving worker killed mid-swap: what was lost,
     trained twice, or served wrong (docs/operations.md, "Faults")."""

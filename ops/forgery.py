@@ -20,7 +20,8 @@ import orjson
 from learner import artifacts
 from streams.records import AdapterUpdate, encode
 
-#: What each forgery is and the rejection kind a serving worker must count it as (:func:`serving.updates.rejection_kind`).
+#: What each forgery is and the rejection kind a serving worker must count it as
+#: (:func:`serving.updates.rejection_kind`).
 FORGERY_KINDS: dict[str, str] = {
     "unsigned": "invalid_record",  # no signature at all: the record parser already refuses it
     "wrong_key": "signature",  # signed, with a key that is not the deployment's

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,14 +84,16 @@ def get_json(url: str, timeout_s: float = 2.0) -> dict | None:
     return response.json() if response.status_code == 200 else None
 
 
-def wait_json(url: str, child: ChildProcess, *, timeout_s: float) -> dict:
-    """Wait until ``url`` answers JSON; raise with the child's log if it died or never answered."""
+def wait_json(url: str, child: ChildProcess, *, timeout_s: float, accept: Callable[[dict], bool] | None = None,
+              interval_s: float = 0.25) -> dict:
+    """Wait until ``url`` answers JSON (that ``accept`` accepts, when given); raise with the child's log if it died
+    or never answered so."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not child.alive:
             raise RuntimeError(f"`recloop {' '.join(child.args)}` exited:\n{child.log_tail()}")
         data = get_json(url)
-        if data is not None:
+        if data is not None and (accept is None or accept(data)):
             return data
-        time.sleep(0.25)
+        time.sleep(interval_s)
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s:\n{child.log_tail()}")

@@ -6,8 +6,9 @@ joins with the basket that follows it. The shopper clicks the recommended items 
 buy within the next ``horizon_days`` (the data says so), and says whether each explanation shown
 for a clicked or ignored item was helpful. A shopper who found an explanation unhelpful calls the item
 *irrelevant* only if they never buy it at all in the data (before or after): a shopper does not
-dismiss their staples just because this basket does without them; otherwise the reason is "unclear". Every shopper has a preferred explanation style and finds
-explanations in that style helpful more often — the ground truth the explanation bandit has to discover.
+dismiss their staples just because this basket does without them; otherwise the reason is "unclear".
+Every shopper has a preferred explanation style and finds explanations in that style helpful more often —
+the ground truth the explanation bandit has to discover.
 
 Whose taste is it? With ``preference="shopper"`` each shopper's style is a hash of their id: every
 segment then holds every taste in equal shares, so no policy that knows only the segment can beat

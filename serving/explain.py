@@ -5,7 +5,8 @@ The ranking score is ``head(features, cosine)`` over the behavioural feature col
 item's. The columns form named terms (:data:`TERM_COLUMNS`): ``repeat`` (everything about the
 shopper's own purchases of the item: all zero for an item they never bought), ``knn`` (bought
 together), ``popularity`` (item statistics), ``shopper`` (context, the same for every item),
-``feedback`` (the shopper dismissed the item as irrelevant; never a reason to show it) and ``text``. For each recommended item the explainer
+``feedback`` (the shopper dismissed the item as irrelevant; never a reason to show it) and ``text``.
+For each recommended item the explainer
 
 1. measures how much each term adds to the score by occlusion (score minus the score with that
    term's columns set to zero; exact for the linear head, and it includes the MLP's share);
@@ -143,7 +144,7 @@ def term_values(head: FusionHead, features: np.ndarray, cosine: np.ndarray) -> d
     feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
     cos = torch.as_tensor(np.asarray(cosine, dtype=np.float32))
     present = [t for t, term in enumerate(TERMS)
-               if (bool(cos.any()) if term == "text" else bool(feats[:, [_COLUMN[c] for c in TERM_COLUMNS[term]]].any()))]
+               if bool(cos.any() if term == "text" else feats[:, [_COLUMN[c] for c in TERM_COLUMNS[term]]].any())]
     kept = list(itertools.product((False, True), repeat=len(present)))
     variants_f = feats.repeat(len(kept), 1, 1)  # [variant, k, F]
     variants_c = cos.repeat(len(kept), 1)

@@ -1,8 +1,8 @@
 """What every serving worker knows about shoppers and the catalogue, kept current from the stream.
 
-Each worker follows ``recloop.interactions``, ``recloop.catalog`` and ``recloop.explanation-feedback`` whole, with a group-less
-consumer from the beginning: workers do not share partitions, because any worker may be asked
-about any shopper. Interactions are learned with the partition they were read from, so baskets are
+Each worker follows ``recloop.interactions``, ``recloop.catalog`` and ``recloop.explanation-feedback`` whole,
+with a group-less consumer from the beginning: workers do not share partitions, because any worker may be
+asked about any shopper. Interactions are learned with the partition they were read from, so baskets are
 assembled per partition exactly as the learner's are, however the partitions' fetches interleave.
 The state lives in :class:`LiveBehaviour` (plain, testable without a broker);
 :class:`HistoryFollower` only feeds it.

@@ -76,9 +76,9 @@ def group_instance_id(identity: WorkerIdentity, worker: WorkerSettings) -> str:
 def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None = None,
                identity: WorkerIdentity | None = None) -> RecloopApp:
     """The Faust app. With the worker's ``identity`` and ``RECLOOP_WORKER_STATIC_MEMBERSHIP=1`` the consumer is a
-    **static member** of its group (:func:`group_instance_id`): a worker restarted after a crash (``kill -9``) rejoins with its old
-    partitions at once instead of waiting for the broker to expire the dead member's session (30 s;
-    docs/operations.md, "Faults"). The price: a worker that stops for good keeps its partitions for that
+    **static member** of its group (:func:`group_instance_id`): a worker restarted after a crash (``kill -9``)
+    rejoins with its old partitions at once instead of waiting for the broker to expire the dead member's
+    session (30 s; docs/operations.md, "Faults"). The price: a worker that stops for good keeps its partitions for that
     session timeout before they move."""
     kafka = kafka or KafkaSettings()
     worker = worker or WorkerSettings()

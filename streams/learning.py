@@ -64,12 +64,12 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from learner.artifacts import AdapterRejected
+from learner.explanation_bandit import is_irrelevant
 from learner.settings import LearnerConfigError, LearnerSettings
 from streams import topics
 from streams.agents import Downstream
 from streams.app import RecloopApp
 from streams.ingest import SourcePosition, dead_letter, validate
-from learner.explanation_bandit import is_irrelevant
 from streams.records import (
     AdapterUpdate,
     DeadLetter,

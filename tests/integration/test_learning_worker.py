@@ -11,7 +11,7 @@ import torch
 
 from learner import artifacts
 from learner.service import GATE_METRIC
-from ops.kafka_io import topic_reader
+from ops.kafka_io import read_messages as read_topic  # other tests import it from here
 from ops.processes import get_json
 from ops.replay import file_messages, produce
 from streams import records
@@ -19,19 +19,6 @@ from tests.conftest import DATA, wait_for
 
 KEY = "integration-adapter-key"
 log = logging.getLogger(__name__)
-
-
-async def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes]]:
-    """Every message currently on ``topic``, in partition order."""
-    out = []
-    async with topic_reader(bootstrap, topic) as (consumer, end):
-        remaining = {tp for tp, offset in end.items() if offset > 0}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000)
-            for messages in batches.values():
-                out.extend((m.key, m.value) for m in messages)
-            remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
-    return out
 
 
 def published_updates(settings) -> list[records.AdapterUpdate]:

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from learner.encoder import tiny_bert
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def base():
     """A tiny random BERT (no download), the same for every module: fast and deterministic."""
     return tiny_bert(seed=0)
+
+
+@pytest.fixture(scope="module")
+def retail():
+    """The catalogue and the first 12,000 interactions of the bundled data, as the replay produces them."""
+    from ops.retail_events import read_table, retail_events
+
+    events = retail_events(read_table(REPO / "data" / "online_retail.parquet"), limit=12_000)
+    return events.items, events.interactions
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,7 +15,7 @@ from learner.rich_features import FEATURE_NAMES, RichFeatures
 from serving.history import LiveBehaviour
 from streams.records import ExplanationFeedback, encode
 from streams.topics import EXPLANATION_FEEDBACK
-from tests.unit.test_learner_service import base, make_service, retail, top10  # noqa: F401  (fixtures)
+from tests.unit.test_learner_service import make_service, top10
 
 DISMISSED = FEATURE_NAMES.index("dismissed")
 

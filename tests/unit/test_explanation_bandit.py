@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from learner.explanation_bandit import IRRELEVANT_WEIGHT, ExplanationBandit, segment_of
-from learner.rich_features import RichFeatures
 from learner.feedback_sim import SimConfig, events_to_ratio, simulate
+from learner.rich_features import RichFeatures
 from streams.records import EXPLANATION_STYLES, ExplanationFeedback
 
 #: The stated learning speed: within this many feedback events the bandit's helpful rate is, and

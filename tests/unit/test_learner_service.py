@@ -16,7 +16,6 @@ from learner.model import RankingModel
 from learner.rich_features import FEATURE_NAMES
 from learner.service import GATE_METRIC, LearnerService
 from learner.settings import DEMO_KEY, LearnerConfigError, LearnerSettings
-from ops.retail_events import read_table, retail_events
 from streams.records import Interaction, Item
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "online_retail.parquet"
@@ -26,12 +25,6 @@ KEY = b"unit-test-key"
 @pytest.fixture(scope="module")
 def base():
     return tiny_bert(seed=0)
-
-
-@pytest.fixture(scope="module")
-def retail() -> tuple[list[Item], list[Interaction]]:
-    events = retail_events(read_table(DATA), limit=12_000)
-    return events.items, events.interactions
 
 
 def settings(**overrides) -> LearnerSettings:

@@ -20,7 +20,8 @@ import faust
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from streams.app import RecloopApp
-from streams.ingest import IngestStats, SourcePosition, first_time_seen, validate
+from streams.dedup import DedupWindow
+from streams.ingest import IngestStats, SourcePosition, validate
 from streams.records import DeadLetter, ExplanationFeedback, Interaction, Item, encode
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class WorkerMetrics:
                                   ["source"], registry=self.registry)
         self.dead_lettered = Counter("recloop_ingest_dead_lettered_total", "Invalid messages sent to the DLQ",
                                      ["source"], registry=self.registry)
+        self.forgotten = Counter("recloop_dedup_forgotten_total",
+                                 "Event ids deleted from the deduplication table: older than its window",
+                                 ["source"], registry=self.registry)
 
 
 def register_ingest_agents(r: RecloopApp, stats: IngestStats, downstream: Downstream | None = None,
@@ -61,11 +65,28 @@ def register_ingest_agents(r: RecloopApp, stats: IngestStats, downstream: Downst
     downstream = downstream or Downstream()
     metrics = metrics or WorkerMetrics()
 
-    async def ingest(stream: faust.StreamT, cls: type, seen: faust.Table | None, handlers: list[Handler]) -> None:
+    windows: list[DedupWindow] = []
+
+    def window() -> DedupWindow:
+        windows.append(DedupWindow(r.worker.dedup_window_s, purge_every_s=r.worker.dedup_purge_every_s))
+        return windows[-1]
+
+    @r.app.on_partitions_revoked.connect
+    async def forget_revoked(app: faust.App, revoked: set, **_: Any) -> None:
+        """A partition that moves away may come back with entries another worker wrote: index it again then."""
+        for dedup in windows:
+            for tp in revoked:
+                dedup.forget_partition(tp.partition)
+
+    async def ingest(stream: faust.StreamT, cls: type, seen: faust.Table | None, handlers: list[Handler],
+                     dedup: DedupWindow | None = None) -> None:
         async for event in stream.events():
             message = event.message
             source = message.topic
             position = SourcePosition(source, message.partition, message.offset)
+            if seen is not None and dedup is not None and (forgotten := dedup.purge(seen, message.partition)):
+                stats.forgotten(source, forgotten)
+                metrics.forgotten.labels(source).inc(forgotten)
             result = validate(cls, event.value, key=event.key, source=position)
             if isinstance(result, DeadLetter):
                 await r.dlq.send(key=source.encode(), value=encode(result))
@@ -73,7 +94,7 @@ def register_ingest_agents(r: RecloopApp, stats: IngestStats, downstream: Downst
                 metrics.dead_lettered.labels(source).inc()
                 log.debug("dead-lettered %s[%d]@%d: %s", source, message.partition, message.offset, result.error)
                 continue
-            if seen is not None and not first_time_seen(seen, result.event_id, result.ts, position):
+            if seen is not None and dedup is not None and not dedup.seen(seen, result.event_id, result.ts, position):
                 stats.duplicate(source)
                 metrics.duplicates.labels(source).inc()
                 continue
@@ -84,11 +105,11 @@ def register_ingest_agents(r: RecloopApp, stats: IngestStats, downstream: Downst
 
     @r.app.agent(r.interactions, name="ingest-interactions")
     async def ingest_interactions(stream: faust.StreamT) -> None:
-        await ingest(stream, Interaction, r.seen_interactions, downstream.interaction)
+        await ingest(stream, Interaction, r.seen_interactions, downstream.interaction, window())
 
     @r.app.agent(r.feedback, name="ingest-explanation-feedback")
     async def ingest_feedback(stream: faust.StreamT) -> None:
-        await ingest(stream, ExplanationFeedback, r.seen_feedback, downstream.feedback)
+        await ingest(stream, ExplanationFeedback, r.seen_feedback, downstream.feedback, window())
 
     @r.app.agent(r.catalog, name="ingest-catalog")
     async def ingest_catalog(stream: faust.StreamT) -> None:

@@ -1,4 +1,4 @@
-"""Ingest logic shared by the agents: validate, dead-letter, deduplicate, count.
+"""Ingest logic shared by the agents: validate, dead-letter, count (deduplication: :mod:`streams.dedup`).
 
 Plain functions and classes, so they are tested without a broker; the Faust agents in
 :mod:`streams.agents` only move messages in and out of them.
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Generic
+from typing import Generic
 
 from streams.records import DeadLetter, InvalidRecord, R, decode
 
@@ -45,29 +44,6 @@ def dead_letter(value: bytes | None, *, key: bytes | None, source: SourcePositio
                       key=None if key is None else bytes(key), ts=time.time())
 
 
-def first_time_seen(seen: MutableMapping[str, Any], event_id: str, ts: float, position: SourcePosition) -> bool:
-    """Record ``event_id`` in ``seen`` with where it was first read; False when it is a duplicate.
-
-    A duplicate is the same event id in *another* message (a replay, a producer's retry). The same message
-    read again (same partition and offset: the worker crashed after marking it seen but before its offset
-    was committed) is **not** one: its effects downstream (the forward to the learner) may have been lost
-    with the crash, while the mark reached the table's changelog. It is handled again; downstream
-    consumers that keep state deduplicate by event id or offset themselves (the learner, the monitor).
-
-    >>> seen, at = {}, SourcePosition("t", 0, 7)
-    >>> first_time_seen(seen, "e1", 1.0, at), first_time_seen(seen, "e1", 1.0, at)
-    (True, True)
-    >>> first_time_seen(seen, "e1", 1.0, SourcePosition("t", 0, 9))  # the same event in another message
-    False
-    """
-    where = [position.partition, position.offset]
-    first = seen.get(event_id)
-    if first is None:
-        seen[event_id] = [ts, *where]
-        return True
-    return isinstance(first, list) and first[1:] == where  # a bare timestamp: written before positions were
-
-
 def error_kind(error: str) -> str:
     """A short, low-cardinality label for a dead-letter reason (for counters and summaries).
 
@@ -98,6 +74,7 @@ class SourceCounts:
     accepted: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    forgotten: int = 0
     by_type: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     first_at: float | None = None
@@ -112,6 +89,7 @@ class SourceCounts:
     def as_dict(self) -> dict:
         busy = (self.last_at - self.first_at) if self.first_at is not None and self.last_at is not None else 0.0
         return {"accepted": self.accepted, "duplicates": self.duplicates, "dead_lettered": self.dead_lettered,
+                "dedup_forgotten": self.forgotten,
                 "by_type": dict(self.by_type), "errors": dict(self.errors), "busy_s": round(busy, 6)}
 
 
@@ -137,6 +115,10 @@ class IngestStats(Generic[R]):
         counts = self.of(source)
         counts.duplicates += 1
         counts.touch()
+
+    def forgotten(self, source: str, n: int) -> None:
+        """``n`` event ids of ``source`` left the deduplication window."""
+        self.of(source).forgotten += n
 
     def dead_lettered(self, source: str, error: str) -> None:
         counts = self.of(source)

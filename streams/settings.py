@@ -85,6 +85,12 @@ class WorkerSettings(BaseSettings):
     #: (``recloop bench faults``: ready 6–9 s instead of 35 s). Off by default until one CI failure seen with
     #: it on (a restarted worker's learner missing events, docs/operations.md "Faults") is understood.
     static_membership: bool = False
+    #: How long the deduplication table remembers an ``event_id`` (seconds since the worker first accepted it;
+    #: 0: forever). Within it, a replay, a producer's retry or a redelivery is a duplicate; after it, the same id
+    #: is accepted again (:mod:`streams.dedup`). A week by default.
+    dedup_window_s: float = Field(default=7 * 24 * 3600.0, ge=0)
+    #: How often each partition's expired entries are deleted (while the partition receives messages).
+    dedup_purge_every_s: float = Field(default=60.0, gt=0)
     #: How many messages an ingest agent takes at once, and how long it waits for them.
     batch_size: int = Field(default=500, ge=1)
     batch_within_s: float = Field(default=0.2, gt=0)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.topics import MAX_MESSAGE_BYTES
 
@@ -46,3 +47,16 @@ async def read_messages(bootstrap: str, topic: str) -> list[tuple[bytes | None, 
                 out.setdefault(tp.partition, []).extend(
                     (m.offset, m.key, m.value) for m in messages if m.offset < ends[tp])
     return [(key, value) for partition in sorted(out) for _, key, value in sorted(out[partition], key=lambda m: m[0])]
+
+
+async def group_lag(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int | None, int]]:
+    """``{partition: (committed offset or None, end offset)}`` of consumer group ``group`` on ``topic``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    async with topic_reader(bootstrap, topic) as (_, ends):
+        return {tp.partition: (committed[tp].offset if tp in committed else None, end)
+                for tp, end in sorted(ends.items())}

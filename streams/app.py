@@ -13,6 +13,7 @@ from pathlib import Path
 import faust
 
 from streams import topics
+from streams.faust_recovery import SeekFirstTableManager
 from streams.settings import KafkaSettings, WorkerSettings
 from streams.topics import MAX_MESSAGE_BYTES
 from streams.worker_identity import WorkerIdentity, safe_name
@@ -113,6 +114,8 @@ def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None
         stream_wait_empty=False,
         consumer_group_instance_id=(group_instance_id(identity, worker)
                                     if identity is not None and worker.static_membership else None),
+        # Faust's recovery resumes stream partitions before seeking them, which loses messages (faust#596).
+        TableManager=SeekFirstTableManager,
     )
     # Deduplication state: event_id -> event time. Tables are backed by changelog topics,
     # so the state is rebuilt when a worker restarts or takes over a partition.

@@ -82,8 +82,8 @@ class WorkerSettings(BaseSettings):
     web_host: str = "127.0.0.1"
     #: Join the consumer group as a static member (``RECLOOP_WORKER_STATIC_MEMBERSHIP=1``): a worker restarted
     #: after a crash gets its partitions back at once instead of after the dead member's 30 s session timeout
-    #: (``recloop bench faults``: ready 6–9 s instead of 35 s). Off by default until one CI failure seen with
-    #: it on (a restarted worker's learner missing events, docs/operations.md "Faults") is understood.
+    #: (``recloop bench faults``: ready 6–9 s instead of 35 s). Off by default because of its price: a worker
+    #: that stops for good (scaling down) keeps its partitions for the 30 s session timeout before they move.
     static_membership: bool = False
     #: How long the deduplication table remembers an ``event_id`` (seconds since the worker first accepted it;
     #: 0: forever). Within it, a replay, a producer's retry or a redelivery is a duplicate; after it, the same id

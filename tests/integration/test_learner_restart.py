@@ -16,6 +16,7 @@ import torch
 
 from learner.service import LearnerService
 from learner.settings import LearnerSettings
+from ops.kafka_io import group_lag, topic_reader
 from ops.replay import file_messages, produce
 from streams.app import faust_app_id
 from streams.learning import LearnerRecord, learner_state_dir, open_envelope, open_sourced_envelope
@@ -29,6 +30,18 @@ from tests.unit.test_learner_service import top10
 def input_records(settings, topic: str) -> list[LearnerRecord]:
     """The learner's input topic (one partition), in offset order."""
     return [open_envelope(key, value) for key, value in asyncio.run(read_topic(settings.bootstrap, topic))]
+
+
+def source_interactions(bootstrap: str, topic: str) -> list[tuple[Interaction, int]]:
+    """Every interaction on the source topic with its partition."""
+    async def read() -> list[tuple[Interaction, int]]:
+        out = []
+        async with topic_reader(bootstrap, topic) as (consumer, ends):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                for tp, messages in (await consumer.getmany(timeout_ms=1000)).items():
+                    out.extend((decode(Interaction, m.value), tp.partition) for m in messages)
+        return out
+    return asyncio.run(read())
 
 
 def input_sources(settings, topic: str) -> list[int | None]:
@@ -65,11 +78,19 @@ def test_a_worker_killed_mid_stream_resumes_its_learner_exactly(kafka_settings, 
         return records if done else None
 
     def progress() -> str:
+        """Where the missing interactions are: on the source topic? consumed (group lag)? counted by the worker?"""
         records = input_records(kafka_settings, status["topic"])
         missing = expected - {r.event_id for r in records if isinstance(r, Interaction)}
+        source = kafka_settings.topic("interactions")
+        on_source = {(i.event_id, p) for i, p in source_interactions(kafka_settings.bootstrap, source)}
+        partitions = sorted({p for e, p in on_source if e in missing})
+        lag = asyncio.run(group_lag(kafka_settings.bootstrap, app_id, source))
         return (f"the learner to checkpoint all its input ({len(records)} records, {len(missing)} interactions "
-                f"missing, e.g. {sorted(missing)[:3]}): {learner_status(again)}")
+                f"missing, e.g. {sorted(missing)[:3]}, {sum(e in missing for e, _ in on_source)} of them on "
+                f"{source} partitions {partitions}; group offsets (committed, end) {lag}; worker counts "
+                f"{again.counts()}): {learner_status(again)}")
 
+    app_id = faust_app_id(kafka_settings, WorkerSettings(app_id=worker.app_id))
     records = wait_for(caught_up, timeout_s=240, interval_s=2.0, message=progress)
     again.stop()
 
@@ -82,7 +103,6 @@ def test_a_worker_killed_mid_stream_resumes_its_learner_exactly(kafka_settings, 
     # The restarted worker's learner equals one that never stopped, fed the same input records.
     settings = LearnerSettings()
     copied = tmp_path / "resumed-state"
-    app_id = faust_app_id(kafka_settings, WorkerSettings(app_id=worker.app_id))
     shutil.copytree(learner_state_dir(kafka_settings.home, app_id), copied)
     resumed = LearnerService(settings, tmp_path / "resumed-home", key=KEY.encode(), state_dir=copied)
     reference = LearnerService(settings, tmp_path / "reference-home", key=KEY.encode())

@@ -67,7 +67,7 @@ from typing import Protocol
 import numpy as np
 from river import metrics, stats, utils
 
-from learner.drift import CategorySurprise, DriftMonitor
+from learner.drift import DriftMonitor, Surprise
 from learner.explanation_bandit import ExplanationBandit, segment_of
 from learner.features import BehaviourFeatures
 from learner.ranking_metrics import expected_rank, hit_rate_at_k, ndcg_at_k, reciprocal_rank
@@ -581,6 +581,7 @@ class _OpenBasket:
     priced: int = 0
     surprise: float = 0.0
     categorised: int = 0
+    item_surprise: float = 0.0
     misses: int = 0
     evaluated: int = 0
 
@@ -590,6 +591,7 @@ class _OpenBasket:
 
         return {"new_user": float(self.new_user), "new_item": self.new_items / self.lines,
                 "price": mean(self.log_price, self.priced), "category": mean(self.surprise, self.categorised),
+                "item": self.item_surprise / self.lines,
                 "miss@10": mean(self.misses, self.evaluated)}
 
 
@@ -611,7 +613,7 @@ class OnlineMonitor:
     the shopper was new at the basket).
 
     "New" means new to this monitor, whose memory starts empty with a new worker, so at first every
-    shopper and item is new. The new-user and new-item signals therefore start only after
+    shopper and item is new. The new-user, new-item and item-mix signals therefore start only after
     ``warmup_baskets`` baskets; otherwise every new worker would raise the same alarm. A restarted
     worker restores the whole monitor, its basket count included (:mod:`streams.monitor_state`).
     """
@@ -644,7 +646,8 @@ class OnlineMonitor:
         self.catalogue: dict[str, tuple[str | None, float | None]] = {}
         self.users: set[str] = set()
         self.items: set[str] = set()
-        self.category_surprise = CategorySurprise()
+        self.category_surprise = Surprise()
+        self.item_surprise = Surprise()
         self.alarms: dict[tuple[str, str], int] = {}
         self._baskets: OrderedDict[tuple[str, float], _OpenBasket] = OrderedDict()
         self._event_time = -math.inf
@@ -664,6 +667,7 @@ class OnlineMonitor:
         price = interaction.price if interaction.price is not None else listed_price
         basket.lines += 1
         basket.new_items += interaction.item_id not in self.items
+        basket.item_surprise += self.item_surprise.learn_one(interaction.item_id)
         if price is not None:
             basket.log_price += math.log1p(price)
             basket.priced += 1
@@ -694,7 +698,7 @@ class OnlineMonitor:
             del self._baskets[key]
             signals = basket.signals()
             if self.baskets_closed < self.warmup_baskets:
-                signals["new_user"] = signals["new_item"] = None
+                signals["new_user"] = signals["new_item"] = signals["item"] = None
             self.baskets_closed += 1
             alarms += self._alarms(signals)
         return alarms

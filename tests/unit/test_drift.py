@@ -13,15 +13,17 @@ import random
 
 import pytest
 
-from learner.drift import CategorySurprise, DriftMonitor, SignalSpec, default_signals
+from learner.drift import DriftMonitor, SignalSpec, Surprise, default_signals
 from learner.online_metrics import OnlineMonitor, PrequentialEvaluator
 from streams.records import Interaction
 
 N, SHIFT, SEED = 2000, 1000, 42
 CATEGORIES = "abcdefgh"
+ITEMS = [f"item-{k}" for k in range(200)]
+ZIPF = [1 / (k + 1) for k in range(len(ITEMS))]
 
 
-def value(signal: str, rng: random.Random, i: int, shifted: bool, surprise: CategorySurprise) -> float:
+def value(signal: str, rng: random.Random, i: int, shifted: bool, surprise: Surprise) -> float:
     after = shifted and i >= SHIFT
     if signal == "miss@10":  # top-10 miss rate 40 % -> 60 %
         return float(rng.random() < (0.6 if after else 0.4))
@@ -33,12 +35,19 @@ def value(signal: str, rng: random.Random, i: int, shifted: bool, surprise: Cate
         return float(rng.random() < (0.15 if after else 0.05))
     if signal == "price":  # log1p(price), prices 40 % higher
         return math.log1p(rng.lognormvariate(1.0, 0.8) * (1.4 if after else 1.0))
+    if signal == "item":  # baskets of 8 Zipf items; then 30 % of baskets are a bot's, one line of the same item
+        if after and rng.random() < 0.3:
+            return surprise.learn_one("bot-item")
+        return sum(surprise.learn_one(item) for item in rng.choices(ITEMS, weights=ZIPF, k=8)) / 8
     weights = [1 / (k + 1) for k in range(len(CATEGORIES))]  # Zipf category mix, reversed after the shift
     return surprise.learn_one(rng.choices(CATEGORIES, weights=weights[::-1] if after else weights)[0])
 
 
 def alarms(signal: str, *, shifted: bool, seed: int = SEED) -> list[tuple[int, str]]:
-    rng, surprise, monitor = random.Random(seed), CategorySurprise(), DriftMonitor()
+    rng, surprise, monitor = random.Random(seed), Surprise(), DriftMonitor()
+    if signal == "item":  # the worker's monitor watches the item mix only after its warm-up baskets
+        for item in rng.choices(ITEMS, weights=ZIPF, k=2000):
+            surprise.learn_one(item)
     out = []
     for i in range(N):
         raised = monitor.update({signal: value(signal, rng, i, shifted, surprise)}, ts=1.7e9 + i)
@@ -54,6 +63,7 @@ GOLDEN = {
     "new_item": ("page_hinkley", [(1165, "critical")]),
     "price": ("page_hinkley", [(1186, "warning")]),
     "category": ("page_hinkley", [(1096, "warning")]),
+    "item": ("page_hinkley", [(1058, "critical")]),
 }
 
 

@@ -106,7 +106,7 @@ async def latest_update(settings: KafkaSettings) -> AdapterUpdate | None:
     """The newest record on the updates topic (what serving workers run), or None when it is empty."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.aiokafka_options(), group_id=None, enable_auto_commit=False,
                                 max_partition_fetch_bytes=MAX_MESSAGE_BYTES, fetch_max_bytes=MAX_MESSAGE_BYTES)
     await consumer.start()
     try:
@@ -141,7 +141,7 @@ async def send_raw_updates(settings: KafkaSettings, raws: list[bytes]) -> None:
     sends: records that need not be valid)."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True,
+    producer = AIOKafkaProducer(**settings.aiokafka_options(), acks="all", enable_idempotence=True,
                                 max_request_size=MAX_MESSAGE_BYTES)
     await producer.start()
     try:

@@ -221,7 +221,7 @@ def kill_and_count(settings: KafkaSettings, worker: Restartable, events: list[Ou
     topic = worker.page("/learner/")["topic"]
     deadline = time.monotonic() + timeout_s
     while True:  # serving's impressions keep flowing to the learner too: wait for what was produced here
-        records = [open_envelope(k, v) for k, v in asyncio.run(read_messages(settings.bootstrap, topic))]
+        records = [open_envelope(k, v) for k, v in asyncio.run(read_messages(settings, topic))]
         status = worker.page("/learner/")
         through = status.get("checkpointed_through")
         learned = records[: through + 1] if through is not None else []  # one partition: index = offset
@@ -251,7 +251,7 @@ def kill_and_count(settings: KafkaSettings, worker: Restartable, events: list[Ou
 def published_updates(settings: KafkaSettings) -> list[AdapterUpdate]:
     """The readable records of the updates topic, in publication order (forged garbage on it is skipped)."""
     out = []
-    for _, value in asyncio.run(read_messages(settings.bootstrap, settings.topic(MODEL_UPDATES.name))):
+    for _, value in asyncio.run(read_messages(settings, settings.topic(MODEL_UPDATES.name))):
         try:
             out.append(decode(AdapterUpdate, value))
         except InvalidRecord:

@@ -156,7 +156,7 @@ class LiveLoop:
         from aiokafka import AIOKafkaProducer
 
         self.produced = self._checked_at = already
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(**self.settings.aiokafka_options(), acks="all", linger_ms=5)
         await producer.start()
         try:
             async with httpx.AsyncClient(timeout=30) as client:

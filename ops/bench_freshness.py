@@ -102,7 +102,7 @@ class LivePhase:
     async def follow_updates(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(self.settings.topic(MODEL_UPDATES.name), bootstrap_servers=self.settings.bootstrap,
+        consumer = AIOKafkaConsumer(self.settings.topic(MODEL_UPDATES.name), **self.settings.aiokafka_options(),
                                     auto_offset_reset="earliest", enable_auto_commit=False,
                                     fetch_max_bytes=MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
         await consumer.start()
@@ -142,7 +142,7 @@ class LivePhase:
         (the gate judges training on the *next* events) until ``done``."""
         from aiokafka import AIOKafkaProducer
 
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
+        producer = AIOKafkaProducer(**self.settings.aiokafka_options(), acks="all", enable_idempotence=True,
                                     linger_ms=0)
         await producer.start()
         try:

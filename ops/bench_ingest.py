@@ -29,7 +29,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "online_retail.parquet"
 
 async def raw_consume(settings: KafkaSettings, topic: str, expected: int) -> float:
     """Events/s of a bare aiokafka consumer decoding every value with orjson."""
-    async with topic_reader(settings.bootstrap, topic) as (consumer, _):
+    async with topic_reader(settings, topic) as (consumer, _):
         seen, first = 0, None
         while seen < expected:
             batches = await consumer.getmany(timeout_ms=1000, max_records=5000)

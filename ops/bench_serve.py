@@ -97,7 +97,7 @@ async def load(url: str, users: list[str], *, concurrency: int, duration_s: floa
             next_at = min(started + swap_every_s, deadline)
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, max_request_size=64 * 1024 * 1024)
+    producer = AIOKafkaProducer(**settings.aiokafka_options(), max_request_size=64 * 1024 * 1024)
     await producer.start()
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
@@ -163,7 +163,7 @@ def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, c
     async def first() -> None:
         from aiokafka import AIOKafkaProducer
 
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, max_request_size=64 * 1024 * 1024)
+        producer = AIOKafkaProducer(**settings.aiokafka_options(), max_request_size=64 * 1024 * 1024)
         await producer.start()
         try:
             await publish(settings, producer, factory.next())

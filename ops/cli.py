@@ -32,9 +32,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
-def local_broker(settings: KafkaSettings):
+#: The secure local broker's client port (its controller: the next one), beside the plaintext one on 9092.
+SECURE_PORT = 9094
+
+SecureOption = Annotated[bool, typer.Option("--secure", help="The local broker in SASL_SSL mode (SCRAM-SHA-512 "
+                                                             f"over TLS) on port {SECURE_PORT}")]
+
+
+def local_broker(settings: KafkaSettings, secure: bool = False):
     from ops.kafka_broker import LocalKafka
 
+    if secure:
+        return LocalKafka(settings.home, port=SECURE_PORT, secure=True)
     port = int(settings.bootstrap.rsplit(":", 1)[1]) if not settings.uses_external_cluster else 9092
     return LocalKafka(settings.home, port=port)
 
@@ -45,7 +54,7 @@ def ensure_broker(settings: KafkaSettings) -> None:
 
     try:
         if settings.uses_external_cluster:
-            wait_until_reachable(settings.bootstrap, timeout_s=30)
+            wait_until_reachable(settings.bootstrap, timeout_s=30, options=settings.security_options())
         else:
             local_broker(settings).start()
     except BrokerError as exc:
@@ -56,9 +65,29 @@ def ensure_broker(settings: KafkaSettings) -> None:
 
 
 @kafka_app.command("start")
-def kafka_start() -> None:
-    """Start the local broker (idempotent) and wait until it answers."""
+def kafka_start(secure: SecureOption = False) -> None:
+    """Start the local broker (idempotent) and wait until it answers; --secure: SASL_SSL only, on port 9094."""
     settings = KafkaSettings()
+    if secure:
+        from ops.kafka_broker import BrokerError
+
+        broker = local_broker(settings, secure=True)
+        try:
+            status = broker.start()
+        except BrokerError as exc:
+            _fail(str(exc))
+        console.print(status.describe())
+        client = broker.client_settings()
+        password_file = broker.secrets.password_file(client.kafka_sasl_username)
+        console.print("Point recloop at it with (the password stays in its file):")
+        for name, value in [("RECLOOP_KAFKA_BOOTSTRAP", broker.bootstrap),
+                            ("RECLOOP_KAFKA_SECURITY_PROTOCOL", client.kafka_security_protocol),
+                            ("RECLOOP_KAFKA_SASL_MECHANISM", client.kafka_sasl_mechanism),
+                            ("RECLOOP_KAFKA_SASL_USERNAME", client.kafka_sasl_username),
+                            ("RECLOOP_KAFKA_SASL_PASSWORD_FILE", password_file),
+                            ("RECLOOP_KAFKA_SSL_CAFILE", client.kafka_ssl_cafile)]:
+            console.print(f"export {name}={value}", highlight=False, soft_wrap=True)
+        return
     if settings.uses_external_cluster:
         console.print(f"RECLOOP_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}: using that cluster, starting nothing")
         ensure_broker(settings)
@@ -73,20 +102,24 @@ def kafka_start() -> None:
 
 
 @kafka_app.command("stop")
-def kafka_stop() -> None:
-    """Stop the local broker."""
-    stopped = local_broker(KafkaSettings()).stop()
+def kafka_stop(secure: SecureOption = False) -> None:
+    """Stop the local broker (--secure: the SASL_SSL one)."""
+    stopped = local_broker(KafkaSettings(), secure=secure).stop()
     console.print("kafka stopped" if stopped else "kafka was not running")
 
 
 @kafka_app.command("status")
-def kafka_status() -> None:
-    """Show whether the local broker runs and answers."""
+def kafka_status(secure: SecureOption = False) -> None:
+    """Show whether the local broker runs and answers (--secure: the SASL_SSL one)."""
     settings = KafkaSettings()
+    if secure:
+        status = local_broker(settings, secure=True).status()
+        console.print(status.describe())
+        raise typer.Exit(code=0 if status.reachable else 1)
     if settings.uses_external_cluster:
         from ops.kafka_broker import broker_reachable
 
-        ok = broker_reachable(settings.bootstrap)
+        ok = broker_reachable(settings.bootstrap, options=settings.security_options())
         console.print(f"external cluster {settings.bootstrap}: {'answers' if ok else 'NOT reachable'}")
         raise typer.Exit(code=0 if ok else 1)
     status = local_broker(settings).status()

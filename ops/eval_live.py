@@ -280,7 +280,7 @@ class LiveLoop:
     async def _evaluate(self) -> None:
         from aiokafka import AIOKafkaProducer
 
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
+        producer = AIOKafkaProducer(**self.settings.aiokafka_options(), acks="all", enable_idempotence=True,
                                     linger_ms=5, max_request_size=MAX_MESSAGE_BYTES)
         await producer.start()
         pacer = Pacer(rate=self.pace) if self.pace else None
@@ -393,7 +393,7 @@ class LiveLoop:
         """version -> trained_through_ts of every adapter published on the run's updates topic."""
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(self.settings.topic(MODEL_UPDATES.name), bootstrap_servers=self.settings.bootstrap,
+        consumer = AIOKafkaConsumer(self.settings.topic(MODEL_UPDATES.name), **self.settings.aiokafka_options(),
                                     group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
                                     fetch_max_bytes=MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
         await consumer.start()
@@ -530,8 +530,8 @@ def run_live_eval(base_settings: KafkaSettings, *, data_path: Path, quick: bool 
     window = window_baskets or DEFAULTS.window_baskets
     run_id = uuid.uuid4().hex[:8]
     home = Path(tempfile.mkdtemp(prefix=f"recloop-eval-live-{run_id}-"))
-    settings = KafkaSettings(kafka_bootstrap=base_settings.bootstrap, topic_prefix=f"live{run_id}",
-                             partitions=base_settings.partitions, home=home)
+    settings = base_settings.model_copy(update={"kafka_bootstrap": base_settings.bootstrap,  # same broker, security
+                                                "topic_prefix": f"live{run_id}", "home": home})
     plan = plan_live(data_path, settings, quick=quick, since=since, limit_baskets=limit_baskets,
                      history_days=history_days)
     say(f"plan: {len(plan.selected):,} baskets to evaluate from {utc_iso(plan.protocol.eval_start)} to "

@@ -255,7 +255,7 @@ class OpsFeed:
     def __init__(self, kafka: KafkaSettings, *, timeout_s: float = 15.0) -> None:
         self.kind_of = {kafka.topic(topics.OPS_METRICS.name): "metrics", kafka.topic(topics.OPS_DRIFT.name): "drift",
                         kafka.topic(topics.MODEL_UPDATES.name): "adapters"}
-        self.consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap.split(","), group_id=None,
+        self.consumer = KafkaConsumer(**kafka.kafka_python_options(), group_id=None,
                                       enable_auto_commit=False, auto_offset_reset="earliest",
                                       max_partition_fetch_bytes=MAX_MESSAGE_BYTES, fetch_max_bytes=MAX_MESSAGE_BYTES,
                                       request_timeout_ms=int(max(timeout_s, 31) * 1000))
@@ -326,7 +326,7 @@ class LagReader:
         try:
             if self._admin is None:
                 self._admin = admin_client(self.kafka)
-                self._consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap.split(","), group_id=None,
+                self._consumer = KafkaConsumer(**self.kafka.kafka_python_options(), group_id=None,
                                                enable_auto_commit=False)
             committed = self._admin.list_group_offsets({self.group_id: None}).get(self.group_id, {})
             partitions = [TopicPartition(name, p) for name in self.names

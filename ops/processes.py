@@ -24,12 +24,21 @@ def free_port() -> int:
 
 
 def recloop_env(settings: KafkaSettings, **extra: str) -> dict[str, str]:
-    """The environment that points a child ``recloop`` command at the same broker and topics."""
+    """The environment that points a child ``recloop`` command at the same broker and topics, with the same
+    security settings (the SASL password goes in the child's environment, never on its command line)."""
+    security = {"RECLOOP_KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        security.update(RECLOOP_KAFKA_SASL_MECHANISM=settings.kafka_sasl_mechanism,
+                        RECLOOP_KAFKA_SASL_USERNAME=settings.kafka_sasl_username,
+                        RECLOOP_KAFKA_SASL_PASSWORD=settings.sasl_password)
+    if settings.kafka_ssl_cafile is not None:
+        security["RECLOOP_KAFKA_SSL_CAFILE"] = str(settings.kafka_ssl_cafile)
     return {**os.environ,
             "RECLOOP_KAFKA_BOOTSTRAP": settings.bootstrap,
             "RECLOOP_TOPIC_PREFIX": settings.topic_prefix,
             "RECLOOP_PARTITIONS": str(settings.partitions),
             "RECLOOP_HOME": str(settings.home),
+            **security,
             **extra}
 
 

@@ -144,7 +144,7 @@ async def topic_messages(source: str, target: str, settings: KafkaSettings, *, s
     means the same thing however and whenever the source topic was written.
     """
     out: list[OutgoingMessage] = []
-    async with topic_reader(settings.bootstrap, source) as (consumer, end):
+    async with topic_reader(settings, source) as (consumer, end):
         remaining = {tp for tp, offset in end.items() if offset > 0}
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
@@ -199,7 +199,7 @@ class PatientProducer:
     async def start(self) -> None:
         deadline = time.monotonic() + self.patience_s
         while True:
-            producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
+            producer = AIOKafkaProducer(**self.settings.aiokafka_options(), acks="all", enable_idempotence=True,
                                         linger_ms=20, max_batch_size=512 * 1024, max_request_size=MAX_MESSAGE_BYTES,
                                         request_timeout_ms=60_000)
             try:

@@ -26,7 +26,7 @@ class TopicResult:
 
 
 def admin_client(settings: KafkaSettings) -> KafkaAdminClient:
-    return KafkaAdminClient(bootstrap_servers=settings.bootstrap.split(","), client_id="recloop-admin",
+    return KafkaAdminClient(**settings.kafka_python_options(), client_id="recloop-admin",
                             request_timeout_ms=30_000)
 
 
@@ -84,8 +84,9 @@ def create_learner_topic(kafka: KafkaSettings, worker: WorkerSettings) -> str:
 def fresh_run_topics(base: KafkaSettings, stem: str) -> KafkaSettings:
     """Settings for one benchmark run on ``base``'s broker: topics of their own (prefix ``<stem><random>``, created
     now) and a temporary ``RECLOOP_HOME``, so a run never sees another's messages or state."""
-    settings = KafkaSettings(kafka_bootstrap=base.bootstrap, topic_prefix=f"{stem}{uuid.uuid4().hex[:8]}",
-                             partitions=base.partitions, home=Path(tempfile.mkdtemp(prefix=f"recloop-{stem}-")))
+    settings = base.model_copy(update={"kafka_bootstrap": base.bootstrap,  # same broker, same security
+                                       "topic_prefix": f"{stem}{uuid.uuid4().hex[:8]}",
+                                       "home": Path(tempfile.mkdtemp(prefix=f"recloop-{stem}-"))})
     create_topics(settings)
     return settings
 

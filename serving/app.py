@@ -165,7 +165,7 @@ class KafkaPublisher:
     async def start(self) -> None:
         from aiokafka import AIOKafkaProducer
 
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.kafka.bootstrap, linger_ms=5,
+        self.producer = AIOKafkaProducer(**self.kafka.aiokafka_options(), linger_ms=5,
                                          max_request_size=4 * 1024 * 1024)
         await self.producer.start()
 

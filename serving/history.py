@@ -188,7 +188,7 @@ class HistoryFollower:
         self._names = {kafka.topic(spec.name): spec.name for spec in (CATALOG, INTERACTIONS, EXPLANATION_FEEDBACK)}
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(*self._names, bootstrap_servers=self.kafka.bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(*self._names, **self.kafka.aiokafka_options(), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest")
         await consumer.start()
         try:

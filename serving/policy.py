@@ -94,7 +94,7 @@ class PolicyFollower:
         self.topic = kafka.topic(EXPLANATION_POLICY.name)
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.kafka.bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(self.topic, **self.kafka.aiokafka_options(), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest")
         await consumer.start()
         try:

@@ -315,7 +315,7 @@ class UpdateFollower:
         self.topic = kafka.topic(MODEL_UPDATES.name)
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.kafka.bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(self.topic, **self.kafka.aiokafka_options(), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     max_partition_fetch_bytes=MAX_MESSAGE_BYTES, fetch_max_bytes=MAX_MESSAGE_BYTES)
         await consumer.start()

@@ -86,6 +86,7 @@ def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None
     app = faust.App(
         faust_app_id(kafka, worker),
         broker=kafka.faust_broker_url,
+        broker_credentials=kafka.faust_credentials(),  # SASL/TLS (RECLOOP_KAFKA_SECURITY_PROTOCOL …) or None
         store="memory://",
         autodiscover=False,
         topic_partitions=kafka.partitions,

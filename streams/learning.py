@@ -85,6 +85,7 @@ from streams.topics import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from learner.service import LearnerService, StepOutcome
+    from streams.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -254,14 +255,14 @@ class UpdatesWatcher:
     next update continues from what serving workers run instead of silently undoing a rollback.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        self.kafka, self.topic = kafka, topic
         self._consumer: Any = None
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+        self._consumer = AIOKafkaConsumer(**self.kafka.aiokafka_options(), group_id=None,
                                           enable_auto_commit=False, max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
                                           fetch_max_bytes=MAX_MESSAGE_BYTES)
         await self._consumer.start()
@@ -442,7 +443,7 @@ class TrainingAgent:
                      resumed)
         self._saved_at = loop.time()
         own = set(await loop.run_in_executor(executor, call_service, "trained_versions"))  # never adopted
-        watcher = UpdatesWatcher(self.r.kafka.bootstrap, self.r.kafka.topic(topics.MODEL_UPDATES.name))
+        watcher = UpdatesWatcher(self.r.kafka, self.r.kafka.topic(topics.MODEL_UPDATES.name))
         await watcher.start()
         try:
             while True:

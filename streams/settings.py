@@ -6,13 +6,21 @@ hard-codes a broker address or a topic name.
 
 from __future__ import annotations
 
+import ssl
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+if TYPE_CHECKING:
+    from faust.types.auth import CredentialsT
+
 DEFAULT_LOCAL_BOOTSTRAP = "localhost:9092"
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class KafkaSettings(BaseSettings):
@@ -30,6 +38,74 @@ class KafkaSettings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1)
     #: Where the local broker, worker state and adapters live.
     home: Path = Path(".recloop")
+    #: How every client (worker, serving, replay, tools) talks to the brokers: ``PLAINTEXT`` (the local
+    #: broker), ``SSL`` (TLS), ``SASL_SSL`` (TLS plus a user name and password: a managed cluster) or
+    #: ``SASL_PLAINTEXT``.
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    #: SASL mechanism with ``SASL_*``: ``SCRAM-SHA-512`` (default), ``SCRAM-SHA-256`` or ``PLAIN``.
+    kafka_sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    #: Never logged nor printed (``SecretStr``); also read from the file ``RECLOOP_KAFKA_SASL_PASSWORD_FILE``.
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_sasl_password_file: Path | None = None
+    #: PEM file of the CA that signed the brokers' certificates (TLS); empty: the system's trusted CAs.
+    kafka_ssl_cafile: Path | None = None
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> KafkaSettings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+                self.kafka_sasl_username and self.sasl_password):
+            raise ValueError(f"RECLOOP_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                             "RECLOOP_KAFKA_SASL_USERNAME and RECLOOP_KAFKA_SASL_PASSWORD (or _PASSWORD_FILE)")
+        if self.kafka_ssl_cafile is not None and not self.kafka_ssl_cafile.is_file():
+            raise ValueError(f"RECLOOP_KAFKA_SSL_CAFILE={self.kafka_ssl_cafile} is not a file")
+        return self
+
+    @property
+    def sasl_password(self) -> str:
+        if self.kafka_sasl_password_file is not None:
+            return self.kafka_sasl_password_file.read_text().strip()
+        return self.kafka_sasl_password.get_secret_value()
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client TLS context that verifies the brokers (``kafka_ssl_cafile`` or the system CAs); None without TLS."""
+        if not self.uses_tls:
+            return None
+        cafile = str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile is not None else None
+        return ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=cafile)
+
+    def security_options(self) -> dict[str, Any]:
+        """The security keyword arguments every Kafka client library here takes alike (aiokafka, kafka-python)."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.uses_tls:
+            options["ssl_context"] = self.ssl_context()
+        if self.kafka_security_protocol.startswith("SASL_"):
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
+                           sasl_plain_password=self.sasl_password)
+        return options
+
+    def aiokafka_options(self) -> dict[str, Any]:
+        """Where and how an aiokafka client connects: ``AIOKafkaProducer(**kafka.aiokafka_options(), acks="all")``."""
+        return {"bootstrap_servers": self.bootstrap, **self.security_options()}
+
+    def kafka_python_options(self) -> dict[str, Any]:
+        """The same for a kafka-python client (``KafkaAdminClient``, ``KafkaConsumer``)."""
+        return {"bootstrap_servers": self.bootstrap.split(","), **self.security_options()}
+
+    def faust_credentials(self) -> CredentialsT | None:
+        """Faust's ``broker_credentials`` for these settings (None: plaintext)."""
+        from faust import SASLCredentials, SSLCredentials
+
+        if self.kafka_security_protocol.startswith("SASL_"):
+            return SASLCredentials(username=self.kafka_sasl_username, password=self.sasl_password,
+                                   ssl_context=self.ssl_context(), mechanism=self.kafka_sasl_mechanism)
+        if self.kafka_security_protocol == "SSL":
+            return SSLCredentials(self.ssl_context())
+        return None
 
     @property
     def bootstrap(self) -> str:

@@ -48,7 +48,7 @@ def test_ids_are_forgotten_after_the_window_and_their_changelog_entries_deleted(
     assert stats["duplicates"] == 200  # nothing was forgotten too early
 
     app_id = faust_app_id(kafka_settings, WorkerSettings(app_id=worker.app_id))
-    changelog = asyncio.run(read_messages(kafka_settings.bootstrap, f"{app_id}-seen-interactions-changelog"))
+    changelog = asyncio.run(read_messages(kafka_settings, f"{app_id}-seen-interactions-changelog"))
     deleted = {key for key, value in changelog if value is None}
     assert len(deleted) >= 200  # tombstones: compaction removes these ids from the changelog
 

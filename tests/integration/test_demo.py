@@ -36,7 +36,7 @@ def run_demo(settings, tmp_path, *flags: str) -> str:
 def served_versions(settings, run: demo_runs.DemoRun) -> Counter:
     """The model versions of every impression the run's serving workers logged."""
     topic = run.settings(settings).topic("impressions")
-    messages = asyncio.run(read_topic(settings.bootstrap, topic))
+    messages = asyncio.run(read_topic(settings, topic))
     return Counter(records.decode(records.Impression, value).model_version for _, value in messages)
 
 

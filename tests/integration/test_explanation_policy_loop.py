@@ -24,7 +24,7 @@ KEY = "integration-policy-key"
 def read_topic(settings, name: str, record: type) -> list:
     async def read() -> list:
         out = []
-        async with topic_reader(settings.bootstrap, settings.topic(name)) as (consumer, ends):
+        async with topic_reader(settings, settings.topic(name)) as (consumer, ends):
             while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                 batches = await consumer.getmany(timeout_ms=1000)
                 out.extend(decode(record, m.value) for messages in batches.values() for m in messages)

@@ -94,7 +94,7 @@ def test_malformed_messages_go_to_the_dlq_and_good_ones_are_all_processed(kafka_
     worker = worker_factory()
 
     async def send_all() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, max_request_size=MAX_MESSAGE_BYTES,
+        producer = AIOKafkaProducer(**kafka_settings.aiokafka_options(), max_request_size=MAX_MESSAGE_BYTES,
                                     linger_ms=10)
         await producer.start()
         try:
@@ -113,7 +113,7 @@ def test_malformed_messages_go_to_the_dlq_and_good_ones_are_all_processed(kafka_
         expected_kinds[kind] = expected_kinds.get(kind, 0) + 1
     assert counts["errors"] == expected_kinds
 
-    letters = asyncio.run(read_all(kafka_settings.bootstrap, kafka_settings.topic("dlq"), len(bad)))
+    letters = asyncio.run(read_all(kafka_settings, kafka_settings.topic("dlq"), len(bad)))
     assert len(letters) == len(bad)
     decoded = [records.decode(records.DeadLetter, value) for value in letters]
     assert {letter.value for letter in decoded} == {value for value, _ in bad}
@@ -122,8 +122,8 @@ def test_malformed_messages_go_to_the_dlq_and_good_ones_are_all_processed(kafka_
     assert worker.alive
 
 
-async def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list[bytes]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+async def read_all(settings, topic: str, expected: int, timeout_s: float = 60.0) -> list[bytes]:
+    consumer = AIOKafkaConsumer(topic, **settings.aiokafka_options(), auto_offset_reset="earliest",
                                 group_id=None, enable_auto_commit=False, fetch_max_bytes=MAX_MESSAGE_BYTES,
                                 max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
     await consumer.start()

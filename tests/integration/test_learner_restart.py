@@ -29,14 +29,14 @@ from tests.unit.test_learner_service import top10
 
 def input_records(settings, topic: str) -> list[LearnerRecord]:
     """The learner's input topic (one partition), in offset order."""
-    return [open_envelope(key, value) for key, value in asyncio.run(read_topic(settings.bootstrap, topic))]
+    return [open_envelope(key, value) for key, value in asyncio.run(read_topic(settings, topic))]
 
 
-def source_interactions(bootstrap: str, topic: str) -> list[tuple[Interaction, int]]:
+def source_interactions(settings, topic: str) -> list[tuple[Interaction, int]]:
     """Every interaction on the source topic with its partition."""
     async def read() -> list[tuple[Interaction, int]]:
         out = []
-        async with topic_reader(bootstrap, topic) as (consumer, ends):
+        async with topic_reader(settings, topic) as (consumer, ends):
             while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                 for tp, messages in (await consumer.getmany(timeout_ms=1000)).items():
                     out.extend((decode(Interaction, m.value), tp.partition) for m in messages)
@@ -46,7 +46,7 @@ def source_interactions(bootstrap: str, topic: str) -> list[tuple[Interaction, i
 
 def input_sources(settings, topic: str) -> list[int | None]:
     """The partition each input record was read from (the learner closes baskets per partition)."""
-    return [open_sourced_envelope(key, value)[1] for key, value in asyncio.run(read_topic(settings.bootstrap, topic))]
+    return [open_sourced_envelope(key, value)[1] for key, value in asyncio.run(read_topic(settings, topic))]
 
 
 @pytest.mark.kafka
@@ -82,9 +82,9 @@ def test_a_worker_killed_mid_stream_resumes_its_learner_exactly(kafka_settings, 
         records = input_records(kafka_settings, status["topic"])
         missing = expected - {r.event_id for r in records if isinstance(r, Interaction)}
         source = kafka_settings.topic("interactions")
-        on_source = {(i.event_id, p) for i, p in source_interactions(kafka_settings.bootstrap, source)}
+        on_source = {(i.event_id, p) for i, p in source_interactions(kafka_settings, source)}
         partitions = sorted({p for e, p in on_source if e in missing})
-        lag = asyncio.run(group_lag(kafka_settings.bootstrap, app_id, source))
+        lag = asyncio.run(group_lag(kafka_settings, app_id, source))
         return (f"the learner to checkpoint all its input ({len(records)} records, {len(missing)} interactions "
                 f"missing, e.g. {sorted(missing)[:3]}, {sum(e in missing for e, _ in on_source)} of them on "
                 f"{source} partitions {partitions}; group offsets (committed, end) {lag}; worker counts "

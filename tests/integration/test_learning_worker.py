@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def published_updates(settings) -> list[records.AdapterUpdate]:
-    messages = asyncio.run(read_topic(settings.bootstrap, settings.topic("model-updates")))
+    messages = asyncio.run(read_topic(settings, settings.topic("model-updates")))
     assert all(key == b"adapter" for key, _ in messages)
     return [records.decode(records.AdapterUpdate, value) for _, value in messages]
 
@@ -83,7 +83,7 @@ def test_worker_learns_from_replayed_history_and_publishes_verified_adapters(kaf
     local = kafka_settings.home / "adapters" / updates[0].version
     assert artifacts.pack(local) == updates[0].payload  # what was published is what was fsynced
     snapshots = [records.decode(records.MetricSnapshot, value) for _, value in
-                 asyncio.run(read_topic(kafka_settings.bootstrap, kafka_settings.topic("ops.metrics")))]
+                 asyncio.run(read_topic(kafka_settings, kafka_settings.topic("ops.metrics")))]
     gate = [s for s in snapshots if s.name == GATE_METRIC]
     assert len(gate) >= len(updates) and {s.labels["decision"] for s in gate} <= {"publish", "refuse"}
 

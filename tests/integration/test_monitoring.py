@@ -84,7 +84,7 @@ def adapter_update(version: str, parent: str | None, created_at: float) -> Adapt
 
 
 async def send(settings, messages: list[tuple[str, bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, max_request_size=8 * 1024 * 1024)
+    producer = AIOKafkaProducer(**settings.aiokafka_options(), max_request_size=8 * 1024 * 1024)
     await producer.start()
     try:
         for topic, key, value in messages:

@@ -42,7 +42,7 @@ def shop_messages(settings) -> list[tuple[str, bytes, bytes]]:
 
 
 async def produce(settings, messages) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, max_request_size=16 * 1024 * 1024)
+    producer = AIOKafkaProducer(**settings.aiokafka_options(), max_request_size=16 * 1024 * 1024)
     await producer.start()
     try:
         for topic, key, value in messages:
@@ -164,7 +164,7 @@ def test_two_workers_hot_swap_under_load_and_refuse_bad_updates(kafka_settings, 
 
 
 async def read_all(settings, name: str) -> list[bytes]:
-    async with topic_reader(settings.bootstrap, settings.topic(name)) as (consumer, ends):
+    async with topic_reader(settings, settings.topic(name)) as (consumer, ends):
         values: list[bytes] = []
         while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
             batches = await consumer.getmany(timeout_ms=1000)

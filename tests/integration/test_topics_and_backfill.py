@@ -58,7 +58,7 @@ def test_replay_cli_and_backfill_of_a_time_range(kafka_settings, tmp_path):
     assert backfill.total_produced == 10
 
     async def read() -> list[str]:
-        async with topic_reader(kafka_settings.bootstrap, target) as (consumer, end):
+        async with topic_reader(kafka_settings, target) as (consumer, end):
             values = []
             while len(values) < sum(end.values()):
                 for messages in (await consumer.getmany(timeout_ms=1000)).values():

@@ -58,18 +58,25 @@ class PublishGate:
     True
     >>> gate.decide(WindowMetrics(0.20, 0.8, 100), WindowMetrics(0.28, 0.8, 100)).reason
     'ndcg@10 0.2000 < serving 0.2800 - tolerance 0.0050'
+
+    ``hold`` (why publishing is held, :mod:`learner.drift_hold`) refuses whatever the metrics say:
+
+    >>> gate.decide(WindowMetrics(0.30, 0.8, 100), WindowMetrics(0.28, 0.8, 100), hold="drift").reason
+    'held: drift'
     """
 
     metric: Metric = "ndcg@10"
     tolerance: float = 0.005
     min_examples: int = 50
 
-    def decide(self, candidate: WindowMetrics, serving: WindowMetrics) -> GateDecision:
+    def decide(self, candidate: WindowMetrics, serving: WindowMetrics, *, hold: str | None = None) -> GateDecision:
         new, old = candidate.get(self.metric), serving.get(self.metric)
 
         def verdict(publish: bool, reason: str) -> GateDecision:
             return GateDecision(publish, reason, self.metric, candidate, serving)
 
+        if hold:
+            return verdict(False, f"held: {hold}")
         if candidate.n < self.min_examples:
             return verdict(False, f"window has {candidate.n} examples, fewer than {self.min_examples}")
         if not math.isfinite(new):

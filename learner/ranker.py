@@ -331,9 +331,10 @@ class OnlineRanker:
 
     # ------------------------------------------------------------------ 2.-4. one window: decide, then train
 
-    def close_window(self, on_publish: Callable[[GateDecision], None] | None = None) -> WindowOutcome:
+    def close_window(self, on_publish: Callable[[GateDecision], None] | None = None, *,
+                     hold: str | None = None) -> WindowOutcome:
         """Decide on the weights trained so far (``on_publish`` runs while they are loaded, e.g. to save them),
-        then train on the window."""
+        then train on the window. ``hold``: why publishing is held (the gate refuses and the weights roll back)."""
         window, self.window = self.window, []
         self.windows += 1
         started = time.perf_counter()
@@ -347,7 +348,7 @@ class OnlineRanker:
         self._load_head(self._accepted)
         serving = self._window_metrics(stacked)
         self._load_head(current)
-        decision = self.gate.decide(candidate, serving)
+        decision = self.gate.decide(candidate, serving, hold=hold)
         self.timings["gate"] += time.perf_counter() - started
         if decision.publish:
             if on_publish is not None:

@@ -157,6 +157,7 @@ class LearnerService:
         self.clock = clock
         self._key = key
         self._lock = threading.RLock()
+        self._hold: str | None = None  # why publishing is held during the current step (learner.drift_hold)
         device = pick_device(settings.device)
         if device.type == "cpu" and settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
@@ -230,7 +231,8 @@ class LearnerService:
         """
         self._stop.set()
 
-    def process(self, records: Sequence[LearnerRecord], sources: Sequence[int | None] | None = None) -> StepOutcome:
+    def process(self, records: Sequence[LearnerRecord], sources: Sequence[int | None] | None = None, *,
+                hold: str | None = None) -> StepOutcome:
         """One step over a micro-batch of records, learned in input order (consecutive catalogue items together).
 
         ``sources``, parallel to ``records``, says where each interaction was read: the partition of the
@@ -238,11 +240,12 @@ class LearnerService:
         (:mod:`learner.features`, "Basket assembly"); without it, ``records`` are taken as one ordered stream.
         A basket is held out when it is complete (before the features learn it); a window is
         decided on (publish or roll back) the moment it is full, then trained on (see :mod:`learner.ranker`).
+        ``hold``: why publishing is held during this step (:mod:`learner.drift_hold`): every window is refused.
         """
         if sources is not None and len(sources) != len(records):
             raise ValueError(f"{len(sources)} sources for {len(records)} records")
         with self._lock:
-            self._begin_step()
+            self._begin_step(hold)
             if self._stop.is_set():
                 return StepOutcome(self._step, self._settled_through(), 0, 0)
             held_before, trained_before = self.status.examples, self.status.trained
@@ -261,10 +264,10 @@ class LearnerService:
             self.add_items(items)
             return self._outcome(len(records), held_before, trained_before)
 
-    def advance_to(self, ts: float) -> StepOutcome:
+    def advance_to(self, ts: float, *, hold: str | None = None) -> StepOutcome:
         """Event time is now ``ts`` (a watermark): every basket before it is complete, held out and learned."""
         with self._lock:
-            self._begin_step()
+            self._begin_step(hold)
             held_before, trained_before = self.status.examples, self.status.trained
             self.features.advance_to(ts)
             return self._outcome(0, held_before, trained_before)
@@ -292,9 +295,10 @@ class LearnerService:
             self._recent_events.popitem(last=False)
         return True
 
-    def _begin_step(self) -> None:
+    def _begin_step(self, hold: str | None = None) -> None:
         self._step += 1
         self._outcomes = []
+        self._hold = hold
 
     def _outcome(self, n_records: int, held_before: int, trained_before: int) -> StepOutcome:
         self.status.steps = self._step
@@ -305,7 +309,8 @@ class LearnerService:
                            n_trained=self.status.trained - trained_before,
                            decisions=tuple(d for d, _, _ in self._outcomes),
                            updates=tuple(u for _, u, _ in self._outcomes if u is not None),
-                           metrics=tuple(m for _, _, m in self._outcomes), status=self.status.as_dict())
+                           metrics=tuple(m for _, _, m in self._outcomes),
+                           status={**self.status.as_dict(), "held": self._hold})
 
     def _hold_out(self, baskets: list[Basket]) -> None:
         """The features' hook: ``baskets`` (one timestamp) are complete and about to be learned."""
@@ -321,7 +326,8 @@ class LearnerService:
             return  # shutting down: the step is not settled, its events come back after the restart
         size = len(self.ranker.window)
         published: list[tuple[str, AdapterUpdate]] = []
-        outcome = self.ranker.close_window(on_publish=lambda decision: published.append(self._save(decision)))
+        outcome = self.ranker.close_window(on_publish=lambda decision: published.append(self._save(decision)),
+                                           hold=self._hold)
         decision = outcome.decision
         version, update = published[0] if published else (None, None)
         if decision.publish:
@@ -467,7 +473,7 @@ class LearnerService:
 
     def status_dict(self) -> dict:
         with self._lock:
-            return self.status.as_dict()
+            return {**self.status.as_dict(), "held": self._hold}
 
     # ------------------------------------------------------------------ helpers
 

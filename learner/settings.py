@@ -94,6 +94,9 @@ class LearnerSettings(BaseSettings):
     #: least this often while it learns; offsets are committed only up to the last checkpoint, so a restart
     #: replays at most this much of its input.
     checkpoint_interval_s: float = Field(default=30.0, gt=0)
+    #: Seconds a critical drift alarm on the item mix (a bot, random labels) holds publishing: every window
+    #: decided meanwhile is refused and rolled back (``learner.drift_hold``; 0: never hold).
+    drift_hold_s: float = Field(default=600.0, ge=0)
 
     #: Event-time seconds a basket waits for its late lines (``learner.features.BASKET_LATENESS_S``); one
     #: deployment-wide name, read by serving workers too.

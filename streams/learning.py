@@ -49,11 +49,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -64,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from learner.artifacts import AdapterRejected
+from learner.drift_hold import DriftHold
 from learner.explanation_bandit import is_irrelevant
 from learner.settings import LearnerConfigError, LearnerSettings
 from streams import topics
@@ -73,6 +76,7 @@ from streams.ingest import SourcePosition, dead_letter, validate
 from streams.records import (
     AdapterUpdate,
     DeadLetter,
+    DriftAlarm,
     ExplanationFeedback,
     Impression,
     Interaction,
@@ -248,15 +252,18 @@ class Inbox:
         return batch
 
 
-class UpdatesWatcher:
-    """Reads ``recloop.model-updates`` outside the consumer group: the newest record at start, then each new one.
+class TopicTail:
+    """Reads a one-partition topic outside the consumer group: from the newest record at start (``since_s``
+    None), or from the records of the last ``since_s`` seconds, then each new one.
 
-    The learner adopts an adapter it did not publish itself (``recloop adapters rollback``), so its
-    next update continues from what serving workers run instead of silently undoing a rollback.
+    The learner follows ``recloop.model-updates`` so: it adopts an adapter it did not publish itself
+    (``recloop adapters rollback``), so its next update continues from what serving workers run instead of
+    silently undoing a rollback; and ``recloop.ops.drift``, whose critical item-mix alarms hold publishing
+    (:mod:`learner.drift_hold`).
     """
 
-    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
-        self.kafka, self.topic = kafka, topic
+    def __init__(self, kafka: KafkaSettings, topic: str, *, since_s: float | None = None) -> None:
+        self.kafka, self.topic, self.since_s = kafka, topic, since_s
         self._consumer: Any = None
 
     async def start(self) -> None:
@@ -269,7 +276,11 @@ class UpdatesWatcher:
         partition = TopicPartition(self.topic, 0)
         self._consumer.assign([partition])
         end = (await self._consumer.end_offsets([partition]))[partition]
-        self._consumer.seek(partition, max(0, end - 1))
+        start = max(0, end - 1)
+        if self.since_s is not None:
+            found = await self._consumer.offsets_for_times({partition: int((time.time() - self.since_s) * 1000)})
+            start = found[partition].offset if found.get(partition) is not None else end
+        self._consumer.seek(partition, start)
 
     async def poll(self) -> list[bytes]:
         batches = await self._consumer.getmany(timeout_ms=0)
@@ -311,11 +322,11 @@ def _exit_with_parent(sentinel: int) -> None:
     os._exit(0)
 
 
-def call_service(method: str, *args: Any) -> Any:
+def call_service(method: str, *args: Any, **kwargs: Any) -> Any:
     """Run one method of the executor's service (pickled across when the executor is a process)."""
     if _service is None:
         raise RuntimeError("the learner service failed to start; see the log above")
-    return getattr(_service, method)(*args)
+    return getattr(_service, method)(*args, **kwargs)
 
 
 def service_executor(settings: LearnerSettings, home: Path, key: bytes, state_dir: Path) -> tuple[Executor, Any]:
@@ -415,6 +426,8 @@ class TrainingAgent:
         self._loaded_through = -1  # input offsets at or below it are in the loaded checkpoint
         self._last_offset: int | None = None  # of the last record learned
         self._saved_offset: int | None = None  # of the last record in a checkpoint
+        self._drift_hold = DriftHold(self.settings.drift_hold_s)
+        self._alarms: TopicTail | None = None
         self._saved_at = 0.0
 
     async def consume(self, stream: faust.StreamT) -> None:
@@ -443,8 +456,12 @@ class TrainingAgent:
                      resumed)
         self._saved_at = loop.time()
         own = set(await loop.run_in_executor(executor, call_service, "trained_versions"))  # never adopted
-        watcher = UpdatesWatcher(self.r.kafka, self.r.kafka.topic(topics.MODEL_UPDATES.name))
+        watcher = TopicTail(self.r.kafka, self.r.kafka.topic(topics.MODEL_UPDATES.name))
         await watcher.start()
+        # the alarms of the last drift_hold_s seconds: a restarted learner keeps a hold that is still on
+        self._alarms = TopicTail(self.r.kafka, self.r.kafka.topic(topics.OPS_DRIFT.name),
+                                 since_s=self.settings.drift_hold_s)
+        await self._alarms.start()
         try:
             while True:
                 try:
@@ -462,6 +479,7 @@ class TrainingAgent:
                     await self._step(stream, executor, events, own, watcher)
         finally:
             await watcher.stop()
+            await self._alarms.stop()
 
     @property
     def _held_through(self) -> int:
@@ -505,11 +523,13 @@ class TrainingAgent:
             await stream.ack(event)
 
     async def _step(self, stream: faust.StreamT, executor: Executor, events: list, own: set[str],
-                    watcher: UpdatesWatcher) -> None:
+                    watcher: TopicTail) -> None:
         loop = asyncio.get_running_loop()
         batch, sources = await self._decode(events)
+        hold = await self._held()
         started = loop.time()
-        outcome = await loop.run_in_executor(executor, call_service, "process", batch, sources)
+        outcome = await loop.run_in_executor(executor, functools.partial(call_service, "process", batch, sources,
+                                                                         hold=hold))
         seconds = loop.time() - started
         if outcome.updates and await self._adopt_foreign_updates(watcher, own, executor):
             # a rollback landed while this step ran: publishing now would undo it; its adapters stay unpublished
@@ -528,6 +548,18 @@ class TrainingAgent:
         log.info("learner step %d: %d events, %d examples, %d trained in %.2fs, published %s",
                  outcome.step, len(events), outcome.n_examples, outcome.n_trained, seconds,
                  ", ".join(u.version for u in outcome.updates) or None)
+
+    async def _held(self) -> str | None:
+        """Why publishing is held now: a critical item-mix alarm on the drift topic (:mod:`learner.drift_hold`)."""
+        for raw in await self._alarms.poll():
+            try:
+                alarm = decode(DriftAlarm, raw)
+            except InvalidRecord as exc:
+                log.warning("ignoring an unreadable record on %s: %s", self._alarms.topic, exc)
+                continue
+            if self._drift_hold.observe(alarm):
+                log.warning("publishing held: %s", self._drift_hold.why)
+        return self._drift_hold.reason()
 
     async def _decode(self, events: Sequence[faust.EventT]) -> tuple[list[LearnerRecord], list[int | None]]:
         """The records of ``events`` and, parallel to them, the partition each interaction was read from."""
@@ -555,7 +587,7 @@ class TrainingAgent:
         for future in pending:
             await future
 
-    async def _adopt_foreign_updates(self, watcher: UpdatesWatcher, own: set[str], executor: Executor) -> bool:
+    async def _adopt_foreign_updates(self, watcher: TopicTail, own: set[str], executor: Executor) -> bool:
         """Adopt updates someone else published (a rollback); True if the learner's weights changed."""
         loop = asyncio.get_running_loop()
         adopted = False

@@ -2,8 +2,10 @@
 
 Both read the same N pre-produced interactions. The plain consumer (aiokafka + orjson.loads) is the
 ceiling for Python on this machine; the worker does everything it does in production (validation,
-deduplication against its changelog-backed table, counting). Each rate is N over the time from the
-first to the last message processed, so start-up and rebalancing are not counted for either.
+deduplication against its changelog-backed table, counting; the learner off: ingest is measured). Each rate is
+N over the time from the first to the last message processed, so start-up and rebalancing are not counted for
+either. ``--workers N`` runs N workers of one group on the topic's partitions (``--partitions``) and reports
+each worker's rate and the group's (N over the longest worker's first-to-last time).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import orjson
 
 from ops.kafka_io import topic_reader
-from ops.processes import ChildProcess, demo_key_unless_configured, free_port, get_json, recloop_env, wait_json
+from ops.processes import ChildProcess, free_port, get_json, recloop_env, wait_json
 from ops.replay import file_messages, produce
 from ops.topic_admin import fresh_run_topics
 from streams.settings import KafkaSettings
@@ -42,34 +44,50 @@ async def raw_consume(settings: KafkaSettings, topic: str, expected: int) -> flo
         return expected / (time.monotonic() - first)
 
 
-def run_bench_ingest(base: KafkaSettings, *, events: int) -> dict:
+def run_bench_ingest(base: KafkaSettings, *, events: int, workers: int = 1, partitions: int | None = None) -> dict:
+    """One worker: pre-produced events, first to last message. Several (``workers`` > 1): they join one group
+    first (all ``/ready/``), then the events are produced, so each worker's rate is over its own partitions."""
+    if partitions is not None:
+        base = base.model_copy(update={"partitions": partitions})
     settings = fresh_run_topics(base, "bench")
     topic = settings.topic(INTERACTIONS.name)
     messages = [m for m in file_messages(DATA, settings, limit=events) if m.kind != "item"]
-    asyncio.run(produce(messages, settings))
     n = len(messages)
-    raw_rate = asyncio.run(raw_consume(settings, topic, n))
-
-    port = free_port()
-    worker = ChildProcess(["worker"], recloop_env(settings, RECLOOP_WORKER_WEB_PORT=str(port),
-                                                  RECLOOP_WORKER_APP_ID=f"bench-{uuid.uuid4().hex[:6]}",
-                                                  **demo_key_unless_configured()),
-                          settings.home / "worker.log").start()
-    url = f"http://127.0.0.1:{port}/counts/"
+    if workers == 1:
+        asyncio.run(produce(messages, settings))
+        raw_rate = asyncio.run(raw_consume(settings, topic, n))
+    app_id = f"bench-{uuid.uuid4().hex[:6]}"
+    ports = [free_port() for _ in range(workers)]
+    started = [ChildProcess(["worker"], recloop_env(settings, RECLOOP_WORKER_WEB_PORT=str(port),
+                                                    RECLOOP_WORKER_APP_ID=app_id, RECLOOP_LEARNER="off"),
+                            settings.home / f"worker-{port}.log").start() for port in ports]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
-        wait_json(url, worker, timeout_s=120)
+        for url, worker in zip(urls, started, strict=True):
+            wait_json(f"{url}/counts/", worker, timeout_s=120)
+        if workers > 1:
+            for url, worker in zip(urls, started, strict=True):  # one stable group before the first event
+                wait_json(f"{url}/ready/", worker, timeout_s=180, accept=lambda page: page.get("ready") is True)
+            asyncio.run(produce(messages, settings))
+            raw_rate = asyncio.run(raw_consume(settings, topic, n))
         deadline = time.monotonic() + max(120.0, n / 200)
-        counts: dict = {}
+        counts: list[dict] = []
         while time.monotonic() < deadline:
-            counts = (get_json(url) or {}).get(topic, {})
-            if counts.get("accepted", 0) + counts.get("duplicates", 0) >= n:
+            counts = [(get_json(f"{url}/counts/") or {}).get(topic, {}) for url in urls]
+            if sum(c.get("accepted", 0) + c.get("duplicates", 0) for c in counts) >= n:
                 break
             time.sleep(0.5)
         else:
-            raise TimeoutError(f"worker processed {counts} of {n} events in time")
+            raise TimeoutError(f"workers processed {counts} of {n} events in time")
     finally:
-        worker.stop()
-    worker_rate = n / counts["busy_s"]
-    return {"bench": "ingest", "events": n, "partitions": settings.partitions,
-            "worker_events_per_s": round(worker_rate, 1), "raw_events_per_s": round(raw_rate, 1),
-            "ratio": round(worker_rate / raw_rate, 3), "target_ratio": 0.5}
+        for worker in started:
+            worker.stop()
+    per_worker = [round(c["accepted"] / c["busy_s"], 1) if c.get("busy_s") else 0.0 for c in counts]
+    worker_rate = n / max(c.get("busy_s") or 0.0 for c in counts)
+    result = {"bench": "ingest", "events": n, "partitions": settings.partitions, "workers": workers,
+              "worker_events_per_s": round(worker_rate, 1), "raw_events_per_s": round(raw_rate, 1),
+              "ratio": round(worker_rate / raw_rate, 3), "target_ratio": 0.5}
+    if workers > 1:
+        result.update(per_worker_events_per_s=per_worker, accepted_per_worker=[c.get("accepted", 0) for c in counts],
+                      duplicates=sum(c.get("duplicates", 0) for c in counts))
+    return result

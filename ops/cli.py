@@ -445,14 +445,17 @@ def _eval_live(data: Path, *, quick: bool, tiny: bool, model_dir: Path | None, o
 @bench_app.command("ingest")
 def bench_ingest(
     events: Annotated[int, typer.Option(min=1000, help="How many events to push through")] = 100_000,
+    workers: Annotated[int, typer.Option(min=1, max=8, help="Worker processes in one group")] = 1,
+    partitions: Annotated[int | None, typer.Option(min=1, help="Partitions of the run's topics "
+                                                                "(default RECLOOP_PARTITIONS)")] = None,
 ) -> None:
-    """Worker ingest throughput vs a plain aiokafka+orjson consumer on the same topic."""
+    """Worker ingest throughput vs a plain aiokafka+orjson consumer on the same topic (--workers N: each)."""
     from ops.bench_ingest import run_bench_ingest
 
     logs.configure("WARNING")
     settings = KafkaSettings()
     ensure_broker(settings)
-    result = run_bench_ingest(settings, events=events)
+    result = run_bench_ingest(settings, events=events, workers=workers, partitions=partitions)
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(result))
 

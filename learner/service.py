@@ -61,6 +61,7 @@ from learner.ranker_config import RankerConfig
 from learner.rich_features import RichFeatures
 from learner.settings import LearnerSettings
 from learner.streaming_model import StreamingRankingModel
+from streams.dedup import remember_once
 from streams.records import AdapterUpdate, ExplanationFeedback, Impression, Interaction, Item, MetricSnapshot
 
 log = logging.getLogger(__name__)
@@ -287,13 +288,10 @@ class LearnerService:
 
     def _first_time(self, event_id: str) -> bool:
         """Whether ``event_id`` is new to the learner (a crash between forward and commit upstream redelivers)."""
-        if event_id in self._recent_events:
-            self.status.redelivered += 1
-            return False
-        self._recent_events[event_id] = None
-        while len(self._recent_events) > self.settings.dedup_window:
-            self._recent_events.popitem(last=False)
-        return True
+        if remember_once(self._recent_events, event_id, self.settings.dedup_window):
+            return True
+        self.status.redelivered += 1
+        return False
 
     def _begin_step(self, hold: str | None = None) -> None:
         self._step += 1

@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from learner.features import BASKET_LATENESS_S
 from learner.ranker_config import DEFAULTS as _RANKER
 from learner.ranker_config import RankerConfig
+from streams.dedup import RECENT_IDS
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class LearnerSettings(BaseSettings):
     #: Events waiting for the learner before the worker stops fetching its topic (resumed at half).
     max_pending_events: int = Field(default=20_000, ge=2)
     #: Recent event ids the learner remembers, to learn an event redelivered to it only once.
-    dedup_window: int = Field(default=100_000, ge=0)
+    dedup_window: int = Field(default=RECENT_IDS, ge=0)
     #: The learner writes its whole state to disk (``learner.checkpoint``) after every published version and at
     #: least this often while it learns; offsets are committed only up to the last checkpoint, so a restart
     #: replays at most this much of its input.

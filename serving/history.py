@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from learner.rich_features import RichFeatures
 from serving.state import CatalogueSnapshot, ServingState
+from streams.dedup import RECENT_IDS, remember_once
 from streams.records import ExplanationFeedback, Interaction, InvalidRecord, Item, decode
 from streams.settings import KafkaSettings
 from streams.topics import CATALOG, EXPLANATION_FEEDBACK, INTERACTIONS
@@ -48,7 +49,7 @@ class LiveBehaviour:
         self._recommendable = np.zeros(0, dtype=bool)
         self.generation = 0
         self.counts: Counter[str] = Counter()
-        self._feedback_seen: set[str] = set()
+        self._feedback_seen: OrderedDict[str, None] = OrderedDict()  # the last RECENT_IDS feedback event ids
         self._snapshot: CatalogueSnapshot | None = None
         self._all = np.arange(0)
         self._sync_index()
@@ -88,10 +89,9 @@ class LiveBehaviour:
         """Explanation feedback: "not helpful, irrelevant" dismisses the item for that shopper (their ``dismissed``
         column, which the model weighs against it), the learner's rule (:meth:`RichFeatures.learn_feedback`).
         A redelivered event (same ``event_id``: a client's retry, a replay) counts once, as in the worker."""
-        if feedback.event_id in self._feedback_seen:
+        if not remember_once(self._feedback_seen, feedback.event_id, RECENT_IDS):
             self.counts["duplicate_feedback"] += 1
             return
-        self._feedback_seen.add(feedback.event_id)
         if self.features.learn_feedback(feedback):
             self._sync_index()
             self.counts["dismissals"] += 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -49,6 +49,27 @@ def first_time_seen(seen: MutableMapping[str, Any], event_id: str, ts: float, po
         seen[event_id] = [ts, *where, time.time() if now is None else now]
         return True
     return isinstance(first, list) and first[1:3] == where  # a bare timestamp: written before positions were
+
+
+#: How many recent event ids the in-memory deduplications keep (the learner's ``RECLOOP_LEARNER_DEDUP_WINDOW``
+#: default, and each serving worker's count of explanation feedback).
+RECENT_IDS = 100_000
+
+
+def remember_once(recent: OrderedDict[str, None], event_id: str, limit: int) -> bool:
+    """Whether ``event_id`` is new to ``recent``, the last ``limit`` ids seen (oldest forgotten first): the
+    in-memory deduplication of the learner and of serving workers, bounded like the worker's table.
+
+    >>> recent = OrderedDict()
+    >>> [remember_once(recent, e, limit=2) for e in ["a", "b", "a", "c", "a"]]
+    [True, True, False, True, True]
+    """
+    if event_id in recent:
+        return False
+    recent[event_id] = None
+    while len(recent) > limit:
+        recent.popitem(last=False)
+    return True
 
 
 def arrival(entry: Any, default: float) -> float:

@@ -38,6 +38,7 @@ from serving.explain import Explainer, Explanation, with_calibrated_confidence
 from serving.history import HistoryFollower, LiveBehaviour
 from serving.policy import PolicyFollower, PolicyHolder, style_chooser
 from serving.settings import MAX_K, ServingSettings
+from serving.similar import explain_neighbour, similar_items
 from serving.state import ServingState, StateBuilder, StateHolder, Swap
 from serving.updates import StateUpdater, UpdateFollower
 from streams.record_schemas import request_model
@@ -367,6 +368,10 @@ def _version(policy: ExplanationPolicy | None) -> int | None:
 # --------------------------------------------------------------------------- the worker
 
 
+class UnknownItem(Exception):
+    """The item is not in the catalogue this worker serves (never seen, removed, or not yet arrived)."""
+
+
 class NotReady(Exception):
     """No model version is serving yet."""
 
@@ -442,6 +447,27 @@ class ServingWorker:
         recommendation = await self.recommender.recommend(state, user_id, k, ts=ts)
         self.impressions.log(recommendation.impression())
         return recommendation
+
+    async def similar(self, item_id: str, user_id: str | None, k: int) -> dict[str, Any]:
+        """The product page's neighbours of ``item_id`` (:mod:`serving.similar`), ranked for ``user_id`` when the
+        model knows the shopper. Raises :class:`NotReady`, or :class:`UnknownItem` for an item not served."""
+        state = self.holder.current
+        if state is None:
+            raise NotReady()
+        features = self.live.features
+        item = features.index.index_of(item_id)
+        if item < 0 or item >= state.n_items or not state.catalogue.recommendable[item]:
+            raise UnknownItem(item_id)
+        personal = None
+        if user_id is not None and features.knows(user_id):
+            history, rows = self.live.ranking_inputs(state, user_id, self.settings.max_history)
+            scores, _ = state.score_all(history, rows)
+            personal = scores.numpy()
+        neighbours = similar_items(features, state, item, k, personal)
+        return {"item_id": item_id, "model_version": state.version, "personalised": personal is not None,
+                "items": [{"item_id": self.live.item_id(n.item), "title": self.live.title(n.item),
+                           "score": round(n.score, 6), "explanation": explain_neighbour(n, item, self.live.title)}
+                          for n in neighbours]}
 
     async def feedback(self, body: bytes) -> dict[str, Any]:
         record = parse_feedback(body)
@@ -524,6 +550,29 @@ class RecommendResponse(BaseModel):
     policy_version: int | None = Field(default=None, description=(
         "The explanation policy the styles were drawn from; null until the worker has published one"))
     items: list[RecommendedOut]
+
+
+class SimilarExplanationOut(BaseModel):
+    reason: str = Field(description="`bought_together` (shoppers bought the two in one basket) or `similar` (text)")
+    text: str
+    matching_words: list[str]
+    co_purchase: float = Field(description="Co-purchase cosine of the two items (0: never bought together)")
+    text_similarity: float = Field(description="Cosine of the two items' vectors under the serving text tower")
+
+
+class SimilarItemOut(BaseModel):
+    item_id: str
+    title: str
+    score: float = Field(description="The shopper's model score when `personalised`, else the relatedness "
+                                     "(co-purchase + text cosine)")
+    explanation: SimilarExplanationOut
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    model_version: str
+    personalised: bool = Field(description="Ranked by the current model for `user_id` (a shopper it knows)")
+    items: list[SimilarItemOut]
 
 
 class FeedbackResponse(BaseModel):
@@ -623,6 +672,30 @@ def create_app(worker: ServingWorker) -> FastAPI:
         metrics.request_seconds.labels("recommend").observe(time.perf_counter() - start)
         metrics.requests.labels("recommend", "200").inc()
         return Response(recommendation.body(), media_type="application/json")
+
+    @app.get("/similar", response_model=None,
+             responses={200: {"model": SimilarResponse}, 404: {"model": ErrorResponse, "description": (
+                 "The item is not in the catalogue this worker serves")}, 422: invalid, 503: not_ready})
+    async def similar(
+        item_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
+                                      description="The product page's item")],
+        user_id: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
+                                             description="The shopper, to rank the neighbours for them")] = None,
+        k: Annotated[int, Query(ge=1, le=MAX_K, description="How many items (1..1000)")] = worker.settings.default_k,
+    ) -> Response:
+        """Items bought together with ``item_id`` or alike in text, ranked for ``user_id`` when given, explained."""
+        start = time.perf_counter()
+        try:
+            body = await worker.similar(item_id, user_id, k)
+        except NotReady:
+            metrics.requests.labels("similar", "503").inc()
+            return _error(503, "no model version is serving yet")
+        except UnknownItem:
+            metrics.requests.labels("similar", "404").inc()
+            return _error(404, f"item {item_id!r} is not in the catalogue this worker serves")
+        metrics.request_seconds.labels("similar").observe(time.perf_counter() - start)
+        metrics.requests.labels("similar", "200").inc()
+        return Response(orjson.dumps(body), media_type="application/json")
 
     @app.post("/feedback", status_code=202, response_model=FeedbackResponse,
               responses={400: {"model": ErrorResponse, "description": "The body is not JSON"},

@@ -74,6 +74,11 @@ def test_every_client_connects_with_sasl_ssl_and_nothing_else_does(secured_broke
         response = httpx.get(f"http://127.0.0.1:{serve_port}/recommend", params={"user_id": shopper, "k": 5},
                              timeout=30)
         assert response.status_code == 200 and response.json()["items"]
+        item_id = response.json()["items"][0]["item_id"]  # a product page of a recommended item
+        similar = wait_for(lambda: (r := httpx.get(f"http://127.0.0.1:{serve_port}/similar", timeout=30, params={
+            "item_id": item_id, "user_id": shopper, "k": 5})).status_code == 200 and r.json(), timeout_s=60,
+            message=f"/similar for {item_id}")
+        assert similar["personalised"] and len(similar["items"]) == 5
     finally:
         worker.stop()
         serving.stop()

@@ -652,6 +652,22 @@ def create_app(worker: ServingWorker) -> FastAPI:
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in errors)
         return JSONResponse({"detail": message, "errors": jsonable_errors(errors)}, status_code=422)
 
+    async def answered(route: str, body: Awaitable[bytes]) -> Response:
+        """A GET route's JSON answer, timed and counted; a worker not ready is a 503, an item it does not serve
+        a 404."""
+        start = time.perf_counter()
+        try:
+            content = await body
+        except NotReady:
+            metrics.requests.labels(route, "503").inc()
+            return _error(503, "no model version is serving yet")
+        except UnknownItem as exc:
+            metrics.requests.labels(route, "404").inc()
+            return _error(404, f"item {exc.args[0]!r} is not in the catalogue this worker serves")
+        metrics.request_seconds.labels(route).observe(time.perf_counter() - start)
+        metrics.requests.labels(route, "200").inc()
+        return Response(content, media_type="application/json")
+
     @app.get("/recommend", response_model=None,
              responses={200: {"model": RecommendResponse}, 422: invalid, 503: not_ready})
     async def recommend(
@@ -663,15 +679,9 @@ def create_app(worker: ServingWorker) -> FastAPI:
             "the shopper does next in replays too; default: now"))] = None,
     ) -> Response:
         """Rank the whole catalogue for ``user_id`` with the current model and explain the top ``k``."""
-        start = time.perf_counter()
-        try:
-            recommendation = await worker.recommend(user_id, k, ts)
-        except NotReady:
-            metrics.requests.labels("recommend", "503").inc()
-            return _error(503, "no model version is serving yet")
-        metrics.request_seconds.labels("recommend").observe(time.perf_counter() - start)
-        metrics.requests.labels("recommend", "200").inc()
-        return Response(recommendation.body(), media_type="application/json")
+        async def body() -> bytes:
+            return (await worker.recommend(user_id, k, ts)).body()
+        return await answered("recommend", body())
 
     @app.get("/similar", response_model=None,
              responses={200: {"model": SimilarResponse}, 404: {"model": ErrorResponse, "description": (
@@ -684,18 +694,9 @@ def create_app(worker: ServingWorker) -> FastAPI:
         k: Annotated[int, Query(ge=1, le=MAX_K, description="How many items (1..1000)")] = worker.settings.default_k,
     ) -> Response:
         """Items bought together with ``item_id`` or alike in text, ranked for ``user_id`` when given, explained."""
-        start = time.perf_counter()
-        try:
-            body = await worker.similar(item_id, user_id, k)
-        except NotReady:
-            metrics.requests.labels("similar", "503").inc()
-            return _error(503, "no model version is serving yet")
-        except UnknownItem:
-            metrics.requests.labels("similar", "404").inc()
-            return _error(404, f"item {item_id!r} is not in the catalogue this worker serves")
-        metrics.request_seconds.labels("similar").observe(time.perf_counter() - start)
-        metrics.requests.labels("similar", "200").inc()
-        return Response(orjson.dumps(body), media_type="application/json")
+        async def body() -> bytes:
+            return orjson.dumps(await worker.similar(item_id, user_id, k))
+        return await answered("similar", body())
 
     @app.post("/feedback", status_code=202, response_model=FeedbackResponse,
               responses={400: {"model": ErrorResponse, "description": "The body is not JSON"},

@@ -307,8 +307,7 @@ class LearnerService:
                            n_trained=self.status.trained - trained_before,
                            decisions=tuple(d for d, _, _ in self._outcomes),
                            updates=tuple(u for _, u, _ in self._outcomes if u is not None),
-                           metrics=tuple(m for _, _, m in self._outcomes),
-                           status={**self.status.as_dict(), "held": self._hold})
+                           metrics=tuple(m for _, _, m in self._outcomes), status=self._status())
 
     def _hold_out(self, baskets: list[Basket]) -> None:
         """The features' hook: ``baskets`` (one timestamp) are complete and about to be learned."""
@@ -471,7 +470,11 @@ class LearnerService:
 
     def status_dict(self) -> dict:
         with self._lock:
-            return {**self.status.as_dict(), "held": self._hold}
+            return self._status()
+
+    def _status(self) -> dict:
+        """The counters, and why publishing is held (None: it is not)."""
+        return {**self.status.as_dict(), "held": self._hold}
 
     # ------------------------------------------------------------------ helpers
 

@@ -25,6 +25,7 @@ from streams.ingest import SourcePosition
 
 log = logging.getLogger(__name__)
 
+
 def first_time_seen(seen: MutableMapping[str, Any], event_id: str, ts: float, position: SourcePosition, *,
                     now: float | None = None) -> bool:
     """Record ``event_id`` in ``seen`` with where and when it was first read; False when it is a duplicate.
@@ -43,12 +44,18 @@ def first_time_seen(seen: MutableMapping[str, Any], event_id: str, ts: float, po
     >>> seen["e1"]
     [1.0, 0, 7, 5.0]
     """
+    return _mark(seen, event_id, ts, position, time.time() if now is None else now)[0]
+
+
+def _mark(seen: MutableMapping[str, Any], event_id: str, ts: float, position: SourcePosition,
+          now: float) -> tuple[bool, bool]:
+    """:func:`first_time_seen` with one lookup: (first time, whether an entry was written now)."""
     where = [position.partition, position.offset]
     first = seen.get(event_id)
     if first is None:
-        seen[event_id] = [ts, *where, time.time() if now is None else now]
-        return True
-    return isinstance(first, list) and first[1:3] == where  # a bare timestamp: written before positions were
+        seen[event_id] = [ts, *where, now]
+        return True, True
+    return isinstance(first, list) and first[1:3] == where, False  # a bare timestamp predates positions
 
 
 #: How many recent event ids the in-memory deduplications keep (the learner's ``RECLOOP_LEARNER_DEDUP_WINDOW``
@@ -103,10 +110,9 @@ class DedupWindow:
     def seen(self, table: MutableMapping[str, Any], event_id: str, ts: float, position: SourcePosition) -> bool:
         """:func:`first_time_seen`, keeping the arrival order of the partition (once it is indexed)."""
         now = self.clock()
-        new = table.get(event_id) is None
-        first = first_time_seen(table, event_id, ts, position, now=now)
+        first, written = _mark(table, event_id, ts, position, now)
         order = self._order.get(position.partition)
-        if new and order is not None:
+        if written and order is not None:
             order.append((now, event_id))
         return first
 

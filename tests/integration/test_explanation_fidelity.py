@@ -24,8 +24,8 @@ from learner.baskets import Basket
 from learner.encoder import tiny_bert
 from learner.rich_features import FEATURE_NAMES, RichFeatures, ShopperLog
 from ops.shop_files import load_shop
-from serving.app import Recommender
 from serving.history import LiveBehaviour
+from serving.recommender import Recommender
 from serving.settings import ServingSettings
 from serving.state import CatalogueSnapshot, StateBuilder, frozen_head
 from tests.conftest import DATA

@@ -16,8 +16,9 @@ from fastapi.testclient import TestClient
 from learner.encoder import tiny_bert
 from ops.kafka_io import topic_reader
 from ops.processes import ChildProcess, free_port, recloop_env, wait_json
-from serving.app import ServingWorker, create_app
+from serving.app import create_app
 from serving.settings import ServingSettings
+from serving.worker import ServingWorker
 from streams.records import AdapterUpdate, ExplanationFeedback, Impression, Interaction, Item, decode, encode
 from tests.conftest import wait_for
 from tests.unit.test_serving_app import publishable

@@ -13,9 +13,10 @@ import pytest
 from learner.encoder import tiny_bert
 from learner.explanation_bandit import ExplanationBandit
 from learner.explanation_policy import PolicyRejected, make_policy, signing_bytes, thompson_style, verify_policy
-from serving.app import MemoryPublisher, ServingWorker
 from serving.policy import PolicyHolder
+from serving.publishing import MemoryPublisher
 from serving.settings import ServingSettings
+from serving.worker import ServingWorker
 from streams.policy_publisher import PolicyPublisher, PolicySettings
 from streams.records import EXPLANATION_STYLES, ExplanationPolicy, Impression, InvalidRecord, decode, encode
 from tests.unit.test_serving_state import make_live

@@ -18,8 +18,8 @@ from learner.baskets import DEFAULT_DATA_PATH, timestamp_groups
 from learner.ranker_config import RankerConfig
 from ops.served_recommender import WATERMARK_S, ServedRecommender
 from ops.shop_files import load_shop
-from serving.app import Recommender
 from serving.history import LiveBehaviour
+from serving.recommender import Recommender
 from serving.settings import ServingSettings
 from serving.state import StateBuilder, StateHolder
 from serving.updates import StateUpdater

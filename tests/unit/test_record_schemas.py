@@ -22,7 +22,8 @@ from schemathesis import GenerationMode
 
 from ops.fuzz import consistent_policy, fuzz_records, record_bodies
 from ops.fuzz import producer_bytes as raw
-from serving.app import ClickIn, ExplanationFeedbackIn, create_app
+from serving.app import create_app
+from serving.feedback import ClickIn, ExplanationFeedbackIn
 from streams import records
 from streams.record_schemas import SCHEMA_DIR, main, record_schema, request_model, stale, write
 from streams.records import ExplanationPolicy, InvalidRecord, Timestamp, decode, encode, fields_of

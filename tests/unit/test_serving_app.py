@@ -16,9 +16,11 @@ from fastapi.testclient import TestClient
 from learner import artifacts
 from learner.encoder import tiny_bert
 from learner.model import ModelConfig, RankingModel
-from serving.app import MemoryPublisher, ServingWorker, create_app
+from serving.app import create_app
+from serving.publishing import MemoryPublisher
 from serving.settings import ServingConfigError, ServingSettings
 from serving.updates import BootBacklog
+from serving.worker import ServingWorker
 from streams.records import ExplanationFeedback, Impression, Interaction, Item, decode, encode
 from tests.unit.test_serving_state import make_live
 

@@ -1,0 +1,110 @@
+"""Ranking the catalogue for one shopper with the serving state, and explaining the top ``k``."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from learner.rich_features import FEATURE_NAMES
+from serving.explain import Explainer, Explanation, with_calibrated_confidence
+from serving.history import LiveBehaviour
+from serving.policy import PolicyHolder, style_chooser
+from serving.settings import ServingSettings
+from serving.state import ServingState
+from streams.records import ExplanationPolicy, Impression, RecommendedItem
+
+POPULARITY_COLUMN = FEATURE_NAMES.index("pop_30d")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    rec_id: str
+    user_id: str
+    ts: float
+    model_version: str
+    items: list[dict[str, Any]]
+    #: The explanation policy the styles were drawn from (None: no policy yet, the largest term decided).
+    policy_version: int | None = None
+
+    def body(self) -> bytes:
+        return orjson.dumps({"rec_id": self.rec_id, "model_version": self.model_version,
+                             "policy_version": self.policy_version, "items": self.items})
+
+    def impression(self) -> Impression:
+        return Impression(self.rec_id, self.user_id, self.ts, self.model_version, tuple(
+            RecommendedItem(i["item_id"], i["score"], i["explanation"]) for i in self.items),
+            policy_version=self.policy_version)
+
+
+class Recommender:
+    """Ranks the whole catalogue of one serving state for one shopper and explains the top ``k``.
+
+    Feature rows are computed on the event loop (the stream followers mutate the features on the
+    same loop); the torch part only reads the immutable state, so it moves to a thread when its
+    moving-average cost exceeds ``inline_scoring_ms``.
+    """
+
+    def __init__(self, live: LiveBehaviour, settings: ServingSettings, policies: PolicyHolder | None = None) -> None:
+        self.live = live
+        self.settings = settings
+        self.policies = policies
+        self.explainer = Explainer(live.item_id, live.title)
+        self.scoring_ms = 0.0  # exponential moving average
+        self._rec_ids = itertools.count()
+        self._rec_prefix = uuid.uuid4().hex[:16]  # unique per worker; a counter is cheaper than uuid4 per request
+
+    async def recommend(self, state: ServingState, user_id: str, k: int, ts: float | None = None) -> Recommendation:
+        features = self.live.features
+        rec_id, now = f"{self._rec_prefix}{next(self._rec_ids):016x}", time.time() if ts is None else ts
+        if ts is not None:
+            self.live.visit(ts)
+        if not features.knows(user_id):
+            return self._popular(state, user_id, k, rec_id, now)
+        history, rows = self.live.ranking_inputs(state, user_id, self.settings.max_history)
+        recommendable = state.catalogue.recommendable
+        if self.scoring_ms > self.settings.inline_scoring_ms:
+            top, scores, cosine = await asyncio.to_thread(self._timed_top, state, history, rows, recommendable, k)
+        else:
+            top, scores, cosine = self._timed_top(state, history, rows, recommendable, k)
+        policy = self.policies.current if self.policies is not None else None  # one policy for the whole list
+        choose = style_chooser(policy, user_id, len(features.long_history.recent(user_id)))
+        explanations = self.explainer.explain(state, features, user_id, history, top, rows[top], cosine, choose)
+        explanations = [with_calibrated_confidence(e, policy, score) for e, score in zip(explanations, scores.tolist(),
+                                                                                           strict=True)]
+        items = [self._item(item, score, explanation)
+                 for item, score, explanation in zip(top.tolist(), scores.tolist(), explanations, strict=True)]
+        return Recommendation(rec_id, user_id, now, state.version, items, _version(policy))
+
+    def _popular(self, state: ServingState, user_id: str, k: int, rec_id: str, now: float) -> Recommendation:
+        features = self.live.features
+        ranked = features.popular(len(features.index))
+        usable = ranked[ranked < state.n_items]
+        top = usable[state.catalogue.recommendable[usable]][:k]
+        scores = features.matrix(user_id, top)[:, POPULARITY_COLUMN] if len(top) else np.zeros(0)
+        explanations = self.explainer.popular(state, features, user_id, top)
+        policy = self.policies.current if self.policies is not None else None
+        items = [self._item(int(item), float(score), explanation)
+                 for item, score, explanation in zip(top.tolist(), scores.tolist(), explanations, strict=True)]
+        return Recommendation(rec_id, user_id, now, state.version, items, _version(policy))
+
+    def _item(self, item: int, score: float, explanation: Explanation) -> dict[str, Any]:
+        return {"item_id": self.live.item_id(item), "title": self.live.title(item), "score": round(score, 6),
+                "explanation": explanation.to_dict(), "faithful_styles": list(explanation.faithful_styles)}
+
+    def _timed_top(self, state: ServingState, history: list[int], rows: np.ndarray, recommendable: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        start = time.perf_counter()
+        result = state.top_k(history, rows, recommendable, k)
+        self.scoring_ms = 0.9 * self.scoring_ms + 0.1 * (time.perf_counter() - start) * 1000
+        return result
+
+
+def _version(policy: ExplanationPolicy | None) -> int | None:
+    return policy.version if policy is not None else None

@@ -206,6 +206,10 @@ class RepeatScorer:
     def knows(self, user_id: str) -> bool:
         return user_id in self._weights
 
+    def items_of(self, user_id: str) -> list[int]:
+        """Every item the shopper ever bought (none for a shopper never seen)."""
+        return list(self._weights.get(user_id, ()))
+
     def _weights_as_of(self, user_id: str, ts: float) -> dict[int, float]:
         weights = self._weights.setdefault(user_id, {})
         last = self._as_of.get(user_id, ts)

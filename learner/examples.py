@@ -278,6 +278,8 @@ class ExampleBuilder:
         """Snapshot what each impression showed and what the ranker knew; labels come later."""
         out: list[Example] = []
         for impression in impressions:
+            if impression.route != "recommend":  # a search's list depends on its query, which the head does not read
+                continue
             items = tuple(dict.fromkeys(self.features.add_item(shown.item_id) for shown in impression.items))
             if not items:
                 continue

@@ -195,8 +195,10 @@ class ServedQuality:
     # ------------------------------------------------------------------ impressions
 
     def show(self, impression: Impression) -> bool:
-        """Open an impression; False when it is not joined (a redelivery, an empty list, or too late)."""
-        if impression.rec_id in self._seen or not impression.items:
+        """Open an impression; False when it is not joined (a redelivery, an empty list, too late, or a list of
+        another route: a search's or a product page's list answers a query, not "what next", so it is not
+        scored against the next basket)."""
+        if impression.rec_id in self._seen or not impression.items or impression.route != "recommend":
             return False
         self._seen[impression.rec_id] = None
         while len(self._seen) > 2 * self.max_open:

@@ -1,4 +1,5 @@
-"""``recloop bench serve``: /recommend latency and throughput while adapters are hot-swapped every second.
+"""``recloop bench serve [--route search]``: /recommend (or /search) latency and throughput while adapters are
+hot-swapped every second.
 
 Setup: the whole Online Retail catalogue and the most recent ``interactions`` purchases go on
 fresh topics; a first adapter (with its item vectors, encoded here once) is published; then a
@@ -6,6 +7,10 @@ real ``recloop serve`` process starts with the real MiniLM base (``--tiny`` for 
 boots on it. Measured: ``concurrency`` clients request ``/recommend?k=10`` for ``duration_s`` seconds
 (known shoppers, and 10% shoppers the worker has never seen) while a new adapter version is
 published every ``swap_every_s`` seconds. Latency is end to end, as the clients see it.
+
+With ``route="search"`` the clients ask ``/search?q=&user_id=&k=10`` instead, ``q`` one of the catalogue's
+product types (the last word of a title that at least 20 titles share, as ``recloop eval --search`` asks),
+two words in one query of four (a colour or material before it).
 
 ``swap_apply_ms`` is the longest swap the worker performed (the reference assignment);
 ``swap_build_ms`` the mean time it spent building a version off to the side (decode, verify,
@@ -63,8 +68,26 @@ async def publish(settings: KafkaSettings, producer, raw: bytes) -> None:
     await (await producer.send(settings.topic(MODEL_UPDATES.name), raw, key=b"adapter"))
 
 
+def search_queries(titles: list[str], min_items: int = 20) -> list[str]:
+    """Queries a shop's search box gets: product types (the last word of titles, shared by ``min_items``), and
+    a quarter of them two words (the word before the type, from the last title that has one).
+
+    >>> search_queries(["RED BAG", "BLUE BAG", "RED MUG"], min_items=2)
+    ['bag', 'bag', 'bag', 'blue bag']
+    """
+    from collections import Counter
+
+    from learner.search import words
+
+    last = Counter(ws[-1] for ws in (words(t) for t in titles) if ws)
+    kinds = sorted(w for w, n in last.items() if n >= min_items)
+    pairs = {ws[-1]: f"{ws[-2]} {ws[-1]}" for ws in (words(t) for t in titles) if len(ws) > 1 and ws[-1] in kinds}
+    return [q for kind in kinds for q in (kind, kind, kind, pairs.get(kind, kind))]
+
+
 async def load(url: str, users: list[str], *, concurrency: int, duration_s: float, settings: KafkaSettings,
-               factory: AdapterFactory, swap_every_s: float, server_pid: int) -> dict:
+               factory: AdapterFactory, swap_every_s: float, server_pid: int, route: str = "recommend",
+               queries: list[str] | None = None) -> dict:
     import aiohttp
     from aiokafka import AIOKafkaProducer
 
@@ -76,10 +99,12 @@ async def load(url: str, users: list[str], *, concurrency: int, duration_s: floa
 
     async def client(session: aiohttp.ClientSession) -> None:
         while time.perf_counter() < deadline:
-            user = rng.choice(users)
+            params = {"user_id": rng.choice(users), "k": "10"}
+            if queries:
+                params["q"] = rng.choice(queries)
             start = time.perf_counter()
             try:
-                async with session.get(f"{url}/recommend", params={"user_id": user, "k": "10"}) as response:
+                async with session.get(f"{url}/{route}", params=params) as response:
                     body = await response.json()
                     if response.status != 200 or len(body["items"]) != 10:
                         errors.append(f"{response.status}: {str(body)[:200]}")
@@ -138,7 +163,8 @@ def _metric(text: str, name: str) -> float:
 
 
 def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, concurrency: int = 8,
-                    swap_every_s: float = 1.0, interactions: int = 100_000, tiny: bool = False) -> dict:
+                    swap_every_s: float = 1.0, interactions: int = 100_000, tiny: bool = False,
+                    route: str = "recommend") -> dict:
     import httpx
 
     torch.set_num_threads(1)
@@ -156,7 +182,9 @@ def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, c
     model = RankingModel(base)
     from streams.records import Item, decode
 
-    model.set_catalogue(sorted({decode(Item, m.value).title for m in items}))  # serving keys vectors by text
+    titles = sorted({decode(Item, m.value).title for m in items})
+    model.set_catalogue(titles)  # serving keys vectors by text
+    queries = search_queries(titles) if route == "search" else None
     encode_s = time.perf_counter() - started
     factory = AdapterFactory(model, home)
 
@@ -183,7 +211,8 @@ def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, c
         boot_s = time.perf_counter() - boot_started
         swaps_before = health["swaps"]
         result = asyncio.run(load(url, users, concurrency=concurrency, duration_s=duration_s, settings=settings,
-                                  factory=factory, swap_every_s=swap_every_s, server_pid=server.process.pid))
+                                  factory=factory, swap_every_s=swap_every_s, server_pid=server.process.pid,
+                                  route=route, queries=queries))
         health = httpx.get(f"{url}/healthz", timeout=10).json()
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
     finally:
@@ -191,7 +220,10 @@ def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, c
         delete_topics(settings)
     builds = _metric(metrics, 'recloop_serving_state_build_seconds_count{cause="adapter"}')
     build_sum = _metric(metrics, 'recloop_serving_state_build_seconds_sum{cause="adapter"}')
-    return {"bench": "serve", "base": base.name, "items": health["items"], "interactions": len(events),
+    targets = ({"p50_ms": 30, "p99_ms": 100, "errors": 0} if route == "search"
+               else {"p50_ms": 20, "p99_ms": 60, "rps": 400, "errors": 0, "swap_apply_ms": 50})
+    return {"bench": "serve", "route": route, "queries": len(set(queries or ())), "base": base.name,
+            "items": health["items"], "interactions": len(events),
             "concurrency": concurrency, "duration_s": duration_s, "k": 10,
             **{k: result[k] for k in ("p50_ms", "p99_ms", "mean_ms", "rps", "requests", "errors")},
             "swaps": health["swaps"] - swaps_before, "published": factory.published - 1,
@@ -202,4 +234,4 @@ def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, c
             "server_cpu_ms_per_request": result["server_cpu_ms_per_request"],
             "load_average": result["load_average"], "cpus": os.cpu_count(),
             "item_encode_s": round(encode_s, 1), "error_examples": result["error_examples"],
-            "targets": {"p50_ms": 30, "p99_ms": 100, "errors": 0, "swap_apply_ms": 50}}
+            "targets": targets}

@@ -491,15 +491,19 @@ def bench_serve(
     swap_every: Annotated[float, typer.Option(min=0.1, help="Seconds between published adapters")] = 1.0,
     interactions: Annotated[int, typer.Option(min=1000, help="Most recent purchases the worker learns")] = 100_000,
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny BERT instead of MiniLM (quick check)")] = False,
+    route: Annotated[str, typer.Option(help="The route the clients ask: recommend or search")] = "recommend",
 ) -> None:
-    """/recommend k=10 latency over the whole catalogue while a new adapter is swapped in every second."""
+    """/recommend (or /search) k=10 latency over the whole catalogue while a new adapter is swapped in every
+    second."""
+    if route not in ("recommend", "search"):
+        _fail(f"--route must be recommend or search, not {route!r}")
     from ops.bench_serve import run_bench_serve
 
     logs.configure("WARNING")
     settings = KafkaSettings()
     ensure_broker(settings)
     result = run_bench_serve(settings, duration_s=duration, concurrency=concurrency, swap_every_s=swap_every,
-                             interactions=interactions, tiny=tiny)
+                             interactions=interactions, tiny=tiny, route=route)
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(result))
 

@@ -66,9 +66,17 @@ class SimilarItemOut(BaseModel):
     explanation: SimilarExplanationOut
 
 
+class SearchResponse(RecommendResponse):
+    query: str
+    personalised: bool = Field(description="Ranked by the current model for `user_id` (a shopper it knows); else "
+                                           "by recent popularity")
+
+
 class SimilarResponse(BaseModel):
-    item_id: str
+    rec_id: str
     model_version: str
+    policy_version: int | None = None
+    item_id: str
     personalised: bool = Field(description="Ranked by the current model for `user_id` (a shopper it knows)")
     items: list[SimilarItemOut]
 

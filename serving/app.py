@@ -19,16 +19,17 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serving.api_models import ErrorResponse, FeedbackResponse, RecommendResponse, SimilarResponse
+from serving.api_models import ErrorResponse, FeedbackResponse, RecommendResponse, SearchResponse, SimilarResponse
 from serving.feedback import ClickIn, ExplanationFeedbackIn, FeedbackRejected
+from serving.filters import Filters, InvalidFilter
 from serving.settings import MAX_K, ServingSettings
 from serving.worker import NotReady, ServingWorker, UnknownItem, load_serving_base
-from streams.records import ID_PATTERN, MAX_EVENT_BYTES, MAX_ID_CHARS, MAX_TS, MIN_TS
+from streams.records import ID_FORBIDDEN, ID_PATTERN, MAX_EVENT_BYTES, MAX_ID_CHARS, MAX_TS, MIN_TS
 from streams.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,30 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+#: A search query: some visible character, no control characters (those ids may not hold either).
+QUERY_PATTERN = rf"^[^{ID_FORBIDDEN}]*[^\s{ID_FORBIDDEN}][^{ID_FORBIDDEN}]*$"
+#: Query parameters several routes share.
+OptionalShopper = Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN, description=(
+    "The shopper, to rank for them (a shopper the model does not know yet gets the unpersonalised ranking)"))]
+HowMany = Annotated[int, Query(ge=1, le=MAX_K, description="How many items (1..1000)")]
+
+
+def request_filters(
+    category: Annotated[str | None, Query(min_length=1, max_length=256, description=(
+        "Only items of this catalogue category (exact, case-insensitive); an unknown category is a 422"))] = None,
+    price_min: Annotated[float | None, Query(ge=0, allow_inf_nan=False, description=(
+        "Only items priced at least this (items without a price are left out)"))] = None,
+    price_max: Annotated[float | None, Query(ge=0, allow_inf_nan=False, description=(
+        "Only items priced at most this (items without a price are left out)"))] = None,
+    exclude_purchased: Annotated[bool, Query(description="Leave out what the shopper bought before")] = False,
+    in_stock: Annotated[bool, Query(description=(
+        "Only items the catalogue says are available (`available: true`); items with `available: false` are "
+        "never listed"))] = False,
+) -> Filters:
+    """The business filters every list route takes (:mod:`serving.filters`)."""
+    return Filters(category, price_min, price_max, exclude_purchased, in_stock)
+
+
 def create_app(worker: ServingWorker) -> FastAPI:
     """The HTTP face of ``worker``; starting the app starts the worker's stream followers."""
 
@@ -69,6 +94,11 @@ def create_app(worker: ServingWorker) -> FastAPI:
     metrics = worker.metrics
     not_ready = {"model": ErrorResponse, "description": "No model version is serving yet"}
     invalid = {"model": ErrorResponse, "description": "Invalid parameters: `detail` says which and why"}
+
+    @app.exception_handler(InvalidFilter)
+    async def invalid_filter(request: Request, exc: InvalidFilter) -> JSONResponse:
+        metrics.requests.labels(request.url.path.strip("/") or "root", "422").inc()
+        return _error(422, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -97,15 +127,31 @@ def create_app(worker: ServingWorker) -> FastAPI:
     async def recommend(
         user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
                                       description="The shopper (an id: no control characters)")],
-        k: Annotated[int, Query(ge=1, le=MAX_K, description="How many items (1..1000)")] = worker.settings.default_k,
+        filters: Annotated[Filters, Depends(request_filters)],
+        k: HowMany = worker.settings.default_k,
         ts: Annotated[float | None, Query(ge=MIN_TS, le=MAX_TS, allow_inf_nan=False, description=(
             "Event time of the visit (epoch seconds), stamped on the impression so that it joins with what "
             "the shopper does next in replays too; default: now"))] = None,
     ) -> Response:
         """Rank the whole catalogue for ``user_id`` with the current model and explain the top ``k``."""
         async def body() -> bytes:
-            return (await worker.recommend(user_id, k, ts)).body()
+            return (await worker.recommend(user_id, k, ts, filters)).body()
         return await answered("recommend", body())
+
+    @app.get("/search", response_model=None,
+             responses={200: {"model": SearchResponse}, 422: invalid, 503: not_ready})
+    async def search(
+        q: Annotated[str, Query(min_length=1, max_length=512, pattern=QUERY_PATTERN,
+                                description="What the shopper searched for (words; no control characters)")],
+        filters: Annotated[Filters, Depends(request_filters)],
+        user_id: OptionalShopper = None,
+        k: HowMany = worker.settings.default_k,
+    ) -> Response:
+        """Items matching ``q`` by their words (BM25) ranked by the shopper's model score, then items close to ``q``
+        in meaning (the text tower), each explained; the impression carries ``source: search``."""
+        async def body() -> bytes:
+            return (await worker.search(q, user_id, k, filters)).body()
+        return await answered("search", body())
 
     @app.get("/similar", response_model=None,
              responses={200: {"model": SimilarResponse}, 404: {"model": ErrorResponse, "description": (
@@ -113,13 +159,13 @@ def create_app(worker: ServingWorker) -> FastAPI:
     async def similar(
         item_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
                                       description="The product page's item")],
-        user_id: Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
-                                             description="The shopper, to rank the neighbours for them")] = None,
-        k: Annotated[int, Query(ge=1, le=MAX_K, description="How many items (1..1000)")] = worker.settings.default_k,
+        filters: Annotated[Filters, Depends(request_filters)],
+        user_id: OptionalShopper = None,
+        k: HowMany = worker.settings.default_k,
     ) -> Response:
         """Items bought together with ``item_id`` or alike in text, ranked for ``user_id`` when given, explained."""
         async def body() -> bytes:
-            return orjson.dumps(await worker.similar(item_id, user_id, k))
+            return (await worker.similar(item_id, user_id, k, filters)).body()
         return await answered("similar", body())
 
     @app.post("/feedback", status_code=202, response_model=FeedbackResponse,

@@ -21,6 +21,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from learner.rich_features import RichFeatures
+from serving.filters import CatalogueFacts, Filters
 from serving.state import CatalogueSnapshot, ServingState
 from streams.dedup import RECENT_IDS, remember_once
 from streams.records import ExplanationFeedback, Interaction, InvalidRecord, Item, decode
@@ -46,7 +47,8 @@ class LiveBehaviour:
         self._texts: list[str] = []  # what the text tower encodes (Item.text)
         self._titles: list[str] = []  # what a shopper reads
         self._titled: list[bool] = []
-        self._recommendable = np.zeros(0, dtype=bool)
+        #: listed (recommendable), category, price, availability per item: what filters read
+        self.facts = CatalogueFacts()
         self.generation = 0
         self.counts: Counter[str] = Counter()
         self._feedback_seen: OrderedDict[str, None] = OrderedDict()  # the last RECENT_IDS feedback event ids
@@ -65,16 +67,14 @@ class LiveBehaviour:
             self._titled[index] = True
             self.generation += 1
         self._titles[index] = title  # display only: no new state needed
-        if not self._recommendable[index]:
-            self._recommendable[index] = True
-            self.generation += 1
+        if self.facts.learn(index, category=item.category, price=item.price, available=item.available):
+            self.generation += 1  # listed, or taken off by available=false
         self.counts["items"] += 1
 
     def forget_item(self, item_id: str) -> None:
         """A catalogue tombstone: the item is no longer recommended (its history stays)."""
         index = self.features.index.index_of(item_id)
-        if index >= 0 and self._recommendable[index]:
-            self._recommendable[index] = False
+        if index >= 0 and self.facts.remove(index):
             self.generation += 1
 
     def learn_interaction(self, event: Interaction, source: int | None = None) -> None:
@@ -106,9 +106,7 @@ class LiveBehaviour:
             self._texts.append(codes.code_of(index))
             self._titles.append(codes.code_of(index))
             self._titled.append(False)
-        grown = np.zeros(len(self._texts), dtype=bool)
-        grown[: len(self._recommendable)] = self._recommendable
-        self._recommendable = grown
+        self.facts.grow(len(self._texts))
         self.generation += 1
 
     # ------------------------------------------------------------------ reading
@@ -136,13 +134,25 @@ class LiveBehaviour:
         rows of every item of ``state`` — the same inputs for ``/recommend`` and ``recloop eval``."""
         if len(self._all) != state.n_items:
             self._all = np.arange(state.n_items)
-        history = state.usable_history(self.features.history(user_id, max_history))
-        return history, self.features.matrix(user_id, self._all)
+        return self.usable_history(state, user_id, max_history), self.features.matrix(user_id, self._all)
+
+    def usable_history(self, state: ServingState, user_id: str, max_history: int) -> list[int]:
+        """The shopper's history items ``state`` has vectors for, oldest first (what :meth:`ranking_inputs` gives)."""
+        return state.usable_history(self.features.history(user_id, max_history))
+
+    def allowed(self, state: ServingState, filters: Filters, user_id: str | None = None) -> np.ndarray:
+        """``[state.n_items]``: which items of ``state`` a list may hold now — listed in the live catalogue (a
+        removal counts from the next request, before any state refresh) and in the state's, and passing
+        ``filters``. Raises :class:`serving.filters.InvalidFilter`."""
+        purchased = self.features.repeat.items_of(user_id) if filters.exclude_purchased and user_id else ()
+        allowed = self.facts.allowed(state.n_items, filters, purchased)
+        allowed &= state.catalogue.recommendable[: state.n_items]  # an item listed since waits for its vector
+        return allowed
 
     def snapshot(self) -> CatalogueSnapshot:
         """An immutable copy for building a state in another thread (cached until something changes)."""
         if self._snapshot is None or self._snapshot.generation != self.generation:
-            self._snapshot = CatalogueSnapshot(tuple(self._texts), self._recommendable.copy(), self.generation)
+            self._snapshot = CatalogueSnapshot(tuple(self._texts), self.facts.listed.copy(), self.generation)
         return self._snapshot
 
     # ------------------------------------------------------------------ raw messages

@@ -46,13 +46,14 @@ def relatedness(features: RichFeatures, state: ServingState, item: int) -> tuple
     return co_purchase.astype(np.float64), text.astype(np.float64)
 
 
-def similar_items(features: RichFeatures, state: ServingState, item: int, k: int,
+def similar_items(features: RichFeatures, state: ServingState, item: int, k: int, allowed: np.ndarray,
                   personal: np.ndarray | None = None, pool: int = POOL) -> list[Neighbour]:
-    """The ``k`` neighbours of ``item``: the ``pool`` most related recommendable items, ranked by ``personal``
-    (the shopper's model scores over the catalogue) when given, else by relatedness."""
+    """The ``k`` neighbours of ``item``: the ``pool`` most related ``allowed`` items (``[n_items]`` mask: listed
+    and passing the request's filters), ranked by ``personal`` (the shopper's model scores over the catalogue)
+    when given, else by relatedness."""
     co_purchase, text = relatedness(features, state, item)
     related = co_purchase + text
-    allowed = np.asarray(state.catalogue.recommendable[:state.n_items], dtype=bool).copy()
+    allowed = np.asarray(allowed[:state.n_items], dtype=bool).copy()
     allowed[item] = False
     ids = np.flatnonzero(allowed)
     candidates = ids[np.argsort(-related[ids], kind="stable")[:pool]]

@@ -98,6 +98,19 @@ class ServingState:
 
 
     @torch.inference_mode()
+    def user_cosine(self, history: Sequence[int], items: np.ndarray) -> np.ndarray:
+        """The text cosines of ``items`` to the shopper's vector (what :meth:`score_all` returns for them)."""
+        index = torch.as_tensor(np.asarray(items, dtype=np.int64))
+        return (self.item_vectors[index] @ self.user_vector(history)).numpy()
+
+    @torch.inference_mode()
+    def score_items(self, history: Sequence[int], items: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """The scores :meth:`score_all` gives ``items``, from their feature rows ``features [len(items), F]`` only."""
+        feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        cosine = torch.from_numpy(self.user_cosine(history, items))
+        return self.head(feats, cosine).numpy().astype(np.float64)
+
+    @torch.inference_mode()
     def top_k(self, history: Sequence[int], features: np.ndarray, recommendable: np.ndarray, k: int,
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ``k`` best recommendable items, their scores and their text cosines — exactly as :meth:`score_all`

@@ -18,14 +18,15 @@ from typing import Any
 from learner.encoder import Base
 from learner.rich_features import RichFeatures
 from serving.feedback import FeedbackRejected, parse_feedback
+from serving.filters import Filters
 from serving.history import HistoryFollower, LiveBehaviour
 from serving.metrics import ServingMetrics
 from serving.policy import PolicyFollower, PolicyHolder
 from serving.publishing import ImpressionLog, KafkaPublisher, MemoryPublisher, Publisher
-from serving.recommender import Recommendation, Recommender
+from serving.recommender import NO_FILTERS, Recommendation, Recommender
 from serving.settings import ServingSettings
 from serving.similar import explain_neighbour, similar_items
-from serving.state import StateBuilder, StateHolder
+from serving.state import ServingState, StateBuilder, StateHolder
 from serving.updates import StateUpdater, UpdateFollower
 from streams.records import ExplanationFeedback, encode
 from streams.settings import KafkaSettings
@@ -105,35 +106,52 @@ class ServingWorker:
 
     # ------------------------------------------------------------------ requests
 
-    async def recommend(self, user_id: str, k: int, ts: float | None = None) -> Recommendation:
-        """``ts``: the visit's event time, stamped on the impression (wall-clock time when None)."""
-        state = self.holder.current  # this request keeps this state, whatever is swapped in meanwhile
+    def _state(self) -> ServingState:
+        state = self.holder.current  # a request keeps this state, whatever is swapped in meanwhile
         if state is None:
             raise NotReady()
-        recommendation = await self.recommender.recommend(state, user_id, k, ts=ts)
-        self.impressions.log(recommendation.impression())
+        return state
+
+    def _served(self, recommendation: Recommendation) -> Recommendation:
+        impression = recommendation.impression()
+        if impression is not None:
+            self.impressions.log(impression)
         return recommendation
 
-    async def similar(self, item_id: str, user_id: str | None, k: int) -> dict[str, Any]:
+    async def recommend(self, user_id: str, k: int, ts: float | None = None,
+                        filters: Filters = NO_FILTERS) -> Recommendation:
+        """``ts``: the visit's event time, stamped on the impression (wall-clock time when None)."""
+        return self._served(await self.recommender.recommend(self._state(), user_id, k, ts=ts, filters=filters))
+
+    async def search(self, query: str, user_id: str | None, k: int, filters: Filters = NO_FILTERS
+                     ) -> Recommendation:
+        """The catalogue searched for ``query`` (:mod:`serving.search`); an impression (source ``search``) for a
+        known ``user_id``."""
+        return self._served(await self.recommender.search(self._state(), query, user_id, k, filters))
+
+    async def similar(self, item_id: str, user_id: str | None, k: int, filters: Filters = NO_FILTERS
+                      ) -> Recommendation:
         """The product page's neighbours of ``item_id`` (:mod:`serving.similar`), ranked for ``user_id`` when the
         model knows the shopper. Raises :class:`NotReady`, or :class:`UnknownItem` for an item not served."""
-        state = self.holder.current
-        if state is None:
-            raise NotReady()
+        state = self._state()
         features = self.live.features
         item = features.index.index_of(item_id)
         if item < 0 or item >= state.n_items or not state.catalogue.recommendable[item]:
             raise UnknownItem(item_id)
+        allowed = self.live.allowed(state, filters, user_id)
         personal = None
         if user_id is not None and features.knows(user_id):
             history, rows = self.live.ranking_inputs(state, user_id, self.settings.max_history)
             scores, _ = state.score_all(history, rows)
             personal = scores.numpy()
-        neighbours = similar_items(features, state, item, k, personal)
-        return {"item_id": item_id, "model_version": state.version, "personalised": personal is not None,
-                "items": [{"item_id": self.live.item_id(n.item), "title": self.live.title(n.item),
-                           "score": round(n.score, 6), "explanation": explain_neighbour(n, item, self.live.title)}
-                          for n in neighbours]}
+        neighbours = similar_items(features, state, item, k, allowed, personal)
+        items = [{"item_id": self.live.item_id(n.item), "title": self.live.title(n.item), "score": round(n.score, 6),
+                  "explanation": explain_neighbour(n, item, self.live.title)} for n in neighbours]
+        policy = self.policies.current
+        return self._served(Recommendation(
+            self.recommender.new_rec_id(), user_id, time.time(), state.version, items,
+            policy.version if policy is not None else None, source="similar", page_item_id=item_id,
+            extra={"item_id": item_id, "personalised": personal is not None}))
 
     async def feedback(self, body: bytes) -> dict[str, Any]:
         record = parse_feedback(body)

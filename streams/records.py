@@ -426,6 +426,8 @@ class Calibration(Rule):
 #: Most segments one explanation policy may carry (the bandit has three; the bound keeps records small).
 MAX_POLICY_SEGMENTS = 64
 EXPLANATION_STYLES = ("history", "co_purchase", "similar_text", "popular")
+#: The entry points an impression can come from (``GET /recommend``, ``/search``, ``/similar``).
+IMPRESSION_SOURCES = ("recommend", "search", "similar")
 
 
 class Posteriors(Rule):
@@ -585,6 +587,11 @@ class Item(_Record):
     category: Annotated[str | None, Text(256)] = None
     price: Annotated[float | None, Number(minimum=0.0)] = None
     schema_version: Version = SCHEMA_VERSION
+    #: In stock? ``false`` takes the item off every list (as a tombstone does, but it comes back with a later
+    #: ``true``); absent = not said, which lists keep unless a request asks for ``in_stock`` items only.
+    available: Annotated[bool | None, Flag(
+        "In stock? false takes the item off every list until a later catalog event says true; absent = not said"
+    )] = None
 
     @property
     def text(self) -> str:
@@ -637,8 +644,18 @@ class Impression(_Record):
     #: The :class:`ExplanationPolicy` version the explanation styles were drawn from (None: none yet, or an
     #: older serving worker). Optional, so impressions without it stay valid.
     policy_version: Annotated[int | None, Integer(minimum=1)] = None
+    #: Which entry point served the list (None: ``recommend``, as older serving workers wrote it).
+    source: Annotated[str | None, Choice(IMPRESSION_SOURCES, "The route that served the list; absent = recommend")
+                      ] = None
+    query: Annotated[str | None, Text(512, "source search: what the shopper searched for")] = None
+    page_item_id: Annotated[str | None, Id("source similar: the product page's item")] = None
 
     max_bytes: ClassVar[int] = MAX_IMPRESSION_BYTES
+
+    @property
+    def route(self) -> str:
+        """The entry point that served it (``recommend`` for impressions without a source)."""
+        return self.source or "recommend"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,11 +29,14 @@ from learner.artifacts import Unpacked, load_adapter_into, shipped_item_vectors,
 from learner.encoder import Base, encode_texts
 from learner.model import FusionHead, ModelConfig, RankingModel, recency_weights
 from learner.rich_features import FEATURE_NAMES
+from serving.new_items import NEW_ITEM_SLATE, NewItemSlate, best_new, needed, reserve_last
 
 log = logging.getLogger(__name__)
 
 #: Version name of the base model with no adapter (LoRA identity, initial head).
 BASE_VERSION = "v0"
+#: The feature column that says the shopper bought the item before (the new-item stage leaves those out).
+BOUGHT_BEFORE = FEATURE_NAMES.index("bought_before")
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,14 +115,18 @@ class ServingState:
 
     @torch.inference_mode()
     def top_k(self, history: Sequence[int], features: np.ndarray, recommendable: np.ndarray, k: int,
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The ``k`` best recommendable items, their scores and their text cosines — exactly as :meth:`score_all`
-        ranks them, but the head's MLP only runs where it can change the top ``k``.
+              slate: NewItemSlate | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``k`` items served to the shopper, their model scores and their text cosines: the ``k`` best
+        recommendable items exactly as :meth:`score_all` ranks them, then the new-item stage
+        (:mod:`serving.new_items`, ``slate``, default :data:`~serving.new_items.NEW_ITEM_SLATE`) — applied
+        when ``features`` carry item ages (:class:`~learner.rich_features.FeatureRows`, what serving computes).
 
-        The MLP's output is ``w2 · tanh(...) + b2`` and ``|tanh| <= 1``, so every item's score lies within
-        ``|w2|_1`` of its linear-and-text part. Items whose upper bound is below the ``k``-th best lower
-        bound cannot reach the top ``k`` and are not evaluated (at version 0, ``w2 = 0``: only ``k`` are).
+        The head's MLP only runs where it can change the top ``k``: its output is ``w2 · tanh(...) + b2`` and
+        ``|tanh| <= 1``, so every item's score lies within ``|w2|_1`` of its linear-and-text part. Items whose
+        upper bound is below the ``k``-th best lower bound cannot reach the top ``k`` and are not evaluated
+        (at version 0, ``w2 = 0``: only ``k`` are).
         """
+        ages = getattr(features, "item_age_days", None)
         feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         cosine = self.item_vectors @ self.user_vector(history)
         allowed = torch.from_numpy(np.ascontiguousarray(recommendable[: self.n_items]))
@@ -140,7 +147,40 @@ class ServingState:
         scores = head(feats[candidates], cosine[candidates])
         best = torch.topk(scores, k)
         top = candidates[best.indices]
-        return top.numpy(), best.values.numpy(), cosine[top].numpy()
+        slate = NEW_ITEM_SLATE if slate is None else slate
+        if ages is None or slate.slots == 0:
+            return top.numpy(), best.values.numpy(), cosine[top].numpy()
+        served = self._with_new_items(top.numpy(), np.asarray(ages)[: self.n_items], allowed.numpy(), feats, cosine,
+                                      history, slate)
+        if served is None:
+            return top.numpy(), best.values.numpy(), cosine[top].numpy()
+        index = torch.from_numpy(served)
+        return served, head(feats[index], cosine[index]).numpy(), cosine[index].numpy()
+
+    def _with_new_items(self, top: np.ndarray, ages: np.ndarray, allowed: np.ndarray, feats: torch.Tensor,
+                        cosine: torch.Tensor, history: Sequence[int], slate: NewItemSlate) -> np.ndarray | None:
+        """``top`` with the slate's places given to the best new items that fit the shopper and are not in it:
+        new (:meth:`~serving.new_items.NewItemSlate.is_new`), recommendable, never bought by the shopper, and at
+        least ``slate.min_similarity`` similar to them. None when ``top`` already holds enough new items or none
+        fits. A shopper without a usable history has no text to fit: their list is the model's."""
+        want = needed(slate.is_new(ages[top]), slate.slots)
+        if want == 0 or not history:
+            return None
+        fresh = slate.is_new(ages) & allowed[: len(ages)] & (feats[: len(ages), BOUGHT_BEFORE] == 0).numpy()
+        fresh[top] = False
+        pool = torch.from_numpy(np.flatnonzero(fresh))
+        if not len(pool):
+            return None
+        if slate.similarity == "profile":
+            similarity = cosine[pool]
+        else:
+            similarity = (self.item_vectors[pool] @ self.item_vectors[torch.as_tensor(list(history))].T).amax(1)
+        fits = similarity >= slate.min_similarity
+        pool, similarity = pool[fits], similarity[fits]
+        if not len(pool):
+            return None
+        key = similarity if slate.by == "similarity" else self.head(feats[pool], cosine[pool])
+        return reserve_last(top, slate.is_new(ages[top]), best_new(pool.numpy(), key.numpy(), want))
 
 
 @dataclass(frozen=True)

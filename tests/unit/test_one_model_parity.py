@@ -4,7 +4,8 @@ The evaluation's recloop (:class:`ops.served_recommender.ServedRecommender`) lea
 data through the deployed learner. A separate serving worker's pieces — its own
 :class:`~serving.history.LiveBehaviour` fed the same records, a :class:`~serving.updates.StateUpdater` that
 verifies and builds the newest published adapter, and the ``GET /recommend`` ranking code — must then return
-the same top-10 for sampled shoppers as the evaluation ranks them.
+the same top-10 for sampled shoppers as the evaluation ranks them — with serving's new-item stage
+(:mod:`serving.new_items`), and with a stage that changes lists.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from learner.ranker_config import RankerConfig
 from ops.served_recommender import WATERMARK_S, ServedRecommender
 from ops.shop_files import load_shop
 from serving.history import LiveBehaviour
+from serving.new_items import NO_SLATE, NewItemSlate
 from serving.recommender import Recommender
 from serving.settings import ServingSettings
 from serving.state import StateBuilder, StateHolder
@@ -35,7 +37,7 @@ class _Quiet:
         raise AssertionError(f"serving rejected an update of the learner: {kind}: {reason}")
 
 
-def test_eval_recommender_and_a_serving_worker_return_the_same_top_10(base):
+def test_eval_recommender_and_a_serving_worker_return_the_same_top_10(base, monkeypatch):
     shop = load_shop(DEFAULT_DATA_PATH)
     items = shop.items()
     evaluated = ServedRecommender(base, items, config=RankerConfig(window_baskets=24, text_every_windows=2))
@@ -66,14 +68,23 @@ def test_eval_recommender_and_a_serving_worker_return_the_same_top_10(base):
         shoppers = sorted({b.user_id for b in shop.baskets[:2500]})
         rng = np.random.default_rng(3)
         candidates = np.array(sorted(catalogued))
-        compared = 0
-        for user in rng.choice(shoppers, 25, replace=False).tolist():
-            served = asyncio.run(recommender.recommend(updater.holder.current, user, 10))
-            scores = evaluated.score(user, candidates)
-            top = candidates[np.argsort(-scores, kind="stable")[:10]]
-            assert [i["item_id"] for i in served.items] == [items[i][0] for i in top], user
-            assert served.model_version == evaluated.holder.current.version
-            compared += 1
-        assert compared == 25
+        sampled = rng.choice(shoppers, 25, replace=False).tolist()
+
+        def same_top_10() -> int:
+            """Compare the sampled shoppers' lists; how many the new-item stage changed."""
+            changed = 0
+            for user in sampled:
+                served = asyncio.run(recommender.recommend(updater.holder.current, user, 10))
+                top = candidates[np.argsort(-evaluated.score(user, candidates), kind="stable")[:10]]
+                assert [i["item_id"] for i in served.items] == [items[i][0] for i in top], user
+                assert served.model_version == evaluated.holder.current.version
+                model = candidates[np.argsort(-evaluated.score(user, candidates, NO_SLATE), kind="stable")[:10]]
+                changed += model.tolist() != top.tolist()
+            return changed
+
+        same_top_10()
+        # a stage that fires for most shoppers: every item first sold in the last 2 days may take the 2 places
+        monkeypatch.setattr("serving.state.NEW_ITEM_SLATE", NewItemSlate(days=2.0, min_similarity=-1.0))
+        assert same_top_10() >= 5
     finally:
         evaluated.close()

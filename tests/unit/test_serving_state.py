@@ -14,6 +14,7 @@ from learner.model import Example, RankingModel
 from learner.rich_features import FEATURE_NAMES
 from learner.trainer import MicroBatchTrainer, TrainerConfig
 from serving.history import LiveBehaviour
+from serving.new_items import NO_SLATE
 from serving.state import BASE_VERSION, StateBuilder, StateHolder
 from streams.records import Interaction, Item
 
@@ -197,8 +198,8 @@ def test_top_k_is_exactly_the_top_of_the_full_ranking(builder, live, seed):
     scores, cosine = state.score_all(history, features)
     masked = torch.where(torch.from_numpy(recommendable), scores, -torch.inf)
     expected = torch.topk(masked, 10)
-    top, top_scores, top_cosine = state.top_k(history, features, recommendable, 10)
+    top, top_scores, top_cosine = state.top_k(history, features, recommendable, 10, NO_SLATE)  # the model's list
     assert top.tolist() == expected.indices.tolist()
     np.testing.assert_allclose(top_scores, expected.values.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(top_cosine, cosine[top].numpy(), atol=1e-6)
-    assert len(state.top_k(history, features, recommendable, 1000)[0]) == int(recommendable.sum())
+    assert len(state.top_k(history, features, recommendable, 1000, NO_SLATE)[0]) == int(recommendable.sum())

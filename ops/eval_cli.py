@@ -6,6 +6,8 @@ each published adapter is verified and built by serving's code, and serving's ra
 (:class:`ops.served_recommender.ServedRecommender`). Its variants run the same code with one thing
 changed: ``recloop_no_text`` (the text term removed), ``recloop_frozen_text`` (the text tower never
 trained) and, with ``full_finetune=True``, ``full_finetune`` (every encoder weight trained, no LoRA).
+The *slate views* (:data:`SLATE_VIEWS`) rank recloop's own versions with another new-item stage
+(:mod:`serving.new_items`): they cost only scoring, so they always run.
 
 Besides the ranking metrics, the run measures **retention**: each version the learners accept ranks
 a fixed early slice held out of training (:class:`learner.ranker.RetentionProbe`, the data's first
@@ -29,8 +31,9 @@ from learner.encoder import Base, load_base, tiny_bert
 from learner.ranker_config import RankerConfig
 from learner.text_baseline import FrozenBaseRecommender
 from ops.evaluate import ProgressFactory, Protocol, default_models, draw_model_panels, markdown_table, run_eval
-from ops.served_recommender import ServedRecommender
+from ops.served_recommender import ServedRecommender, SlateView
 from ops.shop_files import Shop, load_shop
+from serving.new_items import NO_SLATE, NewItemSlate
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,18 @@ SUMMARY_METRICS = ("ndcg@10", "hr@10", "recall@10", "mrr")
 
 #: recloop and its ablations: what each changes in the one model (see the module docstring)
 VARIANTS = {"recloop": {}, "recloop_no_text": {"use_text": False}, "recloop_frozen_text": {"train_text": False}}
+
+#: recloop's versions ranked with another new-item stage than serving's (:data:`serving.new_items.NEW_ITEM_SLATE`)
+SLATE_VIEWS = {
+    "recloop_model_only": NO_SLATE,
+    "recloop_new_any": NewItemSlate(min_similarity=-1.0),
+    "recloop_new_p55": NewItemSlate(min_similarity=0.55),
+    "recloop_new_p65": NewItemSlate(min_similarity=0.65),
+    "recloop_new_p60_score": NewItemSlate(min_similarity=0.6, by="score"),
+    "recloop_new_n75": NewItemSlate(similarity="nearest", min_similarity=0.75),
+    "recloop_new_n80": NewItemSlate(similarity="nearest", min_similarity=0.8),
+    "recloop_new_n80_score": NewItemSlate(similarity="nearest", min_similarity=0.8, by="score"),
+}
 
 
 def build_models(base: Base, shop: Shop, probe_until: float | None, config: RankerConfig | None = None, *,
@@ -53,7 +68,8 @@ def build_models(base: Base, shop: Shop, probe_until: float | None, config: Rank
     learners = [ServedRecommender(base, items, name=name, config=dataclasses.replace(config, **change),
                                   probe_until=probe_until) for name, change in variants.items()]
     frozen = FrozenBaseRecommender(base, texts)
-    return [*(default_models() if baselines else []), frozen, *learners]
+    views = [SlateView(learners[0], name, slate) for name, slate in SLATE_VIEWS.items()]
+    return [*(default_models() if baselines else []), frozen, *learners, *views]
 
 
 def run_full_eval(quick: bool, out_dir: Path | None, model_dir: Path | None = None, tiny: bool = False, *,

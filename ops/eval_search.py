@@ -160,7 +160,7 @@ def score_basket(user_id: str, asked: list[tuple[int, str]], candidates: np.ndar
                  frozen: FrozenText, recloop: ServedRecommender, bought: Counter[int],
                  tallies: dict[str, SearchTally]) -> None:
     """Rank the catalogue for each of one basket's queries with every searcher; tally the bought item's rank."""
-    model_scores = recloop.score(user_id, candidates)  # the shopper's ranking: one per basket
+    model_scores = recloop.model_score(user_id, candidates)  # the shopper's ranking: one per basket
     past = np.array([bought.get(int(item), 0) for item in candidates], dtype=np.float64)
     for item, query in asked:
         target = int(np.searchsorted(candidates, item))

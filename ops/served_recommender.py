@@ -9,9 +9,11 @@
 * publishing: every adapter it accepts is saved, signed and packed as an
   :class:`~streams.records.AdapterUpdate`, then verified and built into a serving state by serving's
   own :class:`~serving.updates.StateUpdater` — a forged or broken update would fail here as it fails there;
-* ranking: serving's :class:`~serving.history.LiveBehaviour` follows the same records, and scores are
-  :meth:`~serving.state.ServingState.score_all` of the state being served, from
-  :meth:`~serving.history.LiveBehaviour.ranking_inputs` — what ``GET /recommend`` ranks by.
+* ranking: serving's :class:`~serving.history.LiveBehaviour` follows the same records, and from its
+  :meth:`~serving.history.LiveBehaviour.ranking_inputs` the state being served ranks: the top 10 is
+  :meth:`~serving.state.ServingState.top_k` (what ``GET /recommend`` serves, new-item stage included:
+  :mod:`serving.new_items`), the rest of the catalogue follows by
+  :meth:`~serving.state.ServingState.score_all`.
 
 So the figure ``recloop eval`` prints for ``recloop`` is the figure of what a shopper would be served,
 one adapter version at a time (a version serves from the moment it is published, as on the topic).
@@ -35,11 +37,13 @@ from learner.baskets import Basket
 from learner.encoder import Base
 from learner.ranker import RetentionProbe
 from learner.ranker_config import RankerConfig
+from learner.ranking_metrics import K
 from learner.service import LearnerService
 from learner.settings import LearnerSettings
 from serving.history import LiveBehaviour
+from serving.new_items import NewItemSlate
 from serving.settings import ServingSettings
-from serving.state import StateBuilder, StateHolder, Swap
+from serving.state import ServingState, StateBuilder, StateHolder, Swap
 from serving.updates import StateUpdater
 from streams.records import Interaction, Item, encode
 
@@ -90,6 +94,7 @@ class ServedRecommender:
         self._max_history = ServingSettings.model_fields["max_history"].default
         self._catalogued: set[int] = set()
         self._position = np.zeros(0, dtype=np.int64)  # harness item int -> serving's index (-1: not there yet)
+        self._last: tuple | None = None  # the last shopper's ranking inputs (:meth:`_inputs`)
 
     # ------------------------------------------------------------------ Recommender protocol
 
@@ -112,11 +117,37 @@ class ServedRecommender:
             for item in new:
                 self.live.learn_item(item)
 
-    def score(self, user_id: str, candidates: np.ndarray) -> np.ndarray:
+    def score(self, user_id: str, candidates: np.ndarray, slate: NewItemSlate | None = None) -> np.ndarray:
+        """Scores that rank ``candidates`` as serving does: first the top :data:`~learner.ranking_metrics.K` that
+        ``GET /recommend`` serves (:meth:`~serving.state.ServingState.top_k`, with ``slate``, default serving's),
+        in its order, then every other recommendable item by its model score; ``-inf`` for the rest."""
+        state, history, rows, scores = self._inputs(user_id)
+        recommendable = state.catalogue.recommendable[: state.n_items]
+        served = np.where(recommendable, scores.astype(np.float64), -np.inf)
+        top, _, _ = state.top_k(history, rows, recommendable, K, slate)
+        if len(top):
+            served[top] = served[np.isfinite(served)].max() + np.arange(len(top), 0, -1)
+        return self._at(served, candidates)
+
+    def model_score(self, user_id: str, candidates: np.ndarray) -> np.ndarray:
+        """The model's score of each candidate (:meth:`~serving.state.ServingState.score_all`, no new-item stage;
+        ``-inf`` where not recommendable): what search blends with its text and lexical scores."""
+        state, _, _, scores = self._inputs(user_id)
+        return self._at(np.where(state.catalogue.recommendable[: state.n_items], scores, -np.inf), candidates)
+
+    def _inputs(self, user_id: str) -> tuple[ServingState, list[int], np.ndarray, np.ndarray]:
+        """The state, the shopper's ranking inputs and the model's scores, kept while nothing changed (the slate
+        views of one shopper's basket rank the same inputs)."""
         state = self._state()
+        key = (user_id, self.live.generation, self.live.features.clock, sum(self.live.counts.values()))
+        if self._last is not None and self._last[0] is state and self._last[1] == key:
+            return state, *self._last[2:]
         history, rows = self.live.ranking_inputs(state, user_id, self._max_history)
         scores, _ = state.score_all(history, rows)
-        served = np.where(state.catalogue.recommendable[: state.n_items], scores.numpy(), -np.inf)
+        self._last = (state, key, history, rows, scores.numpy())
+        return state, history, rows, self._last[4]
+
+    def _at(self, served: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         index = self._positions(candidates)
         return np.where(index >= 0, served[np.maximum(index, 0)], -np.inf)
 
@@ -172,3 +203,21 @@ class ServedRecommender:
 
     def close(self) -> None:
         shutil.rmtree(self._home, ignore_errors=True)
+
+
+class SlateView:
+    """The same served learner ranked with another new-item slate (:mod:`serving.new_items`): a second row of
+    the evaluation at the cost of scoring only. It learns nothing itself — list it with its
+    :class:`ServedRecommender`, which learns every group (the harness scores a group before any model learns it).
+    """
+
+    def __init__(self, served: ServedRecommender, name: str, slate: NewItemSlate) -> None:
+        self.served = served
+        self.name = name
+        self.slate = slate
+
+    def learn(self, baskets: list[Basket]) -> None:
+        """Nothing: :attr:`served` learns the group."""
+
+    def score(self, user_id: str, candidates: np.ndarray) -> np.ndarray:
+        return self.served.score(user_id, candidates, self.slate)

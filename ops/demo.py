@@ -34,7 +34,7 @@ from ops.replay import OutgoingMessage, Pacer, file_messages, produce
 from ops.simulator import ShopperSimulator, ShopperVisit, visits
 from ops.topic_admin import create_topics
 from streams import records
-from streams.records import Interaction
+from streams.records import Interaction, Item
 from streams.settings import KafkaSettings
 
 
@@ -43,6 +43,7 @@ class LoopStats:
     """What the simulated shoppers saw and did."""
 
     recommendations: int = 0
+    searches: int = 0
     recommended_items: int = 0
     clicks: int = 0
     feedback: int = 0
@@ -61,7 +62,8 @@ class LoopStats:
         helpful = self.helpful / self.feedback if self.feedback else 0.0
         recent = sum(v.helpful for v in self.recent) / len(self.recent) if self.recent else 0.0
         oracle = sum(v.oracle_helpful for v in self.recent) / len(self.recent) if self.recent else 0.0
-        return {"recommendations": f"{self.recommendations:,}", "clicks": f"{self.clicks:,}", "CTR": f"{ctr:.2%}",
+        return {"recommendations": f"{self.recommendations:,}", "searches": f"{self.searches:,}",
+                "clicks": f"{self.clicks:,}", "CTR": f"{ctr:.2%}",
                 "feedback": f"{self.feedback:,}", "helpful": f"{helpful:.1%}",
                 "helpful (last 1,000)": f"{recent:.1%}", "oracle (last 1,000)": f"{oracle:.1%}",
                 "errors": f"{self.errors:,}"}
@@ -108,16 +110,29 @@ def milliseconds(value: float | None) -> str:
 
 
 async def visit_and_react(client: httpx.AsyncClient, url: str, visit: ShopperVisit, simulator: ShopperSimulator,
-                          stats: LoopStats, k: int = 10) -> None:
-    """One simulated shopper visit: ask for recommendations, then click and rate through /feedback."""
+                          stats: LoopStats, titles: dict[str, str], k: int = 10) -> None:
+    """One simulated shopper visit: a search first in a share of visits, then recommendations; the shopper
+    clicks and rates what each list showed through /feedback."""
+    query = simulator.search_query(visit, titles)
+    if query is not None:
+        await show_and_react(client, url, "search", visit.search_params(query, k), visit, simulator, stats)
+    await show_and_react(client, url, "recommend", visit.recommend_params(k), visit, simulator, stats)
+
+
+async def show_and_react(client: httpx.AsyncClient, url: str, route: str, params: dict, visit: ShopperVisit,
+                         simulator: ShopperSimulator, stats: LoopStats) -> None:
+    """Ask one list route, then click and rate what it showed."""
     try:
-        response = await client.get(f"{url}/recommend", params=visit.recommend_params(k))
+        response = await client.get(f"{url}/{route}", params=params)
         response.raise_for_status()
         recommendation = response.json()
     except (httpx.HTTPError, ValueError):
         stats.errors += 1
         return
-    stats.recommendations += 1
+    if route == "search":
+        stats.searches += 1
+    else:
+        stats.recommendations += 1
     stats.recommended_items += len(recommendation.get("items", []))
     stats.versions[recommendation.get("model_version")] += 1
     events, verdicts = simulator.react_scored(visit, recommendation)
@@ -153,6 +168,7 @@ async def drive(settings: KafkaSettings, messages: list[OutgoingMessage], server
     for visit in visits(purchases):
         visits_at[visit.ts].append(visit)
     simulator = ShopperSimulator(seed=seed, preference="segment")  # a taste the per-segment policy can learn
+    titles = {decoded.item_id: decoded.title for decoded in (records.decode(Item, m.value) for m in items)}
     produced = [0]
     servers = itertools.cycle(server_urls)
     pacer = Pacer(speedup=speedup)
@@ -163,7 +179,7 @@ async def drive(settings: KafkaSettings, messages: list[OutgoingMessage], server
             delay = pacer.delay(ts)
             if delay > 0:
                 await asyncio.sleep(delay)
-            await asyncio.gather(*(visit_and_react(client, next(servers), visit, simulator, stats)
+            await asyncio.gather(*(visit_and_react(client, next(servers), visit, simulator, stats, titles)
                                    for visit in visits_at.get(ts, [])))
             await produce(group, settings, on_progress=lambda n: produced.__setitem__(0, produced[0] + n))
             stats.replayed_through_ts = ts

@@ -10,6 +10,10 @@ dismiss their staples just because this basket does without them; otherwise the 
 Every shopper has a preferred explanation style and finds explanations in that style helpful more often —
 the ground truth the explanation bandit has to discover.
 
+A share of visits (``search_share``, 30%) start with a search: the shopper types the product type of one of
+the basket's items — the last word of its title, lower-cased, the query ``recloop eval --search`` asks
+(:meth:`ShopperSimulator.search_query`) — and reacts to the results as to recommendations.
+
 Whose taste is it? With ``preference="shopper"`` each shopper's style is a hash of their id: every
 segment then holds every taste in equal shares, so no policy that knows only the segment can beat
 a uniform choice (the helpful rate stays at ~0.40 whatever is learned). With ``preference="segment"``
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -36,6 +41,8 @@ from learner.explanation_bandit import segment_of
 from streams.records import EXPLANATION_STYLES, ExplanationFeedback, Interaction
 
 DAY = 86_400.0
+#: A word of a title as a shopper would type it: letters only, two or more.
+_WORD = re.compile(r"[a-z]{2,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,14 @@ class ShopperVisit:
         {'user_id': 'u1', 'k': 5, 'ts': 1300000000.0}
         """
         return {"user_id": self.user_id, "k": k, "ts": self.ts}
+
+    def search_params(self, query: str, k: int = 10) -> dict[str, str | int | float]:
+        """The ``GET /search`` of a visit that starts with ``query``, at the visit's event time.
+
+        >>> ShopperVisit("u1", 1.3e9, "b1", ("A",), frozenset({"A"})).search_params("bag", k=5)
+        {'q': 'bag', 'user_id': 'u1', 'k': 5, 'ts': 1300000000.0}
+        """
+        return {"q": query, **self.recommend_params(k)}
 
 
 def visits(purchases: Iterable[Interaction], horizon_days: float = 7.0) -> list[ShopperVisit]:
@@ -134,7 +149,7 @@ class ShopperSimulator:
 
     def __init__(self, *, seed: int = 0, helpful_if_preferred: float = 0.85, helpful_otherwise: float = 0.25,
                  feedback_rate: float = 0.5, styles: Sequence[str] = EXPLANATION_STYLES,
-                 preference: str = "shopper") -> None:
+                 preference: str = "shopper", search_share: float = 0.3) -> None:
         if preference not in PREFERENCES:
             raise ValueError(f"preference must be one of {', '.join(PREFERENCES)}")
         self.seed = seed
@@ -143,6 +158,7 @@ class ShopperSimulator:
         self.feedback_rate = feedback_rate
         self.styles = tuple(styles)
         self.preference = preference
+        self.search_share = search_share
 
     def preferred_style(self, user_id: str, baskets_before: int = 0) -> str:
         """The shopper's favourite explanation style: a stable hash of their id, or their segment's.
@@ -156,6 +172,23 @@ class ShopperSimulator:
             return SEGMENT_TASTE[segment_of(baskets_before)]
         digest = hashlib.sha256(f"{self.seed}:{user_id}".encode()).digest()
         return self.styles[digest[0] % len(self.styles)]
+
+    def search_query(self, visit: ShopperVisit, titles: dict[str, str]) -> str | None:
+        """The query a visit starts with, in ``search_share`` of visits (None: it does not search): the product
+        type of one of the basket's items, the last word of its title (``titles``: item id -> title).
+
+        >>> sim = ShopperSimulator(search_share=1.0)
+        >>> sim.search_query(ShopperVisit("u1", 1.3e9, "b1", ("A",), frozenset({"A"})), {"A": "JUMBO BAG RED"})
+        'red'
+        >>> ShopperSimulator(search_share=0.0).search_query(ShopperVisit("u1", 1.3e9, "b1", ("A",), frozenset()),
+        ...                                                 {"A": "JUMBO BAG"}) is None
+        True
+        """
+        rng = random.Random(f"{self.seed}:search:{visit.user_id}:{visit.ts}")
+        if rng.random() >= self.search_share:
+            return None
+        kinds = [words[-1] for words in (_WORD.findall(titles.get(item, "").lower()) for item in visit.items) if words]
+        return rng.choice(kinds) if kinds else None
 
     def chance(self, style: str, preferred: str) -> float:
         return self.helpful_if_preferred if style == preferred else self.helpful_otherwise

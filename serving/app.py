@@ -59,6 +59,9 @@ QUERY_PATTERN = rf"^[^{ID_FORBIDDEN}]*[^\s{ID_FORBIDDEN}][^{ID_FORBIDDEN}]*$"
 OptionalShopper = Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN, description=(
     "The shopper, to rank for them (a shopper the model does not know yet gets the unpersonalised ranking)"))]
 HowMany = Annotated[int, Query(ge=1, le=MAX_K, description="How many items (1..1000)")]
+VisitTime = Annotated[float | None, Query(ge=MIN_TS, le=MAX_TS, allow_inf_nan=False, description=(
+    "Event time of the visit (epoch seconds), stamped on the impression so that it joins with what the shopper "
+    "does next in replays too; default: now"))]
 
 
 def request_filters(
@@ -129,9 +132,7 @@ def create_app(worker: ServingWorker) -> FastAPI:
                                       description="The shopper (an id: no control characters)")],
         filters: Annotated[Filters, Depends(request_filters)],
         k: HowMany = worker.settings.default_k,
-        ts: Annotated[float | None, Query(ge=MIN_TS, le=MAX_TS, allow_inf_nan=False, description=(
-            "Event time of the visit (epoch seconds), stamped on the impression so that it joins with what "
-            "the shopper does next in replays too; default: now"))] = None,
+        ts: VisitTime = None,
     ) -> Response:
         """Rank the whole catalogue for ``user_id`` with the current model and explain the top ``k``."""
         async def body() -> bytes:
@@ -146,11 +147,12 @@ def create_app(worker: ServingWorker) -> FastAPI:
         filters: Annotated[Filters, Depends(request_filters)],
         user_id: OptionalShopper = None,
         k: HowMany = worker.settings.default_k,
+        ts: VisitTime = None,
     ) -> Response:
         """Items matching ``q`` by their words (BM25) ranked by the shopper's model score, then items close to ``q``
         in meaning (the text tower), each explained; the impression carries ``source: search``."""
         async def body() -> bytes:
-            return (await worker.search(q, user_id, k, filters)).body()
+            return (await worker.search(q, user_id, k, filters, ts)).body()
         return await answered("search", body())
 
     @app.get("/similar", response_model=None,

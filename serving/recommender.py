@@ -116,7 +116,7 @@ class Recommender:
         return Recommendation(rec_id, user_id, now, state.version, items, _version(policy))
 
     async def search(self, state: ServingState, query: str, user_id: str | None, k: int,
-                     filters: Filters = NO_FILTERS) -> Recommendation:
+                     filters: Filters = NO_FILTERS, ts: float | None = None) -> Recommendation:
         """The ``k`` best items for ``query`` (:mod:`serving.search`), ranked for ``user_id`` when the model knows
         the shopper, else by recent popularity; explained. Raises :class:`serving.filters.InvalidFilter`.
 
@@ -124,7 +124,9 @@ class Recommender:
         their feature rows are computed and scored; the order is the one of scoring the whole catalogue.
         """
         features = self.live.features
-        rec_id, now = self.new_rec_id(), time.time()
+        rec_id, now = self.new_rec_id(), time.time() if ts is None else ts
+        if ts is not None:
+            self.live.visit(ts)
         allowed = self.live.allowed(state, filters, user_id)
         personal = user_id is not None and features.knows(user_id)
         history = self.live.usable_history(state, user_id, self.settings.max_history) if personal else []

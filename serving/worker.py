@@ -123,11 +123,11 @@ class ServingWorker:
         """``ts``: the visit's event time, stamped on the impression (wall-clock time when None)."""
         return self._served(await self.recommender.recommend(self._state(), user_id, k, ts=ts, filters=filters))
 
-    async def search(self, query: str, user_id: str | None, k: int, filters: Filters = NO_FILTERS
-                     ) -> Recommendation:
-        """The catalogue searched for ``query`` (:mod:`serving.search`); an impression (source ``search``) for a
-        known ``user_id``."""
-        return self._served(await self.recommender.search(self._state(), query, user_id, k, filters))
+    async def search(self, query: str, user_id: str | None, k: int, filters: Filters = NO_FILTERS,
+                     ts: float | None = None) -> Recommendation:
+        """The catalogue searched for ``query`` (:mod:`serving.search`); an impression (source ``search``, at the
+        visit's event time ``ts``, default now) when a ``user_id`` is given."""
+        return self._served(await self.recommender.search(self._state(), query, user_id, k, filters, ts=ts))
 
     async def similar(self, item_id: str, user_id: str | None, k: int, filters: Filters = NO_FILTERS
                       ) -> Recommendation:

@@ -33,11 +33,10 @@ def run_demo(settings, tmp_path, *flags: str) -> str:
     return done.stderr
 
 
-def served_versions(settings, run: demo_runs.DemoRun) -> Counter:
-    """The model versions of every impression the run's serving workers logged."""
+def impressions(settings, run: demo_runs.DemoRun) -> list[records.Impression]:
+    """Every impression the run's serving workers logged."""
     topic = run.settings(settings).topic("impressions")
-    messages = asyncio.run(read_topic(settings, topic))
-    return Counter(records.decode(records.Impression, value).model_version for _, value in messages)
+    return [records.decode(records.Impression, value) for _, value in asyncio.run(read_topic(settings, topic))]
 
 
 @pytest.mark.slow
@@ -49,9 +48,13 @@ def test_the_tiny_demo_learns_and_serves_new_versions_on_every_run(kafka_setting
     assert len(runs) == 2 and runs[0].topic_prefix != runs[1].topic_prefix
     for output, run in zip(outputs, runs, strict=True):
         assert output.startswith(f"starting fresh: demo run {run.run_id}")
-        served = served_versions(kafka_settings, run)
-        print(f"demo run {run.run_id} served {dict(served)}")
+        shown = impressions(kafka_settings, run)
+        served = Counter(impression.model_version for impression in shown)
+        routes = Counter(impression.route for impression in shown)
+        print(f"demo run {run.run_id} served {dict(served)} on {dict(routes)}")
         assert set(served) - {"v0"}, f"run {run.run_id} served only {dict(served)}"
+        assert routes["recommend"] and routes["search"], routes  # the simulated shoppers search too
+        assert all(i.query for i in shown if i.route == "search")
 
 
 def test_a_new_run_removes_the_topics_and_state_of_runs_before_the_previous_one(kafka_settings):

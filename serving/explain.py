@@ -39,6 +39,7 @@ the shopper's history therefore removes the term the explanation names, which is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import math
@@ -133,6 +134,44 @@ def with_calibrated_confidence(explanation: Explanation, policy: ExplanationPoli
 _COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
 
+#: Every subset of :data:`TERMS` (a keep-flag per term), in ``itertools.product`` order.
+_SUBSETS = tuple(itertools.product((False, True), repeat=len(TERMS)))
+
+
+def _shapley_coefficients(n: int) -> np.ndarray:
+    """``[2**n, n]``: Shapley value ``i`` of a game is ``values @ C[:, i]`` over the subsets in product order —
+    each subset ``S`` enters with ``+|S|-1! (n-|S|)! / n!`` where it holds ``i`` and ``-|S|! (n-|S|-1)! / n!``
+    where it does not."""
+    out = np.zeros((2**n, n))
+    for s, mask in enumerate(itertools.product((False, True), repeat=n)):
+        size = sum(mask)
+        for i in range(n):
+            if mask[i]:
+                out[s, i] = math.factorial(size - 1) * math.factorial(n - size) / math.factorial(n)
+            else:
+                out[s, i] = -math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+    return out
+
+
+_SHAPLEY = _shapley_coefficients(len(TERMS))
+
+
+@functools.lru_cache(maxsize=2 ** len(TERMS))
+def _variant_masks(present: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep-masks of the head's inputs for every subset of the ``present`` terms: ``[V, F]`` over the feature
+    columns and ``[V]`` for the cosine (0 where the subset removes the term)."""
+    kept = np.array(list(itertools.product((False, True), repeat=len(present))), dtype=bool).reshape(-1, len(present))
+    columns = np.ones((len(kept), len(FEATURE_NAMES)), dtype=np.float32)
+    text = np.ones(len(kept), dtype=np.float32)
+    for j, t in enumerate(present):
+        removed = ~kept[:, j]
+        if TERMS[t] == "text":
+            text[removed] = 0.0
+        else:
+            columns[np.ix_(removed, [_COLUMN[c] for c in TERM_COLUMNS[TERMS[t]]])] = 0.0
+    return torch.from_numpy(columns), torch.from_numpy(text)
+
+
 @torch.inference_mode()
 def term_values(head: FusionHead, features: np.ndarray, cosine: np.ndarray) -> dict[tuple[bool, ...], np.ndarray]:
     """The head's scores ``[k]`` with every subset of the terms kept (keyed by a flag per term of :data:`TERMS`); a
@@ -143,22 +182,13 @@ def term_values(head: FusionHead, features: np.ndarray, cosine: np.ndarray) -> d
     """
     feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
     cos = torch.as_tensor(np.asarray(cosine, dtype=np.float32))
-    present = [t for t, term in enumerate(TERMS)
-               if bool(cos.any() if term == "text" else feats[:, [_COLUMN[c] for c in TERM_COLUMNS[term]]].any())]
-    kept = list(itertools.product((False, True), repeat=len(present)))
-    variants_f = feats.repeat(len(kept), 1, 1)  # [variant, k, F]
-    variants_c = cos.repeat(len(kept), 1)
-    for v, mask in enumerate(kept):
-        for t, keep in zip(present, mask, strict=True):
-            if keep:
-                continue
-            if TERMS[t] == "text":
-                variants_c[v] = 0.0
-            else:
-                variants_f[v][:, [_COLUMN[c] for c in TERM_COLUMNS[TERMS[t]]]] = 0.0
-    scores = dict(zip(kept, head(variants_f, variants_c).numpy().astype(np.float64), strict=True))
-    return {mask: scores[tuple(mask[t] for t in present)]
-            for mask in itertools.product((False, True), repeat=len(TERMS))}
+    present = tuple(t for t, term in enumerate(TERMS)
+                    if bool(cos.any() if term == "text" else feats[:, [_COLUMN[c] for c in TERM_COLUMNS[term]]].any()))
+    columns, text = _variant_masks(present)
+    scores = head(feats.unsqueeze(0) * columns.unsqueeze(1), cos.unsqueeze(0) * text.unsqueeze(1))
+    evaluated = dict(zip(itertools.product((False, True), repeat=len(present)), scores.numpy().astype(np.float64),
+                         strict=True))
+    return {mask: evaluated[tuple(mask[t] for t in present)] for mask in _SUBSETS}
 
 
 def occlusions(values: dict[tuple[bool, ...], np.ndarray]) -> np.ndarray:
@@ -170,18 +200,15 @@ def occlusions(values: dict[tuple[bool, ...], np.ndarray]) -> np.ndarray:
 
 def shapley(values: dict[tuple[bool, ...], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Exact Shapley values of the terms ``[k, len(TERMS)]`` and the score with every term removed ``[k]``:
-    ``baseline + values.sum(1)`` is the score."""
-    n = len(TERMS)
-    nothing = (False,) * n
-    out = np.zeros((len(values[nothing]), n))
-    for i in range(n):
-        for mask, without_i in values.items():
-            if mask[i]:
-                continue
-            size = sum(mask)
-            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
-            out[:, i] += weight * (values[mask[:i] + (True,) + mask[i + 1:]] - without_i)
-    return out, values[nothing]
+    ``baseline + values.sum(1)`` is the score.
+
+    >>> values = {mask: np.array([2.0 * mask[0] + 1.0 * mask[0] * mask[1]]) for mask in _SUBSETS}
+    >>> shares, baseline = shapley(values)
+    >>> (shares.round(3) + 0.0).tolist(), baseline.tolist()
+    ([[2.5, 0.5, 0.0, 0.0, 0.0, 0.0]], [0.0])
+    """
+    table = np.stack([values[mask] for mask in _SUBSETS], axis=1)  # [k, subsets]
+    return table @ _SHAPLEY, values[(False,) * len(TERMS)]
 
 
 def term_contributions(head: FusionHead, features: np.ndarray, cosine: np.ndarray) -> np.ndarray:

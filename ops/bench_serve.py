@@ -151,10 +151,42 @@ async def load(url: str, users: list[str], *, concurrency: int, duration_s: floa
             "load_average": [round(load_before, 2), round(load_after, 2)]}
 
 
+def wait_all_ready(url: str, processes: int, server: ChildProcess, timeout_s: float = 600.0) -> dict:
+    """Ask /healthz on new connections until ``processes`` different processes said they serve."""
+    import httpx
+
+    ready: dict[int, dict] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(ready) < processes:
+        if time.monotonic() > deadline or not server.alive:
+            raise RuntimeError(f"{len(ready)} of {processes} serving processes ready:\n{server.log_tail()}")
+        try:
+            health = httpx.get(f"{url}/healthz", timeout=5).json()
+        except httpx.HTTPError:
+            time.sleep(0.2)
+            continue
+        if health.get("status") == "ok":
+            ready[health["pid"]] = health
+    return next(iter(ready.values()))
+
+
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds a process and its live descendants have used so far (Linux): the serving
+    processes of ``recloop serve --processes N`` are children of the one started."""
+    stats: dict[int, list[str]] = {}
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stats[int(path.parent.name)] = path.read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, fields in stats.items() if int(fields[1]) == parent and p not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    ticks = sum(int(stats[p][11]) + int(stats[p][12]) for p in tree if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _metric(text: str, name: str) -> float:
@@ -164,7 +196,7 @@ def _metric(text: str, name: str) -> float:
 
 def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, concurrency: int = 8,
                     swap_every_s: float = 1.0, interactions: int = 100_000, tiny: bool = False,
-                    route: str = "recommend") -> dict:
+                    route: str = "recommend", processes: int = 1) -> dict:
     import httpx
 
     torch.set_num_threads(1)
@@ -200,7 +232,7 @@ def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, c
 
     asyncio.run(first())
     port = free_port()
-    args = ["serve", "--port", str(port)] + (["--tiny"] if tiny else [])
+    args = ["serve", "--port", str(port), "--processes", str(processes)] + (["--tiny"] if tiny else [])
     server = ChildProcess(args, recloop_env(settings, RECLOOP_ADAPTER_KEY=KEY,
                                       RECLOOP_LOG_LEVEL=os.environ.get("RECLOOP_LOG_LEVEL", "WARNING")),
                           home / "serve.log").start()
@@ -208,6 +240,8 @@ def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, c
     try:
         boot_started = time.perf_counter()
         health = wait_json(f"{url}/healthz", server, timeout_s=600)
+        if processes > 1:  # every process has booted once connections to the port reach them all
+            health = wait_all_ready(url, processes, server)
         boot_s = time.perf_counter() - boot_started
         swaps_before = health["swaps"]
         result = asyncio.run(load(url, users, concurrency=concurrency, duration_s=duration_s, settings=settings,
@@ -222,8 +256,8 @@ def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, c
     build_sum = _metric(metrics, 'recloop_serving_state_build_seconds_sum{cause="adapter"}')
     targets = ({"p50_ms": 30, "p99_ms": 100, "errors": 0} if route == "search"
                else {"p50_ms": 20, "p99_ms": 60, "rps": 400, "errors": 0, "swap_apply_ms": 50})
-    return {"bench": "serve", "route": route, "queries": len(set(queries or ())), "base": base.name,
-            "items": health["items"], "interactions": len(events),
+    return {"bench": "serve", "route": route, "processes": processes, "queries": len(set(queries or ())),
+            "base": base.name, "items": health["items"], "interactions": len(events),
             "concurrency": concurrency, "duration_s": duration_s, "k": 10,
             **{k: result[k] for k in ("p50_ms", "p99_ms", "mean_ms", "rps", "requests", "errors")},
             "swaps": health["swaps"] - swaps_before, "published": factory.published - 1,

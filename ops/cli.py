@@ -229,13 +229,16 @@ def serve(
     model_dir: Annotated[Path | None, typer.Option(
         help="HF model directory of the base (default $RECLOOP_BASE_MODEL_DIR or the bundled MiniLM)")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Serve the seeded tiny BERT (tests, quick benchmarks)")] = False,
+    processes: Annotated[int | None, typer.Option(
+        min=1, max=64, help="Serving processes sharing the port, e.g. one per core (default 1)")] = None,
 ) -> None:
-    """Run a serving worker: /recommend, /feedback, /healthz, /metrics; hot-swaps published adapters."""
+    """Run a serving worker: /recommend, /search, /similar, /feedback, /healthz, /metrics; hot-swaps published
+    adapters."""
     from serving.app import run_server
     from serving.settings import ServingConfigError, ServingSettings
 
     logs.configure()
-    options = {"port": port, "host": host, "model_dir": model_dir, "tiny": tiny or None}
+    options = {"port": port, "host": host, "model_dir": model_dir, "tiny": tiny or None, "processes": processes}
     overrides = {name: value for name, value in options.items() if value is not None}
     try:
         settings = ServingSettings(**overrides)
@@ -492,6 +495,7 @@ def bench_serve(
     interactions: Annotated[int, typer.Option(min=1000, help="Most recent purchases the worker learns")] = 100_000,
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny BERT instead of MiniLM (quick check)")] = False,
     route: Annotated[str, typer.Option(help="The route the clients ask: recommend or search")] = "recommend",
+    processes: Annotated[int, typer.Option(min=1, max=64, help="Serving processes sharing the port")] = 1,
 ) -> None:
     """/recommend (or /search) k=10 latency over the whole catalogue while a new adapter is swapped in every
     second."""
@@ -503,7 +507,7 @@ def bench_serve(
     settings = KafkaSettings()
     ensure_broker(settings)
     result = run_bench_serve(settings, duration_s=duration, concurrency=concurrency, swap_every_s=swap_every,
-                             interactions=interactions, tiny=tiny, route=route)
+                             interactions=interactions, tiny=tiny, route=route, processes=processes)
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(result))
 

@@ -13,6 +13,7 @@ Module map: :mod:`serving.recommender` ranks and explains, :mod:`serving.state` 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable
 from contextlib import asynccontextmanager
@@ -210,14 +211,37 @@ def jsonable_errors(errors: Any) -> Any:
 
 
 def run_server(settings: ServingSettings, kafka: KafkaSettings) -> None:
-    """Load the base, build the worker and serve HTTP until SIGINT/SIGTERM."""
-    import torch
+    """Load the base, build the worker and serve HTTP until SIGINT/SIGTERM; with ``settings.processes`` > 1,
+    that many worker processes share the port (uvicorn's workers: the kernel spreads connections over them),
+    each a whole serving worker that follows the topics and swaps versions on its own."""
     import uvicorn
 
-    torch.set_num_threads(1)  # requests are small; the cores are shared with the stream worker
     settings.signing_key()  # fail before loading anything when the key is missing
-    worker = ServingWorker(settings, load_serving_base(settings), kafka)
+    if settings.processes > 1:
+        os.environ.update(settings.environment())  # the processes build the same settings from the environment
+        log.info("serving on http://%s:%d with %d processes (topics %s.*)", settings.host, settings.port,
+                 settings.processes, kafka.topic_prefix)
+        uvicorn.run("serving.app:app_from_environment", factory=True, workers=settings.processes,
+                    host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+                    lifespan="on")
+        return
+    worker = serving_worker(settings, kafka)
     log.info("serving on http://%s:%d (topics %s.*, base %s)", settings.host, settings.port, kafka.topic_prefix,
              worker.builder.base.name)
     uvicorn.run(create_app(worker), host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False, lifespan="on")
+
+
+def serving_worker(settings: ServingSettings, kafka: KafkaSettings) -> ServingWorker:
+    import torch
+
+    torch.set_num_threads(1)  # requests are small; the cores are shared with the stream worker and each other
+    return ServingWorker(settings, load_serving_base(settings), kafka)
+
+
+def app_from_environment() -> FastAPI:
+    """One serving process of ``recloop serve --processes N``: its settings from the environment."""
+    from ops import logs
+
+    logs.configure()
+    return create_app(serving_worker(ServingSettings(), KafkaSettings()))

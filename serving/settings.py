@@ -58,6 +58,20 @@ class ServingSettings(BaseSettings):
     #: How long start-up may spend catching up with the catalogue and interactions before serving.
     catch_up_timeout_s: float = Field(default=300.0, gt=0)
     log_level: str = "info"
+    #: Serving processes sharing the port (one per core is the most a machine uses); each follows the topics.
+    processes: int = Field(default=1, ge=1, le=64)
+
+    def environment(self) -> dict[str, str]:
+        """The ``RECLOOP_SERVE_*`` variables that give a child process these settings (the key stays in the
+        environment it came from, never copied here)."""
+        out = {f"RECLOOP_SERVE_{name.upper()}": str(getattr(self, name)) for name in (
+            "host", "port", "tiny", "default_k", "max_history", "inline_scoring_ms", "max_pending_impressions",
+            "catalogue_refresh_s", "catch_up_timeout_s", "log_level")}
+        if self.model_dir is not None:
+            out["RECLOOP_SERVE_MODEL_DIR"] = str(self.model_dir)
+        out["RECLOOP_SERVE_DEMO"] = str(self.demo)
+        out["RECLOOP_BASKET_LATENESS_S"] = str(self.basket_lateness_s)
+        return out
 
     def signing_key(self) -> bytes:
         """The adapter key, the demo key in demo mode, or a :class:`ServingConfigError` that says what to set."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -168,7 +169,8 @@ class ServingWorker:
 
     def health(self) -> dict[str, Any]:
         state = self.holder.current
-        return {"status": "ok" if self.ready else "starting", "model_version": state.version if state else None,
+        return {"status": "ok" if self.ready else "starting", "pid": os.getpid(),
+                "model_version": state.version if state else None,
                 "items": state.n_items if state else 0, "swaps": self.metrics.swap_count,
                 "rejected_updates": self.metrics.rejected_count,
                 "policy_version": self.policies.version, "policy_swaps": self.metrics.policy_swap_count,

@@ -32,6 +32,10 @@ signal             one value per …                            detector      wh
                                                                             (items drawn at random) makes it
                                                                             rise ("poisoned stream",
                                                                             docs/operations.md)
+``query``          search impression: −log p(query) under     PageHinkley   the same for what shoppers
+                   the running query frequencies                            search for: a new campaign's
+                                                                            queries, a scraper's, a
+                                                                            broken search box
 ================== ========================================== ============= ===========================
 
 Detection delays on seeded streams are pinned by golden tests (``tests/unit/test_drift.py``) and
@@ -108,6 +112,10 @@ def default_signals(seed: int = 0) -> tuple[SignalSpec, ...]:
         # Same tuning as the category mix; on the bundled data's 6,000 baskets after warm-up: no alarm, while
         # 400 baskets of one bot-hammered item alarm after 36 and 400 of random items after 23.
         SignalSpec("item", "page_hinkley", partial(_page_hinkley, delta=0.1, threshold=50.0)),
+        # The query mix of search impressions: a search's surprise varies more than a basket's mean (one query,
+        # not eight items), so the smallest shift worth a look is 0.2 nats; with 0.1, 9 of 30 stationary
+        # 4,000-search streams alarmed, with 0.2 none (docs/operations.md, "Delays").
+        SignalSpec("query", "page_hinkley", partial(_page_hinkley, delta=0.2, threshold=50.0)),
     )
 
 

@@ -595,6 +595,15 @@ class _OpenBasket:
                 "miss@10": mean(self.misses, self.evaluated)}
 
 
+def normalised_query(query: str) -> str:
+    """A search query as the query mix counts it: lower case, single spaces.
+
+    >>> normalised_query("  Lunch   BAG ")
+    'lunch bag'
+    """
+    return " ".join(query.lower().split())
+
+
 class OnlineMonitor:
     """Metrics, drift detectors and the explanation bandit, fed by the worker's accepted records.
 
@@ -648,6 +657,7 @@ class OnlineMonitor:
         self.items: set[str] = set()
         self.category_surprise = Surprise()
         self.item_surprise = Surprise()
+        self.query_surprise = Surprise()
         self.alarms: dict[tuple[str, str], int] = {}
         self._baskets: OrderedDict[tuple[str, float], _OpenBasket] = OrderedDict()
         self._event_time = -math.inf
@@ -704,8 +714,14 @@ class OnlineMonitor:
         return alarms
 
     def learn_impression(self, impression: Impression) -> list[DriftAlarm]:
+        """Open an impression for the joins; a ``/recommend`` list feeds the ``score`` signal (the other routes'
+        scores are on other scales), a search its ``query`` (the query mix)."""
         self.served.show(impression)
         if not self.evaluator.show(impression) or not impression.items:
+            return []
+        if impression.route == "search":
+            return self._alarms({"query": self.query_surprise.learn_one(normalised_query(impression.query or ""))})
+        if impression.route != "recommend":
             return []
         return self._alarms({"score": max(item.score for item in impression.items)})
 

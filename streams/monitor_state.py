@@ -45,7 +45,8 @@ from streams.records import DriftAlarm, ExplanationFeedback, Impression, Interac
 log = logging.getLogger(__name__)
 
 #: Version of the checkpoint's layout; another version is not read.
-FORMAT = 4  # 2: classic metrics (accuracy, precision, recall, F1); 3: reliability (calibration) windows; 4: item mix
+FORMAT = 5  # 2: classic metrics (accuracy, precision, recall, F1); 3: reliability (calibration) windows; 4: item mix
+# 5: query mix
 #: The checkpoint's file name in the worker's state directory.
 FILE_NAME = "monitor.pickle"
 

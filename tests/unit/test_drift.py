@@ -21,6 +21,8 @@ N, SHIFT, SEED = 2000, 1000, 42
 CATEGORIES = "abcdefgh"
 ITEMS = [f"item-{k}" for k in range(200)]
 ZIPF = [1 / (k + 1) for k in range(len(ITEMS))]
+QUERIES = [f"product type {k}" for k in range(60)]
+QUERY_ZIPF = [1 / (k + 1) for k in range(len(QUERIES))]
 
 
 def value(signal: str, rng: random.Random, i: int, shifted: bool, surprise: Surprise) -> float:
@@ -39,6 +41,10 @@ def value(signal: str, rng: random.Random, i: int, shifted: bool, surprise: Surp
         if after and rng.random() < 0.3:
             return surprise.learn_one("bot-item")
         return sum(surprise.learn_one(item) for item in rng.choices(ITEMS, weights=ZIPF, k=8)) / 8
+    if signal == "query":  # Zipf product-type queries; then a campaign's query is 30 % of the searches
+        if after and rng.random() < 0.3:
+            return surprise.learn_one("advent calendar")
+        return surprise.learn_one(rng.choices(QUERIES, weights=QUERY_ZIPF)[0])
     weights = [1 / (k + 1) for k in range(len(CATEGORIES))]  # Zipf category mix, reversed after the shift
     return surprise.learn_one(rng.choices(CATEGORIES, weights=weights[::-1] if after else weights)[0])
 
@@ -48,6 +54,9 @@ def alarms(signal: str, *, shifted: bool, seed: int = SEED) -> list[tuple[int, s
     if signal == "item":  # the worker's monitor watches the item mix only after its warm-up baskets
         for item in rng.choices(ITEMS, weights=ZIPF, k=2000):
             surprise.learn_one(item)
+    if signal == "query":  # a shop that has been searched before
+        for query in rng.choices(QUERIES, weights=QUERY_ZIPF, k=2000):
+            surprise.learn_one(query)
     out = []
     for i in range(N):
         raised = monitor.update({signal: value(signal, rng, i, shifted, surprise)}, ts=1.7e9 + i)
@@ -64,6 +73,7 @@ GOLDEN = {
     "price": ("page_hinkley", [(1186, "warning")]),
     "category": ("page_hinkley", [(1096, "warning")]),
     "item": ("page_hinkley", [(1058, "critical")]),
+    "query": ("page_hinkley", [(1028, "warning")]),
 }
 
 
@@ -136,3 +146,16 @@ def test_new_user_and_new_item_signals_wait_for_the_warm_up():
         monitor.learn_interaction(Interaction(f"e{b}", f"u{b}", "i0", "purchase", 1.3e9 + b, price=1.0))
     monitor.flush()
     assert monitor.drift.seen("new_user") == 2 and monitor.drift.seen("price") == 4
+
+
+def test_search_impressions_feed_the_query_mix_and_never_the_score_signal():
+    from streams.records import Impression, RecommendedItem
+
+    monitor = OnlineMonitor(PrequentialEvaluator(), warmup_baskets=0)
+    shown = (RecommendedItem("i1", 3.5),)
+    monitor.learn_impression(Impression("r1", "u1", 1.3e9, "v1", shown, source="search", query="Lunch  Bag"))
+    monitor.learn_impression(Impression("r2", "u1", 1.3e9, "v1", shown, source="similar", page_item_id="i0"))
+    assert monitor.drift.seen("query") == 1 and monitor.drift.seen("score") == 0
+    assert monitor.query_surprise.counts == {"lunch bag": 1}
+    monitor.learn_impression(Impression("r3", "u1", 1.3e9, "v1", shown))
+    assert monitor.drift.seen("score") == 1

@@ -12,6 +12,10 @@ With ``route="search"`` the clients ask ``/search?q=&user_id=&k=10`` instead, ``
 product types (the last word of a title that at least 20 titles share, as ``recloop eval --search`` asks),
 two words in one query of four (a colour or material before it).
 
+``boot_s`` is how long the serving worker took to serve after its start, reading the whole history from the
+topics; then it is stopped, and ``boot_from_snapshot_s`` is the same for a restart, which reads the snapshot the
+first one left (:mod:`serving.snapshot`) and only the tail of the topics.
+
 ``swap_apply_ms`` is the longest swap the worker performed (the reference assignment);
 ``swap_build_ms`` the mean time it spent building a version off to the side (decode, verify,
 map shipped vectors) — the part that must not block requests, and doesn't, as p99 shows.
@@ -231,24 +235,33 @@ def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, c
             await producer.stop()
 
     asyncio.run(first())
-    port = free_port()
-    args = ["serve", "--port", str(port), "--processes", str(processes)] + (["--tiny"] if tiny else [])
-    server = ChildProcess(args, recloop_env(settings, RECLOOP_ADAPTER_KEY=KEY,
-                                      RECLOOP_LOG_LEVEL=os.environ.get("RECLOOP_LOG_LEVEL", "WARNING")),
-                          home / "serve.log").start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        boot_started = time.perf_counter()
+    env = recloop_env(settings, RECLOOP_ADAPTER_KEY=KEY, RECLOOP_LOG_LEVEL=os.environ.get("RECLOOP_LOG_LEVEL",
+                                                                                            "WARNING"))
+
+    def start(name: str) -> tuple[ChildProcess, str, float, dict]:
+        """A serving worker, and the seconds until it (every process of it) serves."""
+        port = free_port()
+        args = ["serve", "--port", str(port), "--processes", str(processes)] + (["--tiny"] if tiny else [])
+        started = time.perf_counter()
+        server = ChildProcess(args, env, home / f"{name}.log").start()
+        url = f"http://127.0.0.1:{port}"
         health = wait_json(f"{url}/healthz", server, timeout_s=600)
         if processes > 1:  # every process has booted once connections to the port reach them all
             health = wait_all_ready(url, processes, server)
-        boot_s = time.perf_counter() - boot_started
+        return server, url, time.perf_counter() - started, health
+
+    server, url, boot_s, health = start("serve")
+    try:
         swaps_before = health["swaps"]
         result = asyncio.run(load(url, users, concurrency=concurrency, duration_s=duration_s, settings=settings,
                                   factory=factory, swap_every_s=swap_every_s, server_pid=server.process.pid,
                                   route=route, queries=queries))
         health = httpx.get(f"{url}/healthz", timeout=10).json()
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        server.stop()  # graceful: it leaves its snapshot (serving.snapshot) for the restart
+        server, _, restart_s, restarted = start("restart")
+        if not restarted.get("booted_from_snapshot"):
+            raise RuntimeError(f"the restarted serving worker did not boot from its snapshot: {restarted}")
     finally:
         server.stop()
         delete_topics(settings)
@@ -264,7 +277,9 @@ def run_bench_serve(base_settings: KafkaSettings, *, duration_s: float = 30.0, c
             "swap_apply_ms": round(health["max_swap_apply_ms"], 4),
             "swap_build_ms": round(build_sum / builds * 1000, 1) if builds else None,
             "versions_seen_by_clients": result["versions_seen_by_clients"],
-            "rejected_updates": health["rejected_updates"], "boot_s": round(boot_s, 1),
+            "rejected_updates": health["rejected_updates"],
+            # from the topics' beginning, then a restart from the snapshot the first left at its stop
+            "boot_s": round(boot_s, 1), "boot_from_snapshot_s": round(restart_s, 1),
             "server_cpu_ms_per_request": result["server_cpu_ms_per_request"],
             "load_average": result["load_average"], "cpus": os.cpu_count(),
             "item_encode_s": round(encode_s, 1), "error_examples": result["error_examples"],

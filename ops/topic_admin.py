@@ -94,7 +94,11 @@ def fresh_run_topics(base: KafkaSettings, stem: str) -> KafkaSettings:
 def delete_topics(settings: KafkaSettings, *, app_id: str | None = None) -> None:
     """Delete every topic under ``settings.topic_prefix`` and, given a worker's Faust ``app_id``, its internal
     topics (table changelogs, repartition topics), best effort: benchmarks and demo runs clean up after
-    themselves (a MiniLM run leaves megabytes of adapters per version on the broker otherwise)."""
+    themselves (a MiniLM run leaves megabytes of adapters per version on the broker otherwise). The serving
+    snapshot of those topics goes with them (:mod:`serving.snapshot`: a hundred megabytes on the full history)."""
+    from serving.snapshot import snapshot_path
+
+    snapshot_path(settings.home, settings.topic_prefix).unlink(missing_ok=True)
     try:
         admin = admin_client(settings)
         try:

@@ -183,6 +183,9 @@ class HistoryFollower:
     """Feeds every catalog, interaction and explanation-feedback message to :class:`LiveBehaviour`, from the
     beginning, forever.
 
+    It starts from the positions of a snapshot when it is given one (:mod:`serving.snapshot`), and a restarted
+    run resumes where the last one stopped.
+
     Partitions are read in turns of at most ``chunk`` records each. aiokafka's ``getmany`` drains one
     partition's fetched records before the next, so a catch-up would otherwise learn runs of thousands of
     records of one partition — days of its event time — while the others are silent, and a partition left
@@ -190,12 +193,16 @@ class HistoryFollower:
     assembly"). Small turns keep the partitions interleaved as the learner sees them.
     """
 
-    def __init__(self, kafka: KafkaSettings, live: LiveBehaviour, *, chunk: int = 50) -> None:
+    def __init__(self, kafka: KafkaSettings, live: LiveBehaviour, *, chunk: int = 50,
+                 positions: dict[tuple[str, int], int] | None = None) -> None:
         self.kafka = kafka
         self.live = live
         self.chunk = chunk
         self.caught_up = asyncio.Event()
         self._names = {kafka.topic(spec.name): spec.name for spec in (CATALOG, INTERACTIONS, EXPLANATION_FEEDBACK)}
+        #: (topic, partition) -> offset of the next message to learn: where ``live`` stands (a snapshot's
+        #: positions at boot; a restarted follower resumes there instead of learning anything twice)
+        self.positions: dict[tuple[str, int], int] = dict(positions or {})
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(*self._names, **self.kafka.aiokafka_options(), group_id=None,
@@ -230,13 +237,20 @@ class HistoryFollower:
             name = self._names[tp.topic]
             for message in messages:
                 self.live.apply(name, message.key, message.value, message.partition)
+            if messages:
+                self.positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
             n += len(messages)
         return n
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        """Wait until every partition of the followed topics is assigned (group-less: all of them), then rewind."""
+        """Wait until every partition of the followed topics is assigned (group-less: all of them), then seek each
+        to where :attr:`positions` says ``live`` stands (the beginning where it says nothing)."""
         partitions = await wait_for_assignment(consumer, set(self._names))
         await consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            position = self.positions.get((tp.topic, tp.partition))
+            if position is not None:
+                consumer.seek(tp, position)
         return partitions
 
     def _mark_caught_up(self) -> None:

@@ -58,6 +58,9 @@ class ServingSettings(BaseSettings):
     #: How long start-up may spend catching up with the catalogue and interactions before serving.
     catch_up_timeout_s: float = Field(default=300.0, gt=0)
     log_level: str = "info"
+    #: How often the worker snapshots its behaviour state for a fast restart (serving.snapshot); 0: never, and
+    #: boot reads the topics from the beginning.
+    snapshot_every_s: float = Field(default=120.0, ge=0)
     #: Serving processes sharing the port (one per core is the most a machine uses); each follows the topics.
     processes: int = Field(default=1, ge=1, le=64)
 
@@ -66,7 +69,7 @@ class ServingSettings(BaseSettings):
         environment it came from, never copied here)."""
         out = {f"RECLOOP_SERVE_{name.upper()}": str(getattr(self, name)) for name in (
             "host", "port", "tiny", "default_k", "max_history", "inline_scoring_ms", "max_pending_impressions",
-            "catalogue_refresh_s", "catch_up_timeout_s", "log_level")}
+            "catalogue_refresh_s", "catch_up_timeout_s", "log_level", "snapshot_every_s")}
         if self.model_dir is not None:
             out["RECLOOP_SERVE_MODEL_DIR"] = str(self.model_dir)
         out["RECLOOP_SERVE_DEMO"] = str(self.demo)

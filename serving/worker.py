@@ -27,6 +27,7 @@ from serving.publishing import ImpressionLog, KafkaPublisher, MemoryPublisher, P
 from serving.recommender import NO_FILTERS, Recommendation, Recommender
 from serving.settings import ServingSettings
 from serving.similar import explain_neighbour, similar_items
+from serving.snapshot import ServingSnapshot, capture, read_snapshot, snapshot_path, write_snapshot
 from serving.state import ServingState, StateBuilder, StateHolder
 from serving.updates import StateUpdater, UpdateFollower
 from streams.records import ExplanationFeedback, encode
@@ -53,7 +54,12 @@ class ServingWorker:
         self.kafka = kafka
         self.key = settings.signing_key()
         self.metrics = ServingMetrics()
-        self.live = live if live is not None else LiveBehaviour(RichFeatures(lateness_s=settings.basket_lateness_s))
+        restored = self._restore(settings, kafka) if live is None else None
+        if live is None:
+            live = restored.live if restored is not None else LiveBehaviour(
+                RichFeatures(lateness_s=settings.basket_lateness_s))
+        self.live = live
+        self.booted_from_snapshot = restored is not None
         self.holder = StateHolder()
         self.builder = StateBuilder(base)
         self.updater = StateUpdater(self.builder, self.holder, self.live, self.key, self.metrics)
@@ -62,11 +68,45 @@ class ServingWorker:
         self.publisher: Publisher = publisher or (KafkaPublisher(kafka) if kafka is not None else MemoryPublisher())
         self.impressions = ImpressionLog(self.publisher, self._topic(IMPRESSIONS.name), self.metrics,
                                          settings.max_pending_impressions)
-        self.history = HistoryFollower(kafka, self.live) if kafka is not None else None
+        self.history = (HistoryFollower(kafka, self.live, positions=restored.positions if restored else None)
+                        if kafka is not None else None)
         self.updates = UpdateFollower(kafka, self.updater) if kafka is not None else None
         self.policy_follower = PolicyFollower(kafka, self.policies) if kafka is not None else None
         self._tasks: list[asyncio.Task] = []
+        self._snapshot_marker: tuple | None = None
         self.started = time.time()
+
+    @staticmethod
+    def _restore(settings: ServingSettings, kafka: KafkaSettings | None) -> ServingSnapshot | None:
+        if kafka is None or settings.snapshot_every_s <= 0:
+            return None
+        return read_snapshot(snapshot_path(kafka.home, kafka.topic_prefix), kafka.topic_prefix)
+
+    async def keep_snapshots(self, every_s: float) -> None:
+        """Snapshot the behaviour state every ``every_s`` seconds while it changes (:mod:`serving.snapshot`)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.save_snapshot()
+            except Exception:
+                log.exception("serving snapshot failed; retrying in %.0fs", every_s)
+
+    async def save_snapshot(self) -> int:
+        """Capture the state and its positions (on the loop, so they agree) and write them (in a thread); the
+        size in bytes, 0 when nothing changed since the last one."""
+        if self.history is None or self.kafka is None:
+            return 0
+        marker = (sum(self.live.counts.values()), self.live.generation, tuple(sorted(self.history.positions.items())))
+        if marker == self._snapshot_marker:
+            return 0
+        started = time.perf_counter()
+        data = capture(ServingSnapshot(self.kafka.topic_prefix, dict(self.history.positions), self.live))
+        captured_ms = (time.perf_counter() - started) * 1000
+        size = await asyncio.to_thread(write_snapshot, snapshot_path(self.kafka.home, self.kafka.topic_prefix), data)
+        self._snapshot_marker = marker
+        log.info("serving snapshot bytes=%d capture_ms=%.0f total_ms=%.0f", size, captured_ms,
+                 (time.perf_counter() - started) * 1000)
+        return size
 
     def _topic(self, name: str) -> str:
         return self.kafka.topic(name) if self.kafka is not None else f"recloop.{name}"
@@ -82,6 +122,8 @@ class ServingWorker:
         if self.policy_follower is not None:
             self._tasks.append(asyncio.create_task(_forever("explanation-policy", self.policy_follower.run)))
         self._tasks.append(asyncio.create_task(self.updater.keep_catalogue_current(self.settings.catalogue_refresh_s)))
+        if self.history is not None and self.settings.snapshot_every_s > 0:
+            self._tasks.append(asyncio.create_task(self.keep_snapshots(self.settings.snapshot_every_s)))
 
     async def _boot_then_follow(self) -> None:
         try:
@@ -97,6 +139,11 @@ class ServingWorker:
         for task in self._tasks:
             with suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.settings.snapshot_every_s > 0:
+            try:  # a graceful stop leaves the freshest snapshot behind: the next boot reads only the tail
+                await self.save_snapshot()
+            except Exception:
+                log.exception("serving snapshot at stop failed")
         await self.impressions.drain()
         if isinstance(self.publisher, KafkaPublisher):
             await self.publisher.stop()
@@ -178,7 +225,7 @@ class ServingWorker:
                 "last_swap_apply_ms": self.metrics.last_swap_apply_ms,
                 "max_swap_apply_ms": self.metrics.max_swap_apply_ms,
                 "scoring_ms": round(self.recommender.scoring_ms, 3), "counts": dict(self.live.counts),
-                "uptime_s": round(time.time() - self.started, 1)}
+                "booted_from_snapshot": self.booted_from_snapshot, "uptime_s": round(time.time() - self.started, 1)}
 
 
 async def _forever(name: str, run: Callable[[], Awaitable[None]], retry_s: float = 2.0) -> None:

@@ -65,7 +65,7 @@ VisitTime = Annotated[float | None, Query(ge=MIN_TS, le=MAX_TS, allow_inf_nan=Fa
     "does next in replays too; default: now"))]
 
 
-def request_filters(
+async def request_filters(
     category: Annotated[str | None, Query(min_length=1, max_length=256, description=(
         "Only items of this catalogue category (exact, case-insensitive); an unknown category is a 422"))] = None,
     price_min: Annotated[float | None, Query(ge=0, allow_inf_nan=False, description=(
@@ -77,7 +77,8 @@ def request_filters(
         "Only items the catalogue says are available (`available: true`); items with `available: false` are "
         "never listed"))] = False,
 ) -> Filters:
-    """The business filters every list route takes (:mod:`serving.filters`)."""
+    """The business filters every list route takes (:mod:`serving.filters`). ``async`` so that FastAPI calls it
+    on the event loop: a plain function dependency would cost every request a trip through a thread pool."""
     return Filters(category, price_min, price_max, exclude_purchased, in_stock)
 
 

@@ -46,13 +46,12 @@ VARIANTS = {"recloop": {}, "recloop_no_text": {"use_text": False}, "recloop_froz
 #: recloop's versions ranked with another new-item stage than serving's (:data:`serving.new_items.NEW_ITEM_SLATE`)
 SLATE_VIEWS = {
     "recloop_model_only": NO_SLATE,
-    "recloop_new_any": NewItemSlate(min_similarity=-1.0),
-    "recloop_new_p55": NewItemSlate(min_similarity=0.55),
-    "recloop_new_p65": NewItemSlate(min_similarity=0.65),
-    "recloop_new_p60_score": NewItemSlate(min_similarity=0.6, by="score"),
-    "recloop_new_n75": NewItemSlate(similarity="nearest", min_similarity=0.75),
-    "recloop_new_n80": NewItemSlate(similarity="nearest", min_similarity=0.8),
-    "recloop_new_n80_score": NewItemSlate(similarity="nearest", min_similarity=0.8, by="score"),
+    "recloop_new_1": NewItemSlate(slots=1),
+    "recloop_new_n75": NewItemSlate(min_similarity=0.75),
+    "recloop_new_n85": NewItemSlate(min_similarity=0.85),
+    "recloop_new_by_similarity": NewItemSlate(by="similarity"),
+    "recloop_new_profile_p70": NewItemSlate(similarity="profile", min_similarity=0.7),
+    "recloop_new_profile_p75": NewItemSlate(similarity="profile", min_similarity=0.75),
 }
 
 

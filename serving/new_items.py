@@ -24,8 +24,10 @@ import numpy as np
 #: How a new item's fit to the shopper is measured: the cosine to the shopper's text vector (the one the model
 #: scores with), or the cosine to the nearest item of their history.
 SIMILARITIES = ("profile", "nearest")
-#: What the new items that fit are ranked by: that similarity, or the model's score.
+#: What the new items that fit are ranked by: that similarity (then the model's score), or the model's score.
 RANK_KEYS = ("similarity", "score")
+#: Similarities closer than this rank as equal (then by the model's score): :func:`best_new`.
+SIMILARITY_STEP = 0.01
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,10 @@ class NewItemSlate:
     #: An item is new for this many days after its first sale (and while it was never sold).
     days: float = 14.0
     #: A new item takes a place only if its similarity to the shopper (:data:`SIMILARITIES`) is at least this.
-    min_similarity: float = 0.6
-    similarity: str = "profile"
+    min_similarity: float = 0.8
+    similarity: str = "nearest"
     #: What the new items that fit are ranked by (:data:`RANK_KEYS`).
-    by: str = "similarity"
+    by: str = "score"
 
     def __post_init__(self) -> None:
         if self.slots < 0 or self.days < 0:
@@ -92,10 +94,20 @@ def reserve_last(top: np.ndarray, top_is_new: np.ndarray, picks: np.ndarray) -> 
     return np.concatenate([np.delete(top, established[len(established) - len(picks):]), picks])
 
 
-def best_new(pool: np.ndarray, key: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` items of ``pool`` with the highest ``key`` (ties: the earlier item first), best first.
+def best_new(pool: np.ndarray, similarity: np.ndarray, score: np.ndarray, n: int, by: str = "similarity") -> np.ndarray:
+    """The ``n`` best items of ``pool``, best first: by ``similarity`` to :data:`SIMILARITY_STEP` then ``score``
+    (``by="similarity"``), or by ``score`` alone; remaining ties: the earlier item first.
 
-    >>> best_new(np.array([4, 2, 9]), np.array([0.1, 0.5, 0.5]), 2).tolist()
-    [2, 9]
+    Similarities are compared to a step because a serving worker and the evaluation may encode the catalogue in
+    different batches, whose vectors differ in the last digits: the order must not depend on that.
+
+    >>> pool, similarity, score = np.array([4, 2, 9]), np.array([0.8312, 0.8349, 0.91]), np.array([0.3, 0.1, -1.0])
+    >>> best_new(pool, similarity, score, 2).tolist(), best_new(pool, similarity, score, 3, by="score").tolist()
+    ([9, 4], [4, 2, 9])
     """
-    return pool[np.argsort(-np.asarray(key), kind="stable")[:n]]
+    score = np.asarray(score, dtype=np.float64)
+    if by == "score":
+        order = np.lexsort((-score,))
+    else:
+        order = np.lexsort((-score, -np.floor(np.asarray(similarity, dtype=np.float64) / SIMILARITY_STEP)))
+    return pool[order[:n]]

@@ -179,8 +179,9 @@ class ServingState:
         pool, similarity = pool[fits], similarity[fits]
         if not len(pool):
             return None
-        key = similarity if slate.by == "similarity" else self.head(feats[pool], cosine[pool])
-        return reserve_last(top, slate.is_new(ages[top]), best_new(pool.numpy(), key.numpy(), want))
+        score = self.head(feats[pool], cosine[pool])
+        picks = best_new(pool.numpy(), similarity.numpy(), score.numpy(), want, slate.by)
+        return reserve_last(top, slate.is_new(ages[top]), picks)
 
 
 @dataclass(frozen=True)

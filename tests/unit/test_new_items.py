@@ -19,6 +19,7 @@ from serving.state import CatalogueSnapshot, StateBuilder
 N = 42
 REPEAT, BOUGHT_BEFORE = FEATURE_NAMES.index("repeat"), FEATURE_NAMES.index("bought_before")
 NEW = (20, 21, 22, 23)  # first sold 3 days ago; 23 was bought by the shopper
+PROFILE = NewItemSlate(similarity="profile", min_similarity=0.6, by="similarity")
 
 
 def _unit(dim: int, parts: dict[int, float]) -> torch.Tensor:
@@ -30,7 +31,7 @@ def _unit(dim: int, parts: dict[int, float]) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def state(base):
-    """Items 0..9 lead on repeat (the model's top 10); new items 20, 21 are close to item 0 (cosine 0.9, 0.8),
+    """Items 0..9 lead on repeat (the model's top 10); new items 20, 21 are close to item 0 (cosine 0.9, 0.81),
     22 is close to item 1 only (0.7), 23 is the closest to item 0 but the shopper bought it; the rest are far."""
     snapshot = CatalogueSnapshot(tuple(f"ITEM {i}" for i in range(N)), np.ones(N, dtype=bool), 1)
     built = StateBuilder(base).build(None, snapshot)
@@ -38,7 +39,7 @@ def state(base):
     vectors = torch.stack([_unit(dim, {6 + i % (dim - 6): 1.0}) for i in range(N)])
     vectors[0], vectors[1] = _unit(dim, {0: 1.0}), _unit(dim, {1: 1.0})
     vectors[20] = _unit(dim, {0: 0.9, 2: math.sqrt(1 - 0.81)})
-    vectors[21] = _unit(dim, {0: 0.8, 3: 0.6})
+    vectors[21] = _unit(dim, {0: 0.81, 3: math.sqrt(1 - 0.81**2)})
     vectors[22] = _unit(dim, {0: 0.1, 1: 0.7, 4: math.sqrt(0.5)})
     vectors[23] = _unit(dim, {0: 0.95, 5: math.sqrt(1 - 0.9025)})
     return dataclasses.replace(built, item_vectors=vectors)
@@ -61,24 +62,31 @@ def served(state, features, slate=None, history=(0,), k=10) -> list[int]:
 
 def test_the_last_places_go_to_the_new_items_closest_to_the_shopper(state):
     assert served(state, rows(), NO_SLATE) == list(range(10))
-    assert served(state, rows()) == [*range(8), 20, 21]  # the default slate: 2 places, cosine >= 0.6
-    assert served(state, rows(), NewItemSlate(slots=1)) == [*range(9), 20]
-    assert served(state, rows(), NewItemSlate(min_similarity=0.85)) == [*range(9), 20]
-    assert served(state, rows(), NewItemSlate(min_similarity=0.95)) == list(range(10))
+    assert served(state, rows(), PROFILE) == [*range(8), 20, 21]
+    assert served(state, rows(), dataclasses.replace(PROFILE, slots=1)) == [*range(9), 20]
+    assert served(state, rows(), dataclasses.replace(PROFILE, min_similarity=0.85)) == [*range(9), 20]
+    assert served(state, rows(), dataclasses.replace(PROFILE, min_similarity=0.95)) == list(range(10))
+
+
+def test_the_default_slate_two_places_for_new_items_close_to_one_bought(state):
+    assert served(state, rows()) == [*range(8), 20, 21]  # cosines 0.9 and 0.8 to item 0
+    assert served(state, rows(), history=(1,)) == list(range(10))  # 22 is only 0.7 from item 1
+    assert served(state, rows(repeat={21: 0.05})) == [*range(8), 21, 20]  # ranked by the model's score
 
 
 def test_new_items_the_model_ranks_count_and_keep_their_place(state):
-    assert served(state, rows(new_in_top=(9,))) == [*range(8), 9, 20]
-    assert served(state, rows(new_in_top=(3, 9))) == list(range(10))
+    assert served(state, rows(new_in_top=(9,)), PROFILE) == [*range(8), 9, 20]
+    assert served(state, rows(new_in_top=(3, 9)), PROFILE) == list(range(10))
 
 
 def test_ranked_by_the_model_score_among_the_new_items_that_fit(state):
-    assert served(state, rows(repeat={21: 0.05}), NewItemSlate(by="score")) == [*range(8), 21, 20]
-    assert served(state, rows(repeat={21: 0.05})) == [*range(8), 20, 21]
+    by_score = dataclasses.replace(PROFILE, by="score")
+    assert served(state, rows(repeat={21: 0.05}), by_score) == [*range(8), 21, 20]
+    assert served(state, rows(repeat={21: 0.05}), PROFILE) == [*range(8), 20, 21]
 
 
 def test_nearest_history_item_similarity(state):
-    slate = NewItemSlate(min_similarity=0.65)
+    slate = dataclasses.replace(PROFILE, min_similarity=0.65)
     assert served(state, rows(), slate, history=(0, 1)) == list(range(10))  # no new item is 0.65 from the mean
     nearest = dataclasses.replace(slate, similarity="nearest")
     assert served(state, rows(), nearest, history=(0, 1)) == [*range(8), 20, 21]
@@ -89,19 +97,19 @@ def test_nearest_history_item_similarity(state):
 def test_the_model_list_without_ages_or_history(state):
     plain = np.asarray(rows()).copy()  # rows without item ages: no stage
     assert served(state, plain) == list(range(10))
-    assert served(state, rows(), history=()) == list(range(10))
-    assert served(state, rows(), k=3) == [0, 20, 21]
+    assert served(state, rows(), PROFILE, history=()) == list(range(10))
+    assert served(state, rows(), PROFILE, k=3) == [0, 20, 21]
 
 
 def test_scores_and_cosines_are_the_models_for_the_items_served(state):
     features = rows()
-    top, scores, cosine = state.top_k([0], features, np.ones(N, dtype=bool), 10)
+    top, scores, cosine = state.top_k([0], features, np.ones(N, dtype=bool), 10, PROFILE)
     all_scores, all_cosine = state.score_all([0], features)
     np.testing.assert_allclose(scores, all_scores[top].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(cosine, all_cosine[top].numpy(), atol=1e-6)
     recommendable = np.ones(N, dtype=bool)
     recommendable[20] = False
-    assert state.top_k([0], features, recommendable, 10)[0].tolist() == [*range(9), 21]  # 22 does not fit
+    assert state.top_k([0], features, recommendable, 10, PROFILE)[0].tolist() == [*range(9), 21]  # 22 does not fit
 
 
 def test_slate_settings_are_checked():

@@ -43,13 +43,22 @@ class LiveBehaviour:
     """
 
     def __init__(self, features: RichFeatures | None = None) -> None:
-        self.features = features if features is not None else RichFeatures()
+        self._init(features if features is not None else RichFeatures())
+
+    def reset(self) -> None:
+        """Forget everything learned, in place (whoever holds this object sees the empty state)."""
+        self._init(RichFeatures(lateness_s=self.features.lateness_s))
+        self.generation += 1  # states built before are stale
+
+    def _init(self, features: RichFeatures) -> None:
+        generation = getattr(self, "generation", 0)
+        self.features = features
         self._texts: list[str] = []  # what the text tower encodes (Item.text)
         self._titles: list[str] = []  # what a shopper reads
         self._titled: list[bool] = []
         #: listed (recommendable), category, price, availability per item: what filters read
         self.facts = CatalogueFacts()
-        self.generation = 0
+        self.generation = generation
         self.counts: Counter[str] = Counter()
         self._feedback_seen: OrderedDict[str, None] = OrderedDict()  # the last RECENT_IDS feedback event ids
         self._snapshot: CatalogueSnapshot | None = None
@@ -211,6 +220,7 @@ class HistoryFollower:
         try:
             partitions = await self._assign(consumer)
             ends = await consumer.end_offsets(partitions)
+            await self._forget_positions_beyond(consumer, partitions, ends)
             pending = {tp: end for tp, end in ends.items() if end > 0}
             if not pending:
                 self._mark_caught_up()
@@ -241,6 +251,20 @@ class HistoryFollower:
                 self.positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
             n += len(messages)
         return n
+
+    async def _forget_positions_beyond(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
+                                       ends: dict[TopicPartition, int]) -> None:
+        """A position past a partition's end means the topics were deleted and created again since ``live`` read
+        them (a snapshot of other topics under the same names): forget everything and read from the beginning,
+        rather than learn the new topics on top of the old ones."""
+        beyond = [tp for tp in partitions if self.positions.get((tp.topic, tp.partition), 0) > ends[tp]]
+        if not beyond:
+            return
+        log.error("positions past the end of %s: the topics were created again; forgetting the snapshot's state "
+                  "and reading them from the beginning", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in beyond))
+        self.live.reset()
+        self.positions.clear()
+        await consumer.seek_to_beginning(*partitions)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         """Wait until every partition of the followed topics is assigned (group-less: all of them), then seek each

@@ -11,6 +11,7 @@ import pytest
 from ops.processes import ChildProcess, free_port, recloop_env, wait_json
 from serving.snapshot import read_snapshot, snapshot_path
 from streams.records import Interaction, encode
+from tests.conftest import wait_for
 from tests.integration.test_serving_swap import KEY, produce, shop_messages
 from tests.unit.test_serving_state import T0
 
@@ -60,3 +61,45 @@ def test_a_restart_reads_only_the_tail_and_ranks_as_a_full_read(kafka_settings, 
     finally:
         restarted.stop()
         cold.stop()
+
+
+def test_a_snapshot_of_topics_created_again_since_is_forgotten(kafka_settings, tmp_path):
+    """Topics deleted and created again under the same names: the snapshot's positions lie past their ends, so
+    the worker forgets the snapshot's state and reads the new topics from the beginning."""
+    from ops.topic_admin import admin_client, create_topics, delete_topics
+
+    def ours() -> list[str]:
+        admin = admin_client(kafka_settings)
+        try:
+            return [t for t in admin.list_topics() if t.startswith(kafka_settings.topic_prefix + ".")]
+        finally:
+            admin.close()
+
+    def recreated() -> bool:
+        try:
+            return all(r.created for r in create_topics(kafka_settings))
+        except Exception:  # still marked for deletion
+            return False
+
+    asyncio.run(produce(kafka_settings, shop_messages(kafka_settings)))
+    first, url = serve(kafka_settings, tmp_path, "first")
+    try:
+        wait_json(f"{url}/healthz", first, timeout_s=120)
+    finally:
+        first.stop()
+    path = snapshot_path(kafka_settings.home, kafka_settings.topic_prefix)
+    kept = path.read_bytes()
+    delete_topics(kafka_settings)
+    wait_for(lambda: not ours(), timeout_s=60, message="the topics to be deleted")
+    wait_for(recreated, timeout_s=60, message="the topics to be created again")
+    path.write_bytes(kept)
+    fewer = [m for m in shop_messages(kafka_settings) if m[0] == kafka_settings.topic("catalog")]
+    asyncio.run(produce(kafka_settings, fewer + [
+        (kafka_settings.topic("interactions"), b"u1", encode(Interaction("only", "u1", "I001", "purchase", T0)))]))
+    again, url = serve(kafka_settings, tmp_path, "again")
+    try:
+        health = wait_json(f"{url}/healthz", again, timeout_s=120)
+        assert health["booted_from_snapshot"]  # it read the file, then found it was of other topics
+        assert health["counts"]["interactions"] == 1 and health["counts"]["items"] == len(fewer)
+    finally:
+        again.stop()

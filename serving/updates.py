@@ -296,14 +296,6 @@ class StateUpdater:
         self.listener.swapped(swap, "catalogue")
         return swap
 
-    async def keep_catalogue_current(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.refresh_catalogue()
-            except Exception:
-                log.exception("catalogue refresh failed; retrying in %.0fs", interval_s)
-
 
 class UpdateFollower:
     """Feeds ``recloop.model-updates`` to :class:`StateUpdater`: the newest valid at boot, then each new one."""

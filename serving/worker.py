@@ -82,15 +82,6 @@ class ServingWorker:
             return None
         return read_snapshot(snapshot_path(kafka.home, kafka.topic_prefix), kafka.topic_prefix)
 
-    async def keep_snapshots(self, every_s: float) -> None:
-        """Snapshot the behaviour state every ``every_s`` seconds while it changes (:mod:`serving.snapshot`)."""
-        while True:
-            await asyncio.sleep(every_s)
-            try:
-                await self.save_snapshot()
-            except Exception:
-                log.exception("serving snapshot failed; retrying in %.0fs", every_s)
-
     async def save_snapshot(self) -> int:
         """Capture the state and its positions (on the loop, so they agree) and write them (in a thread); the
         size in bytes, 0 when nothing changed since the last one."""
@@ -121,9 +112,11 @@ class ServingWorker:
             self._tasks.append(asyncio.create_task(self._boot_then_follow()))
         if self.policy_follower is not None:
             self._tasks.append(asyncio.create_task(_forever("explanation-policy", self.policy_follower.run)))
-        self._tasks.append(asyncio.create_task(self.updater.keep_catalogue_current(self.settings.catalogue_refresh_s)))
+        self._tasks.append(asyncio.create_task(_every(self.settings.catalogue_refresh_s, "catalogue refresh",
+                                                      self.updater.refresh_catalogue)))
         if self.history is not None and self.settings.snapshot_every_s > 0:
-            self._tasks.append(asyncio.create_task(self.keep_snapshots(self.settings.snapshot_every_s)))
+            self._tasks.append(asyncio.create_task(_every(self.settings.snapshot_every_s, "serving snapshot",
+                                                          self.save_snapshot)))
 
     async def _boot_then_follow(self) -> None:
         try:
@@ -226,6 +219,16 @@ class ServingWorker:
                 "max_swap_apply_ms": self.metrics.max_swap_apply_ms,
                 "scoring_ms": round(self.recommender.scoring_ms, 3), "counts": dict(self.live.counts),
                 "booted_from_snapshot": self.booted_from_snapshot, "uptime_s": round(time.time() - self.started, 1)}
+
+
+async def _every(interval_s: float, name: str, action: Callable[[], Awaitable[object]]) -> None:
+    """Run ``action`` every ``interval_s`` seconds; a failure is logged and the next round comes as planned."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await action()
+        except Exception:
+            log.exception("%s failed; retrying in %.0fs", name, interval_s)
 
 
 async def _forever(name: str, run: Callable[[], Awaitable[None]], retry_s: float = 2.0) -> None:

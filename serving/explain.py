@@ -138,22 +138,23 @@ _COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _SUBSETS = tuple(itertools.product((False, True), repeat=len(TERMS)))
 
 
-def _shapley_coefficients(n: int) -> np.ndarray:
-    """``[2**n, n]``: Shapley value ``i`` of a game is ``values @ C[:, i]`` over the subsets in product order —
-    each subset ``S`` enters with ``+|S|-1! (n-|S|)! / n!`` where it holds ``i`` and ``-|S|! (n-|S|-1)! / n!``
-    where it does not."""
-    out = np.zeros((2**n, n))
-    for s, mask in enumerate(itertools.product((False, True), repeat=n)):
-        size = sum(mask)
-        for i in range(n):
-            if mask[i]:
-                out[s, i] = math.factorial(size - 1) * math.factorial(n - size) / math.factorial(n)
-            else:
-                out[s, i] = -math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+def _shapley_pairs(n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per player ``i``: the subsets (indices in product order) without ``i``, the same subsets with ``i``, and
+    each pair's Shapley weight ``|S|! (n-|S|-1)! / n!``. Differences of paired values are exactly zero for a
+    dummy player, so its value is exactly zero too (a weighted sum of the values themselves would leave
+    rounding noise)."""
+    masks = list(itertools.product((False, True), repeat=n))
+    index = {mask: k for k, mask in enumerate(masks)}
+    out = []
+    for i in range(n):
+        without = [m for m in masks if not m[i]]
+        with_i = [index[m[:i] + (True,) + m[i + 1:]] for m in without]
+        weights = [math.factorial(sum(m)) * math.factorial(n - sum(m) - 1) / math.factorial(n) for m in without]
+        out.append((np.array([index[m] for m in without]), np.array(with_i), np.array(weights)))
     return out
 
 
-_SHAPLEY = _shapley_coefficients(len(TERMS))
+_SHAPLEY = _shapley_pairs(len(TERMS))
 
 
 @functools.lru_cache(maxsize=2 ** len(TERMS))
@@ -204,11 +205,13 @@ def shapley(values: dict[tuple[bool, ...], np.ndarray]) -> tuple[np.ndarray, np.
 
     >>> values = {mask: np.array([2.0 * mask[0] + 1.0 * mask[0] * mask[1]]) for mask in _SUBSETS}
     >>> shares, baseline = shapley(values)
-    >>> (shares.round(3) + 0.0).tolist(), baseline.tolist()
+    >>> shares.round(3).tolist(), baseline.tolist()
     ([[2.5, 0.5, 0.0, 0.0, 0.0, 0.0]], [0.0])
     """
     table = np.stack([values[mask] for mask in _SUBSETS], axis=1)  # [k, subsets]
-    return table @ _SHAPLEY, values[(False,) * len(TERMS)]
+    shares = np.column_stack([(table[:, with_i] - table[:, without]) @ weights
+                              for without, with_i, weights in _SHAPLEY])
+    return shares, values[(False,) * len(TERMS)]
 
 
 def term_contributions(head: FusionHead, features: np.ndarray, cosine: np.ndarray) -> np.ndarray:

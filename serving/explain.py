@@ -161,7 +161,8 @@ _SHAPLEY = _shapley_pairs(len(TERMS))
 def _variant_masks(present: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep-masks of the head's inputs for every subset of the ``present`` terms: ``[V, F]`` over the feature
     columns and ``[V]`` for the cosine (0 where the subset removes the term)."""
-    kept = np.array(list(itertools.product((False, True), repeat=len(present))), dtype=bool).reshape(-1, len(present))
+    subsets = list(itertools.product((False, True), repeat=len(present)))
+    kept = np.array(subsets, dtype=bool).reshape(len(subsets), len(present))  # [1, 0] when no term is present
     columns = np.ones((len(kept), len(FEATURE_NAMES)), dtype=np.float32)
     text = np.ones(len(kept), dtype=np.float32)
     for j, t in enumerate(present):

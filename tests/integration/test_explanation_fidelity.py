@@ -28,6 +28,7 @@ from serving.history import LiveBehaviour
 from serving.recommender import Recommender
 from serving.settings import ServingSettings
 from serving.state import CatalogueSnapshot, StateBuilder, frozen_head
+from streams.records import Item
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.slow
@@ -67,6 +68,14 @@ def with_history(shared: RichFeatures, user: str, baskets: list[Basket]) -> Rich
     return features
 
 
+def catalogued(features: RichFeatures, state) -> LiveBehaviour:
+    """What serving knows with ``features``: every item of ``state`` in the catalogue (lists hold only those)."""
+    live = LiveBehaviour(features)
+    for i, text in enumerate(state.catalogue.texts):
+        live.learn_item(Item(item_id=features.index.code_of(i), title=text))
+    return live
+
+
 def without(baskets: list[Basket], item: int) -> list[Basket]:
     kept = [dataclasses.replace(b, items=tuple(i for i in b.items if i != item)) for b in baskets]
     return [b for b in kept if b.items]
@@ -97,7 +106,7 @@ def test_removing_the_cited_item_lowers_the_score_more_than_removing_another(sho
     outcomes: Counter[tuple[str, bool]] = Counter()
     for user in users:
         full = with_history(shared, user, by_user[user])
-        recommender = Recommender(LiveBehaviour(full), ServingSettings(adapter_key="k"))
+        recommender = Recommender(catalogued(full, state), ServingSettings(adapter_key="k"))
         recommendation = asyncio.run(recommender.recommend(state, user, K))
         history = full.history(user)
         for item in recommendation.items:

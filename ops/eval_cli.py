@@ -47,11 +47,8 @@ VARIANTS = {"recloop": {}, "recloop_no_text": {"use_text": False}, "recloop_froz
 SLATE_VIEWS = {
     "recloop_model_only": NO_SLATE,
     "recloop_new_1": NewItemSlate(slots=1),
-    "recloop_new_n75": NewItemSlate(min_similarity=0.75),
-    "recloop_new_n85": NewItemSlate(min_similarity=0.85),
+    "recloop_new_n80": NewItemSlate(min_similarity=0.8),
     "recloop_new_by_similarity": NewItemSlate(by="similarity"),
-    "recloop_new_profile_p70": NewItemSlate(similarity="profile", min_similarity=0.7),
-    "recloop_new_profile_p75": NewItemSlate(similarity="profile", min_similarity=0.75),
 }
 
 

@@ -43,7 +43,7 @@ class NewItemSlate:
     #: An item is new for this many days after its first sale (and while it was never sold).
     days: float = 14.0
     #: A new item takes a place only if its similarity to the shopper (:data:`SIMILARITIES`) is at least this.
-    min_similarity: float = 0.8
+    min_similarity: float = 0.85
     similarity: str = "nearest"
     #: What the new items that fit are ranked by (:data:`RANK_KEYS`).
     by: str = "score"

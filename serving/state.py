@@ -13,6 +13,7 @@ computes it, and the whole catalogue is scored with one matrix-vector product.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -72,6 +73,14 @@ class ServingState:
     @property
     def n_items(self) -> int:
         return int(self.item_vectors.shape[0])
+
+    @functools.cached_property
+    def mean_similarity(self) -> float:
+        """The mean cosine between the item vectors (every pair, each item with itself included): the squared
+        norm of their mean. Near 1 when the text tower cannot tell items apart (a random encoder)."""
+        if self.n_items == 0:
+            return 0.0
+        return float((self.item_vectors.mean(0) ** 2).sum())
 
     def usable_history(self, history: Sequence[int]) -> list[int]:
         """The shopper's history items this state has vectors for, newest ``max_history`` kept."""
@@ -148,7 +157,7 @@ class ServingState:
         best = torch.topk(scores, k)
         top = candidates[best.indices]
         slate = NEW_ITEM_SLATE if slate is None else slate
-        if ages is None or slate.slots == 0:
+        if ages is None or slate.slots == 0 or not slate.separates(self.mean_similarity):
             return top.numpy(), best.values.numpy(), cosine[top].numpy()
         served = self._with_new_items(top.numpy(), np.asarray(ages)[: self.n_items], allowed.numpy(), feats, cosine,
                                       history, slate)

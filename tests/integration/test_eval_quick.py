@@ -39,4 +39,5 @@ def test_recloop_eval_quick_tiny_prints_the_json_and_recloop_ranks_best(tmp_path
 
     recloop = models["recloop"]["ndcg@10"]  # what serving would have served, version by version
     assert recloop >= models["repeat"]["ndcg@10"]
-    assert recloop == max(m["ndcg@10"] for m in models.values())
+    # above every baseline; recloop's own views (other new-item stage settings, recloop_*) may be above or below
+    assert recloop == max(m["ndcg@10"] for name, m in models.items() if not name.startswith("recloop_"))

@@ -133,3 +133,12 @@ def test_rich_features_carry_item_ages_through_checkpoints():
     legacy = RichFeatures.__new__(RichFeatures)
     legacy.__setstate__(old)
     assert legacy.item_age_days(np.arange(4), now=12 * DAY).tolist() == [math.inf, math.inf, math.inf, 0.0]
+
+
+def test_the_stage_stays_off_for_a_text_tower_that_cannot_tell_items_apart(state):
+    alike = torch.nn.functional.normalize(state.item_vectors * 0.1 + torch.ones_like(state.item_vectors), dim=-1)
+    blurred = dataclasses.replace(state, item_vectors=alike)
+    assert state.mean_similarity < 0.5 < blurred.mean_similarity
+    everyone_fits = NewItemSlate(min_similarity=-1.0)
+    assert served(blurred, rows(), everyone_fits) == list(range(10))
+    assert served(state, rows(), everyone_fits) != list(range(10))

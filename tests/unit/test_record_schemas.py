@@ -247,3 +247,19 @@ def test_the_readme_producer_example_sends_valid_interactions_keyed_by_shopper(m
         record = decode(records.Interaction, value)
         assert record.user_id.encode() == key
     assert [decode(records.Interaction, value).type for _, _, value in sent] == ["click", "purchase"]
+
+
+@settings(PROPERTY, max_examples=500)
+@given(st.text(alphabet="QUJD+/=\n é", max_size=12))
+def test_base64_fields_accept_exactly_the_schemas_pattern(text):
+    """The parser decodes base64 in C (strict mode), not with the pattern; both accept the same texts (the
+    schema's ``$`` is ECMA-262's: no trailing newline)."""
+    import re
+
+    rule = records.Base64()
+    try:
+        rule.check(text, "payload")
+        accepted = True
+    except InvalidRecord:
+        accepted = False
+    assert accepted == bool(re.fullmatch(records.BASE64_PATTERN.strip("^$"), text))

@@ -27,9 +27,10 @@ same test-then-train rule (it learns baskets exactly as its parent does), as the
 Scales are chosen so every column stays roughly within [0, 3]. The features are pure behaviour:
 no item ids, nothing specific to one catalogue.
 
-:meth:`RichFeatures.matrix` returns :class:`FeatureRows`: the columns above, plus ``item_age_days``, a fact
-about each row's item that is *not* a model input: days since its first sale (0 when never sold). Serving's
-new-item stage (:mod:`serving.new_items`) reads it to tell items with no sales history from established ones.
+:meth:`RichFeatures.item_age_days` is a fact about each item that is *not* a model input: days since its first
+sale (0 when never sold; data that starts mid-history would make every old item look as old as the data:
+docs/evaluation.md, "No item age"). Serving's new-item stage (:mod:`serving.new_items`) reads it to tell items
+with no sales history from established ones.
 
 >>> from learner.baskets import Basket
 >>> f = RichFeatures()
@@ -42,7 +43,7 @@ True
 ([1.099, 0.693, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0])
 >>> bool(col["repeat_7d"][0] < col["repeat"][0]), col["item_repurchase"].round(3).tolist()
 (True, [0.182, 0.091, 0.1])
->>> m.item_age_days.tolist()  # item 2 was never sold
+>>> f.item_age_days(np.arange(3), now=20 * DAY).tolist()  # item 2 was never sold
 [20.0, 20.0, 0.0]
 """
 
@@ -67,34 +68,6 @@ FEATURE_NAMES = (
 
 #: Half-lives (days) of the repeat columns, in column order.
 HALF_LIVES = (90.0, 7.0, 30.0, 365.0)
-
-
-class FeatureRows(np.ndarray):
-    """Feature rows (``float32 [n, len(FEATURE_NAMES)]``, an ordinary array to every consumer) that also carry
-    ``item_age_days`` (``[n]``): days since each row's item was first sold, 0 for an item never sold.
-
-    The age is not a model input (data that starts mid-history makes every old item look as old as the data:
-    docs/evaluation.md, "No item age"); it lets the ranking tell items without a sales history from the rest.
-    Arrays derived from the rows (slices, copies, arithmetic) are plain feature rows: their ``item_age_days``
-    is ``None``.
-
-    >>> rows = FeatureRows.of(np.zeros((2, 3), dtype=np.float32), np.array([1.5, 0.0]))
-    >>> rows.item_age_days.tolist(), rows[:1].item_age_days, rows.shape
-    ([1.5, 0.0], None, (2, 3))
-    """
-
-    item_age_days: np.ndarray | None
-
-    @classmethod
-    def of(cls, rows: np.ndarray, item_age_days: np.ndarray) -> FeatureRows:
-        if item_age_days.shape != rows.shape[:1]:
-            raise ValueError(f"one age per row: {item_age_days.shape} ages for {rows.shape[0]} rows")
-        out = rows.view(cls)
-        out.item_age_days = item_age_days
-        return out
-
-    def __array_finalize__(self, obj) -> None:
-        self.item_age_days = None
 
 
 class ShopperLog:
@@ -219,9 +192,8 @@ class RichFeatures(BehaviourFeatures):
         first = _gather(self._first_sold, candidates)
         return np.where(sold, np.maximum(now - np.where(sold, first, now), 0.0) / DAY, 0.0)
 
-    def matrix(self, user_id: str, candidates: np.ndarray, now: float | None = None) -> FeatureRows:
-        """Feature rows (:data:`FEATURE_NAMES` columns) for ``candidates``, float32 ``[n, len(FEATURE_NAMES)]``,
-        carrying each candidate's :meth:`item_age_days` (:class:`FeatureRows`).
+    def matrix(self, user_id: str, candidates: np.ndarray, now: float | None = None) -> np.ndarray:
+        """Feature rows (:data:`FEATURE_NAMES` columns) for ``candidates``, float32 ``[n, len(FEATURE_NAMES)]``.
 
         ``now`` is the moment of the choice (default: the newest timestamp learned).
         """
@@ -271,7 +243,7 @@ class RichFeatures(BehaviourFeatures):
             items = np.fromiter(dismissed, dtype=np.int64, count=len(dismissed))
             counts = np.fromiter(dismissed.values(), dtype=np.float64, count=len(dismissed))
             out[:, col["dismissed"]] = np.log1p(sparse_to_candidates(items, counts, candidates))
-        return FeatureRows.of(out, self.item_age_days(candidates, now))
+        return out
 
 
 def _gather(values: np.ndarray, candidates: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ from learner.ranker_config import RankerConfig
 from learner.ranking_metrics import K
 from learner.service import LearnerService
 from learner.settings import LearnerSettings
-from serving.history import LiveBehaviour
+from serving.history import LiveBehaviour, RankingInputs
 from serving.new_items import NewItemSlate
 from serving.settings import ServingSettings
 from serving.state import ServingState, StateBuilder, StateHolder, Swap
@@ -121,10 +121,10 @@ class ServedRecommender:
         """Scores that rank ``candidates`` as serving does: first the top :data:`~learner.ranking_metrics.K` that
         ``GET /recommend`` serves (:meth:`~serving.state.ServingState.top_k`, with ``slate``, default serving's),
         in its order, then every other recommendable item by its model score; ``-inf`` for the rest."""
-        state, history, rows, scores = self._inputs(user_id)
+        state, inputs, scores = self._inputs(user_id)
         recommendable = state.catalogue.recommendable[: state.n_items]
         served = np.where(recommendable, scores.astype(np.float64), -np.inf)
-        top, _, _ = state.top_k(history, rows, recommendable, K, slate)
+        top, _, _ = state.top_k(inputs.history, inputs.rows, recommendable, K, slate, ages=inputs.ages)
         if len(top):
             served[top] = served[np.isfinite(served)].max() + np.arange(len(top), 0, -1)
         return self._at(served, candidates)
@@ -132,20 +132,20 @@ class ServedRecommender:
     def model_score(self, user_id: str, candidates: np.ndarray) -> np.ndarray:
         """The model's score of each candidate (:meth:`~serving.state.ServingState.score_all`, no new-item stage;
         ``-inf`` where not recommendable): what search blends with its text and lexical scores."""
-        state, _, _, scores = self._inputs(user_id)
+        state, _, scores = self._inputs(user_id)
         return self._at(np.where(state.catalogue.recommendable[: state.n_items], scores, -np.inf), candidates)
 
-    def _inputs(self, user_id: str) -> tuple[ServingState, list[int], np.ndarray, np.ndarray]:
+    def _inputs(self, user_id: str) -> tuple[ServingState, RankingInputs, np.ndarray]:
         """The state, the shopper's ranking inputs and the model's scores, kept while nothing changed (the slate
         views of one shopper's basket rank the same inputs)."""
         state = self._state()
         key = (user_id, self.live.generation, self.live.features.clock, sum(self.live.counts.values()))
         if self._last is not None and self._last[0] is state and self._last[1] == key:
             return state, *self._last[2:]
-        history, rows = self.live.ranking_inputs(state, user_id, self._max_history)
-        scores, _ = state.score_all(history, rows)
-        self._last = (state, key, history, rows, scores.numpy())
-        return state, history, rows, self._last[4]
+        inputs = self.live.ranking_inputs(state, user_id, self._max_history)
+        scores, _ = state.score_all(inputs.history, inputs.rows)
+        self._last = (state, key, inputs, scores.numpy())
+        return state, inputs, self._last[3]
 
     def _at(self, served: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         index = self._positions(candidates)

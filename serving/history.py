@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,6 +30,19 @@ from streams.settings import KafkaSettings
 from streams.topics import CATALOG, EXPLANATION_FEEDBACK, INTERACTIONS
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RankingInputs:
+    """A shopper's inputs to :meth:`~serving.state.ServingState.top_k`, for every item of one serving state."""
+
+    #: the shopper's history items the state has vectors for, oldest first
+    history: list[int]
+    #: feature rows ``float32 [n_items, len(FEATURE_NAMES)]`` (:meth:`~learner.rich_features.RichFeatures.matrix`)
+    rows: np.ndarray
+    #: days since each item's first sale, 0 when never sold: not a model input, the new-item stage's
+    #: (:mod:`serving.new_items`)
+    ages: np.ndarray
 
 
 class LiveBehaviour:
@@ -138,12 +152,13 @@ class LiveBehaviour:
         """
         self.features.advance_to(min(ts, time.time()))
 
-    def ranking_inputs(self, state: ServingState, user_id: str, max_history: int) -> tuple[list[int], np.ndarray]:
-        """What the model ranks a shopper's catalogue from: their usable history (oldest first) and the feature
-        rows of every item of ``state`` — the same inputs for ``/recommend`` and ``recloop eval``."""
+    def ranking_inputs(self, state: ServingState, user_id: str, max_history: int) -> RankingInputs:
+        """What a shopper's catalogue is ranked from (:class:`RankingInputs`) — the same inputs for
+        ``/recommend`` and ``recloop eval``."""
         if len(self._all) != state.n_items:
             self._all = np.arange(state.n_items)
-        return self.usable_history(state, user_id, max_history), self.features.matrix(user_id, self._all)
+        return RankingInputs(self.usable_history(state, user_id, max_history),
+                             self.features.matrix(user_id, self._all), self.features.item_age_days(self._all))
 
     def usable_history(self, state: ServingState, user_id: str, max_history: int) -> list[int]:
         """The shopper's history items ``state`` has vectors for, oldest first (what :meth:`ranking_inputs` gives)."""

@@ -9,7 +9,8 @@ the shopper's history (:attr:`NewItemSlate.by`) take the last places, in place o
 established ones. When the model already ranks enough new items, the list is the model's.
 
 An item is *new* for :attr:`NewItemSlate.days` after its first sale, and while it was never sold
-(:attr:`learner.rich_features.FeatureRows.item_age_days`, which serving's feature rows carry).
+(:meth:`learner.rich_features.RichFeatures.item_age_days`, which serving's ranking inputs carry:
+:class:`serving.history.RankingInputs`).
 
 :meth:`serving.state.ServingState.top_k` applies it, so ``GET /recommend`` serves it and ``recloop eval``
 (which ranks with ``top_k``) measures it; the figures that chose the default are in docs/evaluation.md.

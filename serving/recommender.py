@@ -16,7 +16,7 @@ import orjson
 from learner.rich_features import FEATURE_NAMES
 from serving.explain import Explainer, Explanation, with_calibrated_confidence
 from serving.filters import Filters
-from serving.history import LiveBehaviour
+from serving.history import LiveBehaviour, RankingInputs
 from serving.policy import PolicyHolder, style_chooser
 from serving.search import CatalogueSearch, SearchHits, with_query
 from serving.settings import ServingSettings
@@ -88,11 +88,12 @@ class Recommender:
         recommendable = self.live.allowed(state, filters, user_id)
         if not features.knows(user_id):
             return self._popular(state, user_id, k, rec_id, now, recommendable)
-        history, rows = self.live.ranking_inputs(state, user_id, self.settings.max_history)
+        inputs = self.live.ranking_inputs(state, user_id, self.settings.max_history)
+        history, rows = inputs.history, inputs.rows
         if self.scoring_ms > self.settings.inline_scoring_ms:
-            top, scores, cosine = await asyncio.to_thread(self._timed_top, state, history, rows, recommendable, k)
+            top, scores, cosine = await asyncio.to_thread(self._timed_top, state, inputs, recommendable, k)
         else:
-            top, scores, cosine = self._timed_top(state, history, rows, recommendable, k)
+            top, scores, cosine = self._timed_top(state, inputs, recommendable, k)
         policy = self.policies.current if self.policies is not None else None  # one policy for the whole list
         choose = style_chooser(policy, user_id, len(features.long_history.recent(user_id)))
         explanations = self.explainer.explain(state, features, user_id, history, top, rows[top], cosine, choose)
@@ -166,10 +167,10 @@ class Recommender:
         return {"item_id": self.live.item_id(item), "title": self.live.title(item), "score": round(score, 6),
                 "explanation": explanation.to_dict(), "faithful_styles": list(explanation.faithful_styles)}
 
-    def _timed_top(self, state: ServingState, history: list[int], rows: np.ndarray, recommendable: np.ndarray,
+    def _timed_top(self, state: ServingState, inputs: RankingInputs, recommendable: np.ndarray,
                    k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         start = time.perf_counter()
-        result = state.top_k(history, rows, recommendable, k)
+        result = state.top_k(inputs.history, inputs.rows, recommendable, k, ages=inputs.ages)
         self.scoring_ms = 0.9 * self.scoring_ms + 0.1 * (time.perf_counter() - start) * 1000
         return result
 

@@ -124,18 +124,19 @@ class ServingState:
 
     @torch.inference_mode()
     def top_k(self, history: Sequence[int], features: np.ndarray, recommendable: np.ndarray, k: int,
-              slate: NewItemSlate | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              slate: NewItemSlate | None = None, ages: np.ndarray | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ``k`` items served to the shopper, their model scores and their text cosines: the ``k`` best
         recommendable items exactly as :meth:`score_all` ranks them, then the new-item stage
         (:mod:`serving.new_items`, ``slate``, default :data:`~serving.new_items.NEW_ITEM_SLATE`) — applied
-        when ``features`` carry item ages (:class:`~learner.rich_features.FeatureRows`, what serving computes).
+        when the items' ``ages`` (days since first sale, :meth:`~learner.rich_features.RichFeatures.item_age_days`)
+        are given, as serving gives them (:class:`~serving.history.RankingInputs`).
 
         The head's MLP only runs where it can change the top ``k``: its output is ``w2 · tanh(...) + b2`` and
         ``|tanh| <= 1``, so every item's score lies within ``|w2|_1`` of its linear-and-text part. Items whose
         upper bound is below the ``k``-th best lower bound cannot reach the top ``k`` and are not evaluated
         (at version 0, ``w2 = 0``: only ``k`` are).
         """
-        ages = getattr(features, "item_age_days", None)
         feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         cosine = self.item_vectors @ self.user_vector(history)
         allowed = torch.from_numpy(np.ascontiguousarray(recommendable[: self.n_items]))

@@ -182,8 +182,8 @@ class ServingWorker:
         allowed = self.live.allowed(state, filters, user_id)
         personal = None
         if user_id is not None and features.knows(user_id):
-            history, rows = self.live.ranking_inputs(state, user_id, self.settings.max_history)
-            scores, _ = state.score_all(history, rows)
+            inputs = self.live.ranking_inputs(state, user_id, self.settings.max_history)
+            scores, _ = state.score_all(inputs.history, inputs.rows)
             personal = scores.numpy()
         neighbours = similar_items(features, state, item, k, allowed, personal)
         items = [{"item_id": self.live.item_id(n.item), "title": self.live.title(n.item), "score": round(n.score, 6),

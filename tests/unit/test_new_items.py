@@ -12,7 +12,7 @@ import torch
 
 from learner.baselines import DAY
 from learner.baskets import Basket
-from learner.rich_features import FEATURE_NAMES, FeatureRows, RichFeatures
+from learner.rich_features import FEATURE_NAMES, RichFeatures
 from serving.new_items import NO_SLATE, NewItemSlate
 from serving.state import CatalogueSnapshot, StateBuilder
 
@@ -45,7 +45,8 @@ def state(base):
     return dataclasses.replace(built, item_vectors=vectors)
 
 
-def rows(new_in_top: tuple[int, ...] = (), repeat: dict[int, float] | None = None) -> FeatureRows:
+def rows(new_in_top: tuple[int, ...] = (), repeat: dict[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows and item ages (days since first sale) of the test catalogue."""
     features = np.zeros((N, len(FEATURE_NAMES)), dtype=np.float32)
     features[:12, REPEAT] = np.linspace(2.0, 0.9, 12)
     for item, value in (repeat or {}).items():
@@ -53,11 +54,13 @@ def rows(new_in_top: tuple[int, ...] = (), repeat: dict[int, float] | None = Non
     features[[0, 1, 23], BOUGHT_BEFORE] = 1.0
     ages = np.full(N, 100.0)
     ages[list(NEW + new_in_top)] = 3.0
-    return FeatureRows.of(features, ages)
+    return features, ages
 
 
-def served(state, features, slate=None, history=(0,), k=10) -> list[int]:
-    return state.top_k(list(history), features, np.ones(N, dtype=bool), k, slate)[0].tolist()
+def served(state, inputs, slate=None, history=(0,), k=10) -> list[int]:
+    """The served list for feature rows and ages ``inputs`` (ages None: rows only, no new-item stage)."""
+    features, ages = inputs
+    return state.top_k(list(history), features, np.ones(N, dtype=bool), k, slate, ages=ages)[0].tolist()
 
 
 def test_the_last_places_go_to_the_new_items_closest_to_the_shopper(state):
@@ -95,21 +98,21 @@ def test_nearest_history_item_similarity(state):
 
 
 def test_the_model_list_without_ages_or_history(state):
-    plain = np.asarray(rows()).copy()  # rows without item ages: no stage
-    assert served(state, plain) == list(range(10))
+    assert served(state, (rows()[0], None)) == list(range(10))  # rows without item ages: no stage
     assert served(state, rows(), PROFILE, history=()) == list(range(10))
     assert served(state, rows(), PROFILE, k=3) == [0, 20, 21]
 
 
 def test_scores_and_cosines_are_the_models_for_the_items_served(state):
-    features = rows()
-    top, scores, cosine = state.top_k([0], features, np.ones(N, dtype=bool), 10, PROFILE)
+    features, ages = rows()
+    top, scores, cosine = state.top_k([0], features, np.ones(N, dtype=bool), 10, PROFILE, ages=ages)
     all_scores, all_cosine = state.score_all([0], features)
     np.testing.assert_allclose(scores, all_scores[top].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(cosine, all_cosine[top].numpy(), atol=1e-6)
     recommendable = np.ones(N, dtype=bool)
     recommendable[20] = False
-    assert state.top_k([0], features, recommendable, 10, PROFILE)[0].tolist() == [*range(9), 21]  # 22 does not fit
+    top = state.top_k([0], features, recommendable, 10, PROFILE, ages=ages)[0]
+    assert top.tolist() == [*range(9), 21]  # 22 does not fit
 
 
 def test_slate_settings_are_checked():
@@ -125,7 +128,7 @@ def test_rich_features_carry_item_ages_through_checkpoints():
     features = RichFeatures()
     features.learn([Basket("u", 0.0, (0, 1), "a")])
     features.learn([Basket("v", 10 * DAY, (1, 2), "b")])
-    ages = features.matrix("u", np.arange(4), now=12 * DAY).item_age_days
+    ages = features.item_age_days(np.arange(4), now=12 * DAY)
     assert ages.tolist() == [12.0, 12.0, 2.0, 0.0]
     restored = pickle.loads(pickle.dumps(features))
     assert restored.item_age_days(np.arange(4), now=12 * DAY).tolist() == ages.tolist()

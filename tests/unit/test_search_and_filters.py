@@ -54,8 +54,8 @@ def test_a_known_shopper_finds_the_matching_items_first_in_the_order_of_their_mo
     mugs = [n for n, title in enumerate(TITLES) if title.endswith(" MUG")]
     assert ids(body)[: len(mugs)] and set(ids(body)[: len(mugs)]) == {f"I{n:03d}" for n in mugs}
     state, live = worker.holder.current, worker.live
-    history, rows = live.ranking_inputs(state, "u3", worker.settings.max_history)
-    scores = state.score_all(history, rows)[0].numpy()
+    inputs = live.ranking_inputs(state, "u3", worker.settings.max_history)
+    scores = state.score_all(inputs.history, inputs.rows)[0].numpy()
     expected = sorted(mugs, key=lambda n: -scores[live.features.index.index_of(f"I{n:03d}")])
     assert ids(body)[: len(mugs)] == [f"I{n:03d}" for n in expected]  # same BM25 for all: the model decides
     for item in body["items"][: len(mugs)]:
@@ -69,8 +69,8 @@ def test_a_known_shopper_finds_the_matching_items_first_in_the_order_of_their_mo
 def test_the_search_ranking_is_the_one_the_eval_measures(client, worker):
     body = client.get("/search", params={"q": "red lamp", "user_id": "u5", "k": 42}).json()
     state, live = worker.holder.current, worker.live
-    history, rows = live.ranking_inputs(state, "u5", worker.settings.max_history)
-    model = state.score_all(history, rows)[0].numpy().astype(np.float64)
+    inputs = live.ranking_inputs(state, "u5", worker.settings.max_history)
+    model = state.score_all(inputs.history, inputs.rows)[0].numpy().astype(np.float64)
     search = worker.recommender.catalogue_search
     index = search.index(state.catalogue)
     lexical, coverage = index.scores("red lamp")[: state.n_items], index.coverage("red lamp")[: state.n_items]

@@ -51,8 +51,8 @@ def test_a_known_shopper_gets_the_related_items_in_the_order_of_their_model_scor
     body = client.get("/similar", params={"item_id": item_id, "user_id": "u3", "k": 5}).json()
     assert body["personalised"]
     state, features, item = worker.holder.current, worker.live.features, index(worker, item_id)
-    history, rows = worker.live.ranking_inputs(state, "u3", worker.settings.max_history)
-    scores = state.score_all(history, rows)[0].numpy()
+    inputs = worker.live.ranking_inputs(state, "u3", worker.settings.max_history)
+    scores = state.score_all(inputs.history, inputs.rows)[0].numpy()
     co, text = relatedness(features, state, item)
     candidates = [i for i in range(state.n_items) if state.catalogue.recommendable[i] and i != item]
     pool = sorted(candidates, key=lambda i: -(co[i] + text[i]))[:POOL]

@@ -26,11 +26,11 @@ import orjson
 from ops.kafka_io import topic_reader
 from ops.processes import ChildProcess, free_port, get_json, recloop_env, wait_json
 from ops.replay import file_messages, produce
-from ops.topic_admin import admin_client, fresh_run_topics
+from ops.topic_admin import create_topics, fresh_run_topics
 from streams.ingest import SourcePosition, validate
 from streams.records import DeadLetter, Interaction
 from streams.settings import KafkaSettings
-from streams.topics import INTERACTIONS, partitions_for
+from streams.topics import INTERACTIONS, TopicSpec
 
 log = logging.getLogger(__name__)
 DATA = Path(__file__).resolve().parents[1] / "data" / "online_retail.parquet"
@@ -69,15 +69,9 @@ async def batch_ingest(settings: KafkaSettings, topic: str, expected: int, *, ma
     changelog topic (created here, partitioned like the interactions topic); invalid messages are counted, not
     dead-lettered (this measures the accepted path)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from kafka.admin import NewTopic
 
-    changelog = f"{topic}-batch-ingest-seen"
-    admin = admin_client(settings)
-    try:
-        admin.create_topics([NewTopic(name=changelog, num_partitions=partitions_for(INTERACTIONS, settings),
-                                      replication_factor=settings.replication_factor)])
-    finally:
-        admin.close()
+    seen_spec = TopicSpec(f"{INTERACTIONS.name}-batch-ingest-seen", "event_id", None)  # partitioned as interactions
+    changelog = create_topics(settings, (seen_spec,))[0].name
     consumer = AIOKafkaConsumer(topic, **settings.aiokafka_options(), group_id=f"{topic}-batch-ingest",
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     producer = AIOKafkaProducer(**settings.aiokafka_options(), linger_ms=20)

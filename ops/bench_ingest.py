@@ -2,14 +2,11 @@
 
 Both read the same N pre-produced interactions. The plain consumer (aiokafka + orjson.loads) is the
 ceiling for Python on this machine; the worker does everything it does in production (validation,
-deduplication against its changelog-backed table, counting; the learner off: ingest is measured). Each rate is
+deduplication against its changelog-backed tables, the online monitor, counting; the learner off: ingest is
+measured). Each rate is
 N over the time from the first to the last message processed, so start-up and rebalancing are not counted for
 either. ``--workers N`` runs N workers of one group on the topic's partitions (``--partitions``) and reports
 each worker's rate and the group's (N over the longest worker's first-to-last time).
-
-The single-worker run also measures the design the worker's ingest could move to (BENCHMARKS.md, "Ingest
-options compared"): :func:`batch_ingest`, the same validation and deduplication per *batch* of a plain consumer,
-with a changelog write per accepted event and the offsets committed only after those writes are acknowledged.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -26,11 +22,9 @@ import orjson
 from ops.kafka_io import topic_reader
 from ops.processes import ChildProcess, free_port, get_json, recloop_env, wait_json
 from ops.replay import file_messages, produce
-from ops.topic_admin import create_topics, fresh_run_topics
-from streams.ingest import SourcePosition, validate
-from streams.records import DeadLetter, Interaction
+from ops.topic_admin import fresh_run_topics
 from streams.settings import KafkaSettings
-from streams.topics import INTERACTIONS, TopicSpec
+from streams.topics import INTERACTIONS
 
 log = logging.getLogger(__name__)
 DATA = Path(__file__).resolve().parents[1] / "data" / "online_retail.parquet"
@@ -51,63 +45,6 @@ async def raw_consume(settings: KafkaSettings, topic: str, expected: int) -> flo
         return expected / (time.monotonic() - first)
 
 
-@dataclass
-class BatchIngestResult:
-    events_per_s: float
-    accepted: int
-    duplicates: int
-    dead_lettered: int
-    changelog: str
-
-
-async def batch_ingest(settings: KafkaSettings, topic: str, expected: int, *, max_records: int = 5000
-                       ) -> BatchIngestResult:
-    """Ingest as one batch at a time: every message validated (:func:`streams.ingest.validate`, the worker's
-    parser) and deduplicated on ``event_id``, a changelog record (key ``event_id``, value its time) sent per
-    accepted event (to the changelog partition of the event's source partition, as a Faust table's changelog),
-    and the batch's offsets committed only once the broker acknowledged those records. Its own consumer group and
-    changelog topic (created here, partitioned like the interactions topic); invalid messages are counted, not
-    dead-lettered (this measures the accepted path)."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-    seen_spec = TopicSpec(f"{INTERACTIONS.name}-batch-ingest-seen", "event_id", None)  # partitioned as interactions
-    changelog = create_topics(settings, (seen_spec,))[0].name
-    consumer = AIOKafkaConsumer(topic, **settings.aiokafka_options(), group_id=f"{topic}-batch-ingest",
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(**settings.aiokafka_options(), linger_ms=20)
-    await consumer.start()
-    await producer.start()
-    seen: dict[str, float] = {}
-    done = duplicates = dead = 0
-    first = None
-    try:
-        while done < expected:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=max_records)
-            if first is None and batches:
-                first = time.monotonic()
-            acks = []
-            for messages in batches.values():
-                for m in messages:
-                    done += 1
-                    record = validate(Interaction, m.value, key=m.key,
-                                      source=SourcePosition(m.topic, m.partition, m.offset))
-                    if isinstance(record, DeadLetter):
-                        dead += 1
-                    elif record.event_id in seen:
-                        duplicates += 1
-                    else:
-                        seen[record.event_id] = record.ts
-                        acks.append(await producer.send(changelog, orjson.dumps(record.ts),
-                                                        key=record.event_id.encode(), partition=m.partition))
-            await asyncio.gather(*acks)  # the changelog holds every accepted event ...
-            if batches:
-                await consumer.commit()  # ... before the offsets move on
-        return BatchIngestResult(expected / (time.monotonic() - first), len(seen), duplicates, dead, changelog)
-    finally:
-        await consumer.stop()
-        await producer.stop()
-
-
 def run_bench_ingest(base: KafkaSettings, *, events: int, workers: int = 1, partitions: int | None = None) -> dict:
     """One worker: pre-produced events, first to last message. Several (``workers`` > 1): they join one group
     first (all ``/ready/``), then the events are produced, so each worker's rate is over its own partitions."""
@@ -120,7 +57,6 @@ def run_bench_ingest(base: KafkaSettings, *, events: int, workers: int = 1, part
     if workers == 1:
         asyncio.run(produce(messages, settings))
         raw_rate = asyncio.run(raw_consume(settings, topic, n))
-        batch = asyncio.run(batch_ingest(settings, topic, n))
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
     ports = [free_port() for _ in range(workers)]
     started = [ChildProcess(["worker"], recloop_env(settings, RECLOOP_WORKER_WEB_PORT=str(port),
@@ -152,9 +88,6 @@ def run_bench_ingest(base: KafkaSettings, *, events: int, workers: int = 1, part
     result = {"bench": "ingest", "events": n, "partitions": settings.partitions, "workers": workers,
               "worker_events_per_s": round(worker_rate, 1), "raw_events_per_s": round(raw_rate, 1),
               "ratio": round(worker_rate / raw_rate, 3), "target_ratio": 0.5}
-    if workers == 1:
-        result.update(batch_ingest_events_per_s=round(batch.events_per_s, 1),
-                      batch_ingest_ratio=round(batch.events_per_s / raw_rate, 3))
     if workers > 1:
         result.update(per_worker_events_per_s=per_worker, accepted_per_worker=[c.get("accepted", 0) for c in counts],
                       duplicates=sum(c.get("duplicates", 0) for c in counts))

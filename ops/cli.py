@@ -545,7 +545,7 @@ def monitor(
     """Live terminal view: throughput, consumer lag, online metrics, drift alarms, adapters and gate decisions."""
     import logging
 
-    from ops.monitor import DashboardSettings, run_monitor, worker_group_id
+    from ops.monitor import DashboardSettings, run_monitor, worker_group_ids
 
     logs.configure("WARNING")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # client chatter would scroll the dashboard away
@@ -553,7 +553,7 @@ def monitor(
     ensure_broker(kafka)
     url = worker_url or f"http://{worker_settings.web_host}:{worker_settings.web_port}"
     out = Console(width=160) if once else Console()
-    raise typer.Exit(code=run_monitor(kafka, worker_url=url, group_id=worker_group_id(kafka, worker_settings),
+    raise typer.Exit(code=run_monitor(kafka, worker_url=url, group_ids=worker_group_ids(kafka, worker_settings),
                                       once=once, interval_s=interval, console=out,
                                       dashboard=DashboardSettings(all_workers=True) if all_workers else None))
 

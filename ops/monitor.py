@@ -37,6 +37,8 @@ from rich.table import Table
 from rich.text import Text
 
 from streams import topics
+from streams.app import faust_app_id
+from streams.ingest_consumer import ingest_group_id
 from streams.records import AdapterUpdate, DriftAlarm, InvalidRecord, MetricSnapshot, decode, from_dict
 from streams.settings import KafkaSettings, WorkerSettings
 from streams.topics import MAX_MESSAGE_BYTES
@@ -304,17 +306,22 @@ class OpsFeed:
         self.consumer.close()
 
 
-def worker_group_id(kafka: KafkaSettings, worker: WorkerSettings) -> str:
-    """The worker's consumer group: the Faust app id, as :func:`streams.app.create_app` names it."""
-    return f"{worker.app_id}-{kafka.topic_prefix}" if kafka.topic_prefix != "recloop" else worker.app_id
+def worker_group_ids(kafka: KafkaSettings, worker: WorkerSettings) -> tuple[str, ...]:
+    """The worker's consumer groups: its ingest loop's (the source topics) and the Faust app's (impressions).
+
+    >>> worker_group_ids(KafkaSettings(topic_prefix="t1.recloop"), WorkerSettings(app_id="w"))
+    ('w-t1.recloop-ingest', 'w-t1.recloop')
+    """
+    app_id = faust_app_id(kafka, worker)
+    return ingest_group_id(app_id), app_id
 
 
 class LagReader:
-    """The worker group's committed offsets against the end offsets of the topics it consumes."""
+    """The worker groups' committed offsets against the end offsets of the topics they consume."""
 
-    def __init__(self, kafka: KafkaSettings, group_id: str) -> None:
+    def __init__(self, kafka: KafkaSettings, group_ids: tuple[str, ...]) -> None:
         self.kafka = kafka
-        self.group_id = group_id
+        self.group_ids = group_ids
         self.names = [kafka.topic(spec.name) for spec in CONSUMED]
         self._admin = None
         self._consumer: KafkaConsumer | None = None
@@ -328,12 +335,14 @@ class LagReader:
                 self._admin = admin_client(self.kafka)
                 self._consumer = KafkaConsumer(**self.kafka.kafka_python_options(), group_id=None,
                                                enable_auto_commit=False)
-            committed = self._admin.list_group_offsets({self.group_id: None}).get(self.group_id, {})
+            committed = {}
+            for offsets in self._admin.list_group_offsets({group: None for group in self.group_ids}).values():
+                committed.update(offsets)  # each topic is consumed by one of the groups
             partitions = [TopicPartition(name, p) for name in self.names
                           for p in sorted(self._consumer.partitions_for_topic(name) or ())]
             ends = self._consumer.end_offsets(partitions) if partitions else {}
         except Exception as exc:  # a monitor must keep drawing when the broker hiccups
-            log.warning("could not read consumer lag of group %s: %s", self.group_id, exc)
+            log.warning("could not read consumer lag of groups %s: %s", self.group_ids, exc)
             self.close()
             return None
         out: dict[str, dict[str, int]] = {}
@@ -514,7 +523,7 @@ def served_table(state: OpsState, hide_worker: bool, now: float) -> Table:
     return table
 
 
-def run_monitor(kafka: KafkaSettings, *, worker_url: str, group_id: str, once: bool, interval_s: float,
+def run_monitor(kafka: KafkaSettings, *, worker_url: str, group_ids: tuple[str, ...], once: bool, interval_s: float,
                 console: Console, get_json: Callable[[str], dict | None] | None = None,
                 max_frames: int | None = None, dashboard: DashboardSettings | None = None) -> int:
     """Draw the dashboard until interrupted (or one frame with ``once``); return an exit code.
@@ -526,7 +535,7 @@ def run_monitor(kafka: KafkaSettings, *, worker_url: str, group_id: str, once: b
     get_json = get_json or http_json
     state = OpsState()
     feed = OpsFeed(kafka)
-    lag = LagReader(kafka, group_id)
+    lag = LagReader(kafka, group_ids)
     title = f"recloop monitor — broker {kafka.bootstrap}, topics {kafka.topic_prefix}.*, worker {worker_url}"
 
     def frame() -> Group:

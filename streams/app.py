@@ -1,8 +1,8 @@
-"""The Faust application: one app, its topics and tables, declared in one place.
+"""The Faust application: one app and its topics, declared in one place.
 
-Agents (in :mod:`streams.agents`) read raw bytes and validate them themselves, so a message
-that is not even JSON still reaches the dead-letter topic with its partition and offset
-instead of failing inside Faust's deserializer.
+Topics are raw bytes: the ingest loop (:mod:`streams.ingest_consumer`) and the agents validate messages
+themselves, so a message that is not even JSON still reaches the dead-letter topic with its partition and
+offset instead of failing inside Faust's deserializer.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ class RecloopApp:
     feedback: faust.TopicT
     catalog: faust.TopicT
     dlq: faust.TopicT
-    seen_interactions: faust.Table
-    seen_feedback: faust.Table
     #: The worker's stable identity (:mod:`streams.worker_identity`), when it claimed one before the app was built.
     identity: WorkerIdentity | None = None
 
@@ -118,11 +116,7 @@ def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None
         # Faust's recovery resumes stream partitions before seeking them, which loses messages (faust#596).
         TableManager=SeekFirstTableManager,
     )
-    # Deduplication state: event_id -> event time. Tables are backed by changelog topics,
-    # so the state is rebuilt when a worker restarts or takes over a partition.
-    partitions = topics.partitions_for(topics.INTERACTIONS, kafka)
-    seen_interactions = app.Table("seen-interactions", default=None, partitions=partitions)
-    seen_feedback = app.Table("seen-explanation-feedback", default=None, partitions=partitions)
+    # Deduplication state lives outside Faust's tables, with the ingest loop (streams.seen_table).
     return RecloopApp(
         app=app,
         kafka=kafka,
@@ -131,8 +125,6 @@ def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None
         feedback=_raw_topic(app, kafka, topics.EXPLANATION_FEEDBACK),
         catalog=_raw_topic(app, kafka, topics.CATALOG),
         dlq=_raw_topic(app, kafka, topics.DLQ),
-        seen_interactions=seen_interactions,
-        seen_feedback=seen_feedback,
         identity=identity,
     )
 

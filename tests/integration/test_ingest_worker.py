@@ -9,8 +9,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from ops.kafka_io import group_lag, topic_reader
 from ops.replay import file_messages, produce
 from streams import records
+from streams.app import faust_app_id
+from streams.ingest_consumer import ingest_group_id
+from streams.seen_table import changelog_topic
+from streams.settings import WorkerSettings
 from streams.topics import MAX_MESSAGE_BYTES
 from tests.conftest import DATA, wait_for
 
@@ -27,6 +32,19 @@ def ingest_only(monkeypatch):
 
 def interaction_counts(worker, settings) -> dict:
     return worker.counts().get(settings.topic("interactions"), {})
+
+
+async def changelog_keys(settings, topic: str) -> list[bytes]:
+    keys = []
+    async with topic_reader(settings, topic) as (consumer, ends):
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for messages in (await consumer.getmany(timeout_ms=1000)).values():
+                keys.extend(m.key for m in messages)
+    return keys
+
+
+def committed_to_the_end(settings, group: str, topic: str) -> bool:
+    return all(committed == end for committed, end in asyncio.run(group_lag(settings, group, topic)).values())
 
 
 def test_replay_counts_match_exactly_and_a_second_replay_changes_nothing(kafka_settings, worker_factory):
@@ -52,6 +70,15 @@ def test_replay_counts_match_exactly_and_a_second_replay_changes_nothing(kafka_s
                       timeout_s=240, message="second replay seen as duplicates")
     assert counts["accepted"] == N_EVENTS
     assert worker.alive
+
+    # Offsets after effects: the ingest group committed to the end, and the changelog holds each event id once.
+    app_id = faust_app_id(kafka_settings, WorkerSettings(app_id=worker.app_id))
+    source = kafka_settings.topic("interactions")
+    wait_for(lambda: committed_to_the_end(kafka_settings, ingest_group_id(app_id), source), timeout_s=30,
+             message="the ingest group's offsets at the end of the interactions")
+    keys = asyncio.run(changelog_keys(kafka_settings, changelog_topic(app_id, "seen-interactions")))
+    assert sorted(keys) == sorted(orjson.dumps(records.decode(records.Interaction, m.value).event_id)
+                                  for m in interactions)
 
     # Deduplication state survives a restart: a new worker process recovers it from the changelog.
     worker.stop()

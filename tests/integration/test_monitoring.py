@@ -160,7 +160,7 @@ def test_report_and_monitor_show_what_the_monitoring_code_published(kafka_settin
 
     # The live view (what an operator's terminal shows) redraws from the same topics.
     screen = io.StringIO()
-    code = run_monitor(kafka_settings, worker_url="http://127.0.0.1:9", group_id="nobody", once=False,
+    code = run_monitor(kafka_settings, worker_url="http://127.0.0.1:9", group_ids=("nobody",), once=False,
                        interval_s=0.2, console=Console(file=screen, force_terminal=True, width=160), max_frames=2)
     assert code == 0 and "served quality" in screen.getvalue() and "miss@10" in screen.getvalue()
 

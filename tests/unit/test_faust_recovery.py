@@ -40,14 +40,13 @@ class Fetcher:
         return None
 
 
-@pytest.mark.parametrize("end", ["on_recovery_completed", "_resume_streams"])  # with tables (the worker), without
+@pytest.mark.parametrize("end", ["on_recovery_completed", "_resume_streams"])  # with tables, without (the worker)
 def test_stream_partitions_are_sought_before_they_resume(tmp_path, end):
     r = create_app(KafkaSettings(home=tmp_path), WorkerSettings(app_id="recovery-order"))
     recovery = r.app.tables.recovery
     assert isinstance(recovery, SeekFirstRecovery)
-    interactions = TP(r.interactions.get_topic_name(), 0)
-    changelog = TP(r.seen_interactions.changelog_topic.get_topic_name(), 0)
-    consumer = RecordingConsumer({interactions, changelog})
+    impressions = TP(r.kafka.topic("impressions"), 0)  # a stream partition of the worker's Faust agents
+    consumer = RecordingConsumer({impressions})
     r.app._consumer, r.app._fetcher = consumer, Fetcher()
     r.app.consumer_generation_id = 3
 
@@ -58,5 +57,5 @@ def test_stream_partitions_are_sought_before_they_resume(tmp_path, end):
 
     asyncio.run(getattr(recovery, end)(generation_id=3))
 
-    assert consumer.calls == ["seek", ("resume", frozenset({interactions})), "resume_flow"]
+    assert consumer.calls == ["seek", ("resume", frozenset({impressions})), "resume_flow"]
     assert recovery.completed.is_set()

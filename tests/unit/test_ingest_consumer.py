@@ -92,7 +92,8 @@ def test_a_batch_is_validated_deduplicated_handed_on_and_its_table_changes_sent_
         "errors": {"invalid json": 1}, "busy_s": 0}
     [(changelog, partition, records)] = consumer._producer.sent
     assert (changelog, partition) == ("w-seen-interactions-changelog", 0)
-    assert [(orjson.loads(k), orjson.loads(v)[:3]) for k, v in records] == [("e1", [1.3e9, 0, 0]), ("e2", [1.3e9, 0, 2])]
+    assert [(orjson.loads(k), orjson.loads(v)[:3]) for k, v in records] == [("e1", [1.3e9, 0, 0]),
+                                                                              ("e2", [1.3e9, 0, 2])]
     assert len(consumer._pending) == 1  # the commit waits for this acknowledgement
 
 

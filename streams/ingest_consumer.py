@@ -92,6 +92,7 @@ class IngestConsumer(ConsumerRebalanceListener):
             self.sources[r.kafka.topic(name)] = Source(
                 r.kafka.topic(name), cls, handlers, changelog_topic(app_id, table) if table else None,
                 window() if table else None)
+        self.catalogue = r.kafka.topic(topics.CATALOG.name)
         self._lock = asyncio.Lock()
         self._pending: list[Awaitable[Any]] = []
         self._consumer: AIOKafkaConsumer | None = None
@@ -119,14 +120,14 @@ class IngestConsumer(ConsumerRebalanceListener):
             await self._consumer.start()
             while not self._stopping:
                 try:
-                    batches = await self._consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                    batches = await self._poll()
                 except ConsumerStoppedError:
                     break
                 async with self._lock:
                     if self._stopping:
                         break
                     await self._purge()
-                    for tp, messages in batches.items():
+                    for tp, messages in sorted(batches.items(), key=lambda b: b[0].topic != self.catalogue):
                         await self._handle(tp, messages)
                     if batches:
                         await self._commit()
@@ -135,6 +136,18 @@ class IngestConsumer(ConsumerRebalanceListener):
         except Exception as exc:  # noqa: BLE001 - anything else is a bug or a broker we cannot write to: crash
             log.exception("ingest failed; the worker stops without committing the batch")
             await self.r.app.crash(exc)
+
+    async def _poll(self) -> dict[TopicPartition, list]:
+        """The next batch: the catalogue's fetched records first, on their own, then the events.
+
+        Items before the events that name them: a replay produces the catalogue and the purchases together, and
+        one fetch brings both; handled in partition order, a batch of purchases could reach the learner before
+        their items (unknown items teach it nothing)."""
+        catalogue = [tp for tp in self._consumer.assignment() if tp.topic == self.catalogue]
+        if catalogue and (items := await self._consumer.getmany(*catalogue, timeout_ms=0,
+                                                                 max_records=self.max_records)):
+            return items
+        return await self._consumer.getmany(timeout_ms=500, max_records=self.max_records)
 
     async def stop(self) -> None:
         """Finish the batch in hand, commit it, leave the group."""

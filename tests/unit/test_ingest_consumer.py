@@ -137,3 +137,29 @@ def test_a_revoked_partition_drops_its_table_and_the_worker_is_not_ready_until_t
     topic = consumer.r.kafka.topic("interactions")
     asyncio.run(consumer.on_partitions_revoked({TopicPartition(topic, 0)}))
     assert consumer.sources[topic].tables == {} and consumer.rebalancing and not consumer.ready
+
+
+class FetchedConsumer:
+    """What one fetch brought, per partition; getmany hands out the asked partitions' records (a small fake)."""
+
+    def __init__(self, fetched: dict) -> None:
+        self.fetched = fetched
+
+    def assignment(self) -> set:
+        return set(self.fetched)
+
+    async def getmany(self, *partitions, timeout_ms: int, max_records: int) -> dict:
+        asked = partitions or list(self.fetched)
+        return {tp: self.fetched.pop(tp) for tp in asked if self.fetched.get(tp)}
+
+
+def test_the_catalogue_is_handed_out_before_the_events_fetched_with_it(tmp_path):
+    consumer, _ = ingest(tmp_path)
+    interactions, catalogue = TopicPartition(consumer.r.kafka.topic("interactions"), 0), \
+        TopicPartition(consumer.r.kafka.topic("catalog"), 0)
+    consumer._consumer = FetchedConsumer({interactions: ["purchase"], catalogue: ["item"]})
+
+    async def two_polls() -> list:
+        return [await consumer._poll(), await consumer._poll()]
+
+    assert asyncio.run(two_polls()) == [{catalogue: ["item"]}, {interactions: ["purchase"]}]

@@ -188,7 +188,7 @@ class IngestConsumer(ConsumerRebalanceListener):
     async def _purge(self) -> None:
         """Forget the entries older than the deduplication window (each partition at most every purge_every_s)."""
         for source in self.sources.values():
-            if source.window is None:
+            if source.changelog is None:
                 continue
             for partition, table in source.tables.items():
                 if forgotten := source.window.purge(table, partition):
@@ -227,7 +227,7 @@ class IngestConsumer(ConsumerRebalanceListener):
         async with self._lock:
             for tp in revoked:
                 source = self.sources.get(tp.topic)
-                if source is not None and source.window is not None:
+                if source is not None and source.changelog is not None:
                     source.tables.pop(tp.partition, None)
                     source.window.forget_partition(tp.partition)
         log.info("ingest partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
@@ -235,21 +235,21 @@ class IngestConsumer(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Read the assigned partitions' deduplication tables from their changelogs before their first message."""
         for source in self.sources.values():
-            if source.changelog is None:
-                continue
-            missing = [tp.partition for tp in assigned
-                       if tp.topic == source.topic and tp.partition not in source.tables]
-            for partition, entries in (await read_changelog(self.r.kafka, source.changelog, missing)).items():
-                source.tables[partition] = SeenTable(partition, entries)
+            if source.changelog is not None:
+                await self._restore(source, [tp.partition for tp in assigned
+                                             if tp.topic == source.topic and tp.partition not in source.tables])
         self.assigned, self.rebalancing = True, False
         log.info("ingest partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
     async def _table(self, source: Source, partition: int) -> SeenTable:
-        table = source.tables.get(partition)
-        if table is None:  # a batch of a partition the assignment callback did not see: read its table now
-            entries = (await read_changelog(self.r.kafka, source.changelog, [partition]))[partition]
-            table = source.tables[partition] = SeenTable(partition, entries)
-        return table
+        if partition not in source.tables:  # a batch of a partition the assignment callback did not see
+            await self._restore(source, [partition])
+        return source.tables[partition]
+
+    async def _restore(self, source: Source, partitions: list[int]) -> None:
+        """Read ``partitions``' deduplication tables back from ``source``'s changelog."""
+        for partition, entries in (await read_changelog(self.r.kafka, source.changelog, partitions)).items():
+            source.tables[partition] = SeenTable(partition, entries)
 
     # -- set-up ------------------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from ops.kafka_io import group_lag, topic_reader
+from ops.kafka_io import group_lag, read_messages
 from ops.replay import file_messages, produce
 from streams import records
 from streams.app import faust_app_id
@@ -32,15 +32,6 @@ def ingest_only(monkeypatch):
 
 def interaction_counts(worker, settings) -> dict:
     return worker.counts().get(settings.topic("interactions"), {})
-
-
-async def changelog_keys(settings, topic: str) -> list[bytes]:
-    keys = []
-    async with topic_reader(settings, topic) as (consumer, ends):
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            for messages in (await consumer.getmany(timeout_ms=1000)).values():
-                keys.extend(m.key for m in messages)
-    return keys
 
 
 def committed_to_the_end(settings, group: str, topic: str) -> bool:
@@ -76,7 +67,7 @@ def test_replay_counts_match_exactly_and_a_second_replay_changes_nothing(kafka_s
     source = kafka_settings.topic("interactions")
     wait_for(lambda: committed_to_the_end(kafka_settings, ingest_group_id(app_id), source), timeout_s=30,
              message="the ingest group's offsets at the end of the interactions")
-    keys = asyncio.run(changelog_keys(kafka_settings, changelog_topic(app_id, "seen-interactions")))
+    keys = [key for key, _ in asyncio.run(read_messages(kafka_settings, changelog_topic(app_id, "seen-interactions")))]
     assert sorted(keys) == sorted(orjson.dumps(records.decode(records.Interaction, m.value).event_id)
                                   for m in interactions)
 

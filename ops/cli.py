@@ -451,6 +451,8 @@ def bench_ingest(
     workers: Annotated[int, typer.Option(min=1, max=8, help="Worker processes in one group")] = 1,
     partitions: Annotated[int | None, typer.Option(min=1, help="Partitions of the run's topics "
                                                                 "(default RECLOOP_PARTITIONS)")] = None,
+    learner: Annotated[bool, typer.Option("--learner", help="The worker trains too (tiny encoder): the one "
+                                                          "worker of a deployment that owns the learner")] = False,
 ) -> None:
     """Worker ingest throughput vs a plain aiokafka+orjson consumer on the same topic (--workers N: each)."""
     from ops.bench_ingest import run_bench_ingest
@@ -458,7 +460,7 @@ def bench_ingest(
     logs.configure("WARNING")
     settings = KafkaSettings()
     ensure_broker(settings)
-    result = run_bench_ingest(settings, events=events, workers=workers, partitions=partitions)
+    result = run_bench_ingest(settings, events=events, workers=workers, partitions=partitions, learner=learner)
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(result))
 

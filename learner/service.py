@@ -393,19 +393,22 @@ class LearnerService:
         return {"features": self.features, "model": self.model.learning_state(), "ranker": self.ranker.learning_state(),
                 "torch_rng": torch.get_rng_state(), **{name: getattr(self, name) for name in self._STATE}}
 
-    def reload_checkpoint(self) -> int | None:
+    def reload_checkpoint(self, rewind: bool = False) -> int | None:
         """Load the checkpoint on disk if it covers more input than this service holds; return its offset, if loaded.
 
         At start (nothing held yet: any checkpoint of this base is loaded, else the resumed adapter stays), and for a
         worker that takes the learner's partition over from another (a rebalance, with the state directory on
         shared storage): it loaded the checkpoint when it started, the previous owner learned on since.
+        ``rewind``: load it even if it covers no more: the input goes back to records learned after it (the
+        partition left and came back), so the state goes back to it too.
         """
         if self.state_dir is None:
             return None
         with self._lock:
             found = checkpoint.read_checkpoint(self.state_dir, self.base.fingerprint)
             held = self.status.checkpointed_through
-            if found is None or (held is not None and (found.through is None or found.through <= held)):
+            if found is None or (held is not None and (found.through is None or (found.through <= held
+                                                                                  and not rewind))):
                 return None
             self._load(found)
             return found.through

@@ -39,6 +39,7 @@ from rich.text import Text
 from streams import topics
 from streams.app import faust_app_id
 from streams.ingest_consumer import ingest_group_id
+from streams.learner_input import learner_group_id
 from streams.records import AdapterUpdate, DriftAlarm, InvalidRecord, MetricSnapshot, decode, from_dict
 from streams.settings import KafkaSettings, WorkerSettings
 from streams.topics import MAX_MESSAGE_BYTES
@@ -307,13 +308,14 @@ class OpsFeed:
 
 
 def worker_group_ids(kafka: KafkaSettings, worker: WorkerSettings) -> tuple[str, ...]:
-    """The worker's consumer groups: its ingest loop's (the source topics) and the Faust app's (impressions).
+    """The worker's consumer groups: its ingest loop's (the source topics), its learner's input and the Faust
+    app's (impressions).
 
     >>> worker_group_ids(KafkaSettings(topic_prefix="t1.recloop"), WorkerSettings(app_id="w"))
-    ('w-t1.recloop-ingest', 'w-t1.recloop')
+    ('w-t1.recloop-ingest', 'w-t1.recloop-learner', 'w-t1.recloop')
     """
     app_id = faust_app_id(kafka, worker)
-    return ingest_group_id(app_id), app_id
+    return ingest_group_id(app_id), learner_group_id(app_id), app_id
 
 
 class LagReader:

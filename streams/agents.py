@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from streams.app import RecloopApp, group_instance_id
 from streams.ingest import IngestStats, SourcePosition
 from streams.ingest_consumer import IngestConsumer
+from streams.record_batches import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class Downstream:
     interaction: list[Handler] = field(default_factory=list)
     feedback: list[Handler] = field(default_factory=list)
     item: list[Handler] = field(default_factory=list)
+    #: Where handlers put the records they write (the learner's input): sent with the batch, before its commit.
+    outbox: Outbox = field(default_factory=Outbox)
 
 
 class WorkerMetrics:

@@ -12,8 +12,9 @@ per-event cost of recloop's own logic only:
   changelog topic, read back by the worker that owns the partition next (restart, rebalance) before it handles
   a message of it;
 - **at-least-once, offsets after effects**: a batch's offsets are committed only after its changelog, dead-letter
-  and downstream writes (the learner's topic, drift alarms) were acknowledged by the broker. A crash before the
-  commit re-delivers the batch; its event ids are then in the changelog, so nothing counts twice;
+  and downstream writes (the learner's topic, sent as record batches from the handlers' outbox; drift alarms)
+  were acknowledged by the broker. A crash before the commit re-delivers the batch; its event ids are then in
+  the changelog, so nothing counts twice;
 - **partitions shared by workers**: the consumer is a member of the group ``<app id>-ingest``; a revoked
   partition's batch is finished and committed before the partition moves (the rebalance waits for it).
 
@@ -35,6 +36,7 @@ from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStat
 from streams import topics
 from streams.dedup import DedupWindow
 from streams.ingest import IngestStats, SourcePosition, validate
+from streams.record_batches import send_in_batches
 from streams.records import DeadLetter, ExplanationFeedback, Interaction, Item, encode
 from streams.seen_table import SEEN_TABLES, SeenTable, changelog_record, changelog_topic, read_changelog
 from streams.topics import MAX_MESSAGE_BYTES
@@ -93,6 +95,7 @@ class IngestConsumer(ConsumerRebalanceListener):
                 r.kafka.topic(name), cls, handlers, changelog_topic(app_id, table) if table else None,
                 window() if table else None)
         self.catalogue = r.kafka.topic(topics.CATALOG.name)
+        self.outbox = downstream.outbox
         self._lock = asyncio.Lock()
         self._pending: list[Awaitable[Any]] = []
         self._consumer: AIOKafkaConsumer | None = None
@@ -198,22 +201,16 @@ class IngestConsumer(ConsumerRebalanceListener):
 
     async def _send_changes(self, source: Source, table: SeenTable) -> None:
         """The table's changes as record batches for its changelog partition (one future per batch, not per record)."""
-        producer, batch = self._producer, None
-        for key, entry in table.take_changes():
-            record_key, value = changelog_record(key, entry)
-            if batch is None or batch.append(key=record_key, value=value, timestamp=None) is None:
-                if batch is not None:  # full: send it, start the next one with this record
-                    self._pending.append(await producer.send_batch(batch, source.changelog, partition=table.partition))
-                batch = producer.create_batch()
-                batch.append(key=record_key, value=value, timestamp=None)
-        if batch is not None:
-            self._pending.append(await producer.send_batch(batch, source.changelog, partition=table.partition))
+        self._pending += await send_in_batches(self._producer, source.changelog, table.partition,
+                                               (changelog_record(key, entry) for key, entry in table.take_changes()))
 
     async def _commit(self) -> None:
         """Wait until the broker holds every write of the batch, then move the offsets past it."""
+        for (topic, partition), records in self.outbox.take().items():  # the handlers' writes (the learner's input)
+            self._pending += await send_in_batches(self._producer, topic, partition, records)
         pending, self._pending = self._pending, []
-        await asyncio.gather(*pending)  # changelog records (a failed write raises: no commit)
-        await self.r.app.producer.flush()  # dead letters and the handlers' writes (learner, drift alarms)
+        await asyncio.gather(*pending)  # changelog and outbox records (a failed write raises: no commit)
+        await self.r.app.producer.flush()  # dead letters and the handlers' Faust writes (drift alarms)
         try:
             await self._consumer.commit()
         except (CommitFailedError, IllegalStateError) as exc:  # the group rebalanced: the next owner re-reads it

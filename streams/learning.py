@@ -5,24 +5,23 @@ only move records in, hand them to the service and send what it returns.
 
 Data path::
 
-    ingest agents (validated, deduplicated) ───┐  interactions, catalogue items, "irrelevant" feedback
+    ingest loop (validated, deduplicated) ─────┐  interactions, catalogue items, "irrelevant" feedback
     recloop.impressions ─► learner-impressions ─┼─► <app_id>-learner-events (internal, 1 partition)
-                                               ┘        └─► learner-train ─► Inbox ─► micro-batch (n, within s)
+                                               ┘        └─► LearnerInput ─► Inbox ─► micro-batch (n, within s)
                                                                └─► run_in_executor → LearnerService (own process)
 
 * The ingest ``Downstream`` hooks forward every accepted interaction and catalogue item (and explanation
   feedback that calls an item irrelevant: a weighted negative for the ranker) to an
   internal topic of **one partition**. However many workers run, exactly one owns that
-  partition and trains, so adapters form one chain of versions; the others only ingest, and
-  every item reaches the trainer whichever worker ingested its catalogue partition.
+  partition (the group ``<app id>-learner``, :mod:`streams.learner_input`) and trains, so adapters form one
+  chain of versions; the others only ingest, and every item reaches the trainer whichever worker ingested its
+  catalogue partition.
 * Learning never blocks ingest, for three reasons measured on 2 cores:
-  - ``learner-train`` drains its stream into an :class:`Inbox` and takes micro-batches from that
-    (``n`` events, waiting at most ``within`` seconds — never a bare take). A ``stream.take``
-    buffer stops draining while its batch trains; Faust's single delivery loop then blocks on
-    the full queue and *every* agent stalls (30 s stalls seen). When too much is pending the
-    agent stops reading instead, and Faust's stream-buffer flow control stops fetching the
-    internal partition alone (never ``consumer.pause_partitions``, which loses fetched records:
-    the learner stopped at 81,281 events of 229,515 — docs/learner.md, "Back-pressure");
+  - :class:`streams.learner_input.LearnerInput` reads the internal topic a fetch at a time into an
+    :class:`streams.inbox.Inbox`, and the trainer takes micro-batches from that (``n`` events, waiting at
+    most ``within`` seconds), so a training step never stops the reading; when too much is pending the
+    partition is paused, losslessly (docs/learner.md, "Back-pressure"). It replaced a Faust agent, whose
+    per-event stream held the worker that trains to ~2,000 events/s;
   - each batch goes to the service with ``loop.run_in_executor``; by default
     (``RECLOOP_LEARNER_ISOLATION=process``) the service lives in a child process, because a
     training *thread* holds the GIL through its Python-heavy parts (example building, PEFT
@@ -32,11 +31,11 @@ Data path::
 
 Offsets and durability (at-least-once; nothing is committed before its outcome is durable):
 
-1. Upstream, an ingest agent's offset is committed only after Faust flushed its producer, which
-   includes the forward to the internal topic (see :mod:`streams.agents`).
-2. ``learner-train`` iterates with acks off (``stream.noack()``) and acks an event (makes its
-   offset committable) only when the service reports its step as *settled*: its examples are
-   trained **and** the gate has decided on that training. A publish is settled once the adapter directory is written and
+1. Upstream, an ingest batch's offsets are committed only after the broker acknowledged its forwards
+   to the internal topic (the ingest ``Outbox``, see :mod:`streams.ingest_consumer`).
+2. The learner's input offsets are committed only for records whose step the service reports as
+   *settled*: its examples are trained, the gate has decided on that training, and a checkpoint on
+   disk holds them. A publish is settled once the adapter directory is written and
    fsynced (:func:`learner.artifacts.save_adapter`), the ``AdapterUpdate`` is acknowledged by the
    broker (acks=all), and a ``PUBLISHED`` marker is fsynced next to it; a refusal once its
    ``MetricSnapshot`` is acknowledged.
@@ -56,7 +55,6 @@ import multiprocessing.connection
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,8 +69,11 @@ from learner.explanation_bandit import is_irrelevant
 from learner.settings import LearnerConfigError, LearnerSettings
 from streams import topics
 from streams.agents import Downstream
-from streams.app import RecloopApp
+from streams.app import RecloopApp, group_instance_id
+from streams.inbox import AckLedger, Inbox
 from streams.ingest import SourcePosition, dead_letter, validate
+from streams.learner_input import LearnerInput, learner_group_id
+from streams.record_batches import Outbox
 from streams.records import (
     AdapterUpdate,
     DeadLetter,
@@ -152,104 +153,6 @@ def open_sourced_envelope(key: bytes | None, value: bytes | None) -> tuple[Learn
     if source and not source.isdigit():
         raise InvalidRecord(f"bad source partition {source[:20]!r} in a learner record key")
     return decode(cls, value), int(source) if source else None
-
-
-class AckLedger:
-    """Events held back until the learner step that consumed them is settled.
-
-    >>> ledger = AckLedger()
-    >>> ledger.hold(1, ["a", "b"]); ledger.hold(2, ["c"])
-    >>> ledger.release(settled_through=1), len(ledger)
-    (['a', 'b'], 1)
-    """
-
-    def __init__(self) -> None:
-        self._held: deque[tuple[int, Sequence[Any]]] = deque()
-
-    def hold(self, step: int, events: Sequence[Any]) -> None:
-        self._held.append((step, events))
-
-    def release(self, settled_through: int) -> list[Any]:
-        released: list[Any] = []
-        while self._held and self._held[0][0] <= settled_through:
-            released.extend(self._held.popleft()[1])
-        return released
-
-    def __len__(self) -> int:
-        return sum(len(events) for _, events in self._held)
-
-
-class Inbox:
-    """Events waiting for the learner, taken in micro-batches of up to ``n`` within ``within`` seconds.
-
-    Why not ``stream.take``: Faust delivers every topic from one consumer loop, and when an agent's
-    queue is full that loop *waits*, stalling every other agent. A take buffer stops draining its
-    queue while the batch trains, so a slow step froze ingest (measured: a 30 s stall on 2 cores).
-    The inbox is drained as fast as events arrive, up to ``high_water`` pending events; past that
-    :meth:`put` waits until :meth:`take` has brought them down to ``low_water``. While it waits the
-    agent reads nothing, and Faust's own stream-buffer flow control stops fetching the partition
-    (and fetches it again once the agent has read its buffer down); records Faust had already
-    fetched are still delivered, so nothing is lost. (``consumer.pause_partitions`` is not
-    lossless: Faust discards the already-fetched records of a paused partition — docs/learner.md.)
-
-    >>> async def demo():
-    ...     inbox = Inbox(high_water=3, low_water=1)
-    ...     for event in "abc":
-    ...         await inbox.put(event)
-    ...     late = asyncio.ensure_future(inbox.put("d"))  # full: waits for room
-    ...     await asyncio.sleep(0)
-    ...     paused = inbox.paused
-    ...     first = await inbox.take(2, within=0.01)  # down to low water: room again
-    ...     await late
-    ...     return paused, first, inbox.paused, await inbox.take(3, within=0.01)
-    >>> asyncio.run(demo())
-    (True, ['a', 'b'], False, ['c', 'd'])
-    """
-
-    def __init__(self, *, high_water: int, low_water: int) -> None:
-        if not 0 <= low_water < high_water:
-            raise ValueError(f"need 0 <= low_water < high_water, got {low_water} and {high_water}")
-        self.high_water, self.low_water = high_water, low_water
-        self._events: deque[Any] = deque()
-        self._arrived = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self.times_paused = 0
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-    @property
-    def paused(self) -> bool:
-        """True while :meth:`put` holds back (from ``high_water`` pending events down to ``low_water``)."""
-        return not self._room.is_set()
-
-    async def put(self, event: Any) -> None:
-        """Add an event; if ``high_water`` events are pending, first wait until only ``low_water`` are."""
-        if len(self._events) >= self.high_water and not self.paused:
-            self._room.clear()
-            self.times_paused += 1
-        await self._room.wait()
-        self._events.append(event)
-        self._arrived.set()
-
-    async def take(self, n: int, within: float) -> list[Any]:
-        """Wait for a first event, then up to ``within`` seconds for ``n``; never returns an empty batch."""
-        while not self._events:
-            self._arrived.clear()
-            await self._arrived.wait()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while len(self._events) < n and (remaining := deadline - loop.time()) > 0:
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                break
-        batch = [self._events.popleft() for _ in range(min(n, len(self._events)))]
-        if self.paused and len(self._events) <= self.low_water:
-            self._room.set()
-        return batch
 
 
 class TopicTail:
@@ -376,13 +279,15 @@ def _raw_topic(r: RecloopApp, name: str, *, partitions: int | None = None, inter
 class LearnerRouter:
     """Everything the learner sees goes through one internal topic: accepted records and impressions."""
 
-    def __init__(self, r: RecloopApp, handles: LearningHandles) -> None:
-        self.r, self.handles = r, handles
+    def __init__(self, r: RecloopApp, handles: LearningHandles, outbox: Outbox) -> None:
+        self.r, self.handles, self.outbox = r, handles, outbox
+        self.topic_name = handles.topic.get_topic_name()
 
     async def forward(self, record: LearnerRecord, position: SourcePosition | None = None) -> None:
-        """Send a record to the learner; an interaction carries the partition it was read from."""
+        """Send an ingested record to the learner, with the ingest batch that accepted it (its outbox); an
+        interaction carries the partition it was read from."""
         key, value = envelope(record, position.partition if position is not None else None)
-        await self.handles.topic.send(key=key, value=value)
+        self.outbox.add(self.topic_name, 0, key, value)
 
     async def forward_feedback(self, feedback: ExplanationFeedback, position: SourcePosition | None = None) -> None:
         """Explanation feedback that says the *item* is irrelevant is a label for the ranker: send it on; feedback
@@ -403,50 +308,60 @@ class LearnerRouter:
             if isinstance(result, DeadLetter):
                 await self.send_dead_letter(result)
             else:
-                await self.forward(result)
+                key, value = envelope(result)
+                await self.handles.topic.send(key=key, value=value)
 
 
 class TrainingAgent:
-    """The ``learner-train`` agent: inbox → micro-batches → the service in its executor → publish → acks.
+    """The trainer: inbox → micro-batches → the service in its executor → publish → commit.
 
-    The stream is read with acks off and drained into the :class:`Inbox`; a separate task takes
-    micro-batches from it, so a training step never stops the stream from being read (until the
-    inbox is full). An event is acked only once a checkpoint holds it (:mod:`learner.checkpoint`): after
-    every published version, and at least every ``checkpoint_interval_s`` while there is unsaved learning.
-    After a restart the records the checkpoint already holds (offsets up to its ``through``) are acked
-    without being learned again.
+    :class:`streams.learner_input.LearnerInput` fills the inbox; this task takes micro-batches from it, so a
+    training step never stops the input from being read (until the inbox is full). A record's offset is
+    committed only once a checkpoint holds it (:mod:`learner.checkpoint`): after every published version, and at
+    least every ``checkpoint_interval_s`` while there is unsaved learning. After a restart the records the
+    checkpoint already holds (offsets up to its ``through``) are committed without being learned again.
     """
 
     def __init__(self, r: RecloopApp, handles: LearningHandles, router: LearnerRouter, key: bytes, *,
-                 model_updates: faust.TopicT, ops_metrics: faust.TopicT) -> None:
+                 model_updates: faust.TopicT, ops_metrics: faust.TopicT, source: LearnerInput) -> None:
         self.r, self.handles, self.router, self.key = r, handles, router, key
         self.settings = handles.settings
         self.model_updates, self.ops_metrics = model_updates, ops_metrics
-        self.inbox = handles.inbox
+        self.inbox, self.source = handles.inbox, source
         self._loaded_through = -1  # input offsets at or below it are in the loaded checkpoint
         self._last_offset: int | None = None  # of the last record learned
         self._saved_offset: int | None = None  # of the last record in a checkpoint
         self._drift_hold = DriftHold(self.settings.drift_hold_s)
         self._alarms: TopicTail | None = None
         self._saved_at = 0.0
+        self._stop: Any = None
+        self._executor: Executor | None = None
+        self._tasks: list[asyncio.Future] = []
 
-    async def consume(self, stream: faust.StreamT) -> None:
-        """The agent's body: start the service and the training task, then drain the stream into the inbox."""
-        manual = stream.noack()  # acks come from the ledger, once a step is settled
-        executor, stop = service_executor(self.settings, self.r.kafka.home, self.key,
-                                          learner_state_dir(self.r.kafka.home, self.r.app.conf.id))
-        training = asyncio.ensure_future(self.train(manual, executor))
-        training.add_done_callback(self._crash_on_failure)
-        try:
-            async for event in manual.events():
-                await self.inbox.put(event)  # waits while the inbox is full: Faust then stops fetching this partition
-        finally:
-            training.cancel()
-            stop.set()  # a running step returns at its next optimizer step; its events stay unacked
-            executor.shutdown(wait=False, cancel_futures=True)
+    async def run(self) -> None:
+        """Start the service (in its executor), the input and the training loop; a failure of either stops the
+        worker."""
+        await self.handles.topic.maybe_declare()  # before the input subscribes to it
+        self._executor, self._stop = service_executor(self.settings, self.r.kafka.home, self.key,
+                                                      learner_state_dir(self.r.kafka.home, self.r.app.conf.id))
+        self._tasks = [asyncio.ensure_future(self.source.run()), asyncio.ensure_future(self.train(self._executor))]
+        for task in self._tasks:
+            task.add_done_callback(self._crash_on_failure)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def train(self, stream: faust.StreamT, executor: Executor) -> None:
-        """Micro-batches from the inbox → the service (in its executor) → publish → ack what is settled."""
+    async def stop(self) -> None:
+        """Stop training and leave the group; a running step returns at its next optimizer step, unsettled, so
+        its records are read again after the restart."""
+        for task in self._tasks[1:]:
+            task.cancel()
+        if self._stop is not None:
+            self._stop.set()
+        await self.source.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def train(self, executor: Executor) -> None:
+        """Micro-batches from the inbox → the service (in its executor) → publish → commit what is settled."""
         loop = asyncio.get_running_loop()
         self.handles.status = await loop.run_in_executor(executor, call_service, "status_dict")  # loads the model
         resumed = self.handles.status.get("checkpointed_through")
@@ -469,14 +384,14 @@ class TrainingAgent:
                         self.inbox.take(self.settings.batch_size, within=self.settings.batch_within_s),
                         timeout=self.settings.checkpoint_interval_s)
                 except TimeoutError:  # idle: save what the last events taught, so their offsets can be committed
-                    await self._checkpoint(stream, executor)
+                    await self._checkpoint(executor)
                     continue
                 await self._adopt_foreign_updates(watcher, own, executor)
-                if self._jumps(events[0].message.offset):
-                    await self._catch_up_with_checkpoint(executor, events[0].message.offset)
-                events = await self._skip_checkpointed(stream, events)
+                if self._discontinuous(events[0].offset):
+                    await self._reload_checkpoint(executor, events[0].offset)
+                events = await self._skip_checkpointed(events)
                 if events:
-                    await self._step(stream, executor, events, own, watcher)
+                    await self._step(executor, events, own, watcher)
         finally:
             await watcher.stop()
             await self._alarms.stop()
@@ -486,32 +401,36 @@ class TrainingAgent:
         """The last input offset this learner's state holds (learned here, or in the loaded checkpoint)."""
         return self._last_offset if self._last_offset is not None else self._loaded_through
 
-    def _jumps(self, offset: int) -> bool:
-        """Whether the input continues past records this learner never saw (its partition was someone else's)."""
-        return offset > self._held_through + 1
+    def _discontinuous(self, offset: int) -> bool:
+        """Whether the input does not continue this learner's state: it skips ahead past records this learner never
+        saw (its partition was someone else's), or goes back to records it learned (the partition left and came
+        back: what it learned after the committed offset is read again)."""
+        return offset > self._held_through + 1 or (self._last_offset is not None and offset <= self._last_offset)
 
-    async def _catch_up_with_checkpoint(self, executor: Executor, offset: int) -> None:
-        """The input skips ahead of what this learner holds: load the checkpoint its previous owner wrote since."""
+    async def _reload_checkpoint(self, executor: Executor, offset: int) -> None:
+        """The input does not continue what this learner holds: load the newest checkpoint (its previous owner's,
+        or its own), so each record is learned on top of the state that preceded it."""
         loop = asyncio.get_running_loop()
-        through = await loop.run_in_executor(executor, call_service, "reload_checkpoint")
+        rewind = offset <= self._held_through
+        through = await loop.run_in_executor(executor, call_service, "reload_checkpoint", rewind)
         if through is not None:
             self._loaded_through = self._saved_offset = self._last_offset = through
+            self.handles.ledger.clear()  # learned since the checkpoint, not in it: those records come again
             self.handles.status = await loop.run_in_executor(executor, call_service, "status_dict")
-            log.info("learner took its input over at offset %d: loaded the checkpoint through offset %d", offset,
+            log.info("learner input continues at offset %d: loaded the checkpoint through offset %d", offset,
                      through)
-        if self._jumps(offset):
+        if offset > self._held_through + 1:
             log.warning("learner input continues at offset %d, but its state holds only up to %s: the records "
                         "between were learned by another worker whose checkpoint is not in this state directory",
                         offset, self._held_through)
 
-    async def _skip_checkpointed(self, stream: faust.StreamT, events: list) -> list:
-        """Ack, without learning them again, the records a loaded checkpoint already holds (a restart's replay)."""
-        done = [e for e in events if e.message.offset <= self._loaded_through]
-        for event in done:
-            await stream.ack(event)
-        return [e for e in events if e.message.offset > self._loaded_through] if done else events
+    async def _skip_checkpointed(self, events: list) -> list:
+        """Commit, without learning them again, the records a loaded checkpoint already holds (a restart's replay)."""
+        done = [e for e in events if e.offset <= self._loaded_through]
+        await self.source.commit(done)
+        return [e for e in events if e.offset > self._loaded_through] if done else events
 
-    async def _checkpoint(self, stream: faust.StreamT, executor: Executor) -> None:
+    async def _checkpoint(self, executor: Executor) -> None:
         """Write the learner's state if it learned anything since the last checkpoint; ack what it now holds."""
         loop = asyncio.get_running_loop()
         if self._last_offset is None or self._last_offset == self._saved_offset:
@@ -519,11 +438,9 @@ class TrainingAgent:
         settled = await loop.run_in_executor(executor, call_service, "checkpoint", self._last_offset)
         self._saved_offset, self._saved_at = self._last_offset, loop.time()
         self.handles.status = await loop.run_in_executor(executor, call_service, "status_dict")
-        for event in self.handles.ledger.release(settled):
-            await stream.ack(event)
+        await self.source.commit(self.handles.ledger.release(settled))
 
-    async def _step(self, stream: faust.StreamT, executor: Executor, events: list, own: set[str],
-                    watcher: TopicTail) -> None:
+    async def _step(self, executor: Executor, events: list, own: set[str], watcher: TopicTail) -> None:
         loop = asyncio.get_running_loop()
         batch, sources = await self._decode(events)
         hold = await self._held()
@@ -542,9 +459,9 @@ class TrainingAgent:
             await loop.run_in_executor(executor, call_service, "mark_published", update.version)
         self.handles.status = outcome.status
         self.handles.ledger.hold(outcome.step, events)
-        self._last_offset = events[-1].message.offset
+        self._last_offset = events[-1].offset
         if outcome.updates or loop.time() - self._saved_at >= self.settings.checkpoint_interval_s:
-            await self._checkpoint(stream, executor)  # a published version is always in a checkpoint
+            await self._checkpoint(executor)  # a published version is always in a checkpoint
         log.info("learner step %d: %d events, %d examples, %d trained in %.2fs, published %s",
                  outcome.step, len(events), outcome.n_examples, outcome.n_trained, seconds,
                  ", ".join(u.version for u in outcome.updates) or None)
@@ -561,17 +478,17 @@ class TrainingAgent:
                 log.warning("publishing held: %s", self._drift_hold.why)
         return self._drift_hold.reason()
 
-    async def _decode(self, events: Sequence[faust.EventT]) -> tuple[list[LearnerRecord], list[int | None]]:
-        """The records of ``events`` and, parallel to them, the partition each interaction was read from."""
+    async def _decode(self, events: Sequence[Any]) -> tuple[list[LearnerRecord], list[int | None]]:
+        """The records of ``events`` (consumer records) and, parallel to them, the partition each interaction was
+        read from."""
         batch: list[LearnerRecord] = []
         sources: list[int | None] = []
         for event in events:
             try:
                 record, source = open_sourced_envelope(event.key, event.value)
             except InvalidRecord as exc:
-                message = event.message
                 await self.router.send_dead_letter(dead_letter(event.value, key=event.key, error=str(exc), source=(
-                    SourcePosition(message.topic, message.partition, message.offset))))
+                    SourcePosition(event.topic, event.partition, event.offset))))
                 continue
             batch.append(record)
             sources.append(source)
@@ -605,9 +522,9 @@ class TrainingAgent:
                 log.error("not adopting adapter %s from %s: %s", update.version, watcher.topic, exc.reason)
         return adopted
 
-    def _crash_on_failure(self, task: asyncio.Task) -> None:
-        """A failed trainer stops the worker: a restart re-reads every unsettled event from its committed offset,
-        where a silently restarted agent would leave them unacked forever."""
+    def _crash_on_failure(self, task: asyncio.Future) -> None:
+        """A failed trainer or input stops the worker: a restart re-reads every unsettled record from its committed
+        offset, where a silently stopped trainer would leave them uncommitted forever."""
         if not task.cancelled() and task.exception() is not None:
             log.error("learner failed; stopping the worker", exc_info=task.exception())
             asyncio.ensure_future(self.r.app.crash(task.exception()))
@@ -644,8 +561,12 @@ def register_learning_agents(r: RecloopApp, downstream: Downstream,
                              config=topics.OPS_METRICS.config())
     inbox = Inbox(high_water=settings.max_pending_events, low_water=settings.max_pending_events // 2)
     handles = LearningHandles(settings, learner_topic, inbox)
-    router = LearnerRouter(r, handles)
-    trainer = TrainingAgent(r, handles, router, key, model_updates=model_updates, ops_metrics=ops_metrics)
+    router = LearnerRouter(r, handles, downstream.outbox)
+    static = r.identity is not None and r.worker.static_membership
+    source = LearnerInput(r.kafka, learner_topic.get_topic_name(), inbox, group_id=learner_group_id(r.app.conf.id),
+                          group_instance_id=f"{group_instance_id(r.identity, r.worker)}-learner" if static else None)
+    trainer = TrainingAgent(r, handles, router, key, model_updates=model_updates, ops_metrics=ops_metrics,
+                            source=source)
     downstream.interaction.append(router.forward)
     downstream.item.append(router.forward)
     downstream.feedback.append(router.forward_feedback)
@@ -654,9 +575,13 @@ def register_learning_agents(r: RecloopApp, downstream: Downstream,
     async def forward_impressions(stream: faust.StreamT) -> None:
         await router.forward_impressions(stream)
 
-    @r.app.agent(learner_topic, name="learner-train")
-    async def train(stream: faust.StreamT) -> None:
-        await trainer.consume(stream)
+    @r.app.task
+    async def train() -> None:
+        await trainer.run()
+
+    @r.app.on_before_shutdown.connect
+    async def stop_training(app: faust.App, **_: Any) -> None:
+        await trainer.stop()
 
     @r.app.page("/learner/")
     async def learner_status(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:

@@ -163,3 +163,23 @@ def test_the_catalogue_is_handed_out_before_the_events_fetched_with_it(tmp_path)
         return [await consumer._poll(), await consumer._poll()]
 
     assert asyncio.run(two_polls()) == [{catalogue: ["item"]}, {interactions: ["purchase"]}]
+
+
+def test_the_handlers_outbox_is_sent_as_record_batches_and_acknowledged_before_the_offsets_are_committed(tmp_path):
+    consumer, _ = ingest(tmp_path, batch_size=2)
+    events = []
+
+    async def flush() -> None:
+        events.append("faust producer flushed")
+
+    async def commit() -> None:
+        events.append(("commit", [(topic, partition, len(records)) for topic, partition, records
+                                  in consumer._producer.sent]))
+
+    consumer.r.app.producer = SimpleNamespace(flush=flush)
+    consumer._consumer = SimpleNamespace(commit=commit)
+    for i in range(3):
+        consumer.outbox.add("w-learner-events", 0, f"k{i}".encode(), b"v")
+    asyncio.run(consumer._commit())
+    assert events == ["faust producer flushed", ("commit", [("w-learner-events", 0, 2), ("w-learner-events", 0, 1)])]
+    assert consumer.outbox.take() == {} and consumer._pending == []

@@ -375,3 +375,20 @@ def test_a_worker_taking_the_learner_over_loads_the_newer_checkpoint(base, retai
     assert standby.reload_checkpoint() is None  # nothing newer
     users = sorted({e.user_id for e in interactions[:3000]})[:20]
     assert top10(standby, users) == top10(owner, users) and standby.status.trained == owner.status.trained
+
+
+def test_a_learner_whose_input_goes_back_returns_to_its_checkpoint(base, retail, tmp_path):
+    """The partition left and came back: records learned after the checkpoint are read again, so the state goes
+    back to the checkpoint (``rewind``) instead of learning them twice."""
+    items, interactions = retail
+    state = tmp_path / "state"
+    service = LearnerService(settings(), tmp_path / "a", key=KEY, base=base, state_dir=state)
+    service.process([*items, *interactions[:2000]])
+    through = len(items) + 1999
+    service.checkpoint(through=through)
+    users = sorted({e.user_id for e in interactions[:2000]})[:20]
+    at_checkpoint = top10(service, users)
+    service.process(interactions[2000:3500])  # learned, never checkpointed
+    assert service.reload_checkpoint() is None  # nothing newer than what it holds
+    assert service.reload_checkpoint(rewind=True) == through
+    assert top10(service, users) == at_checkpoint

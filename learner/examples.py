@@ -183,6 +183,10 @@ class ImpressionJoin:
     def __len__(self) -> int:
         return len(self._open)
 
+    def is_open(self, rec_id: str) -> bool:
+        """Whether the impression ``rec_id`` was shown and its window has not closed."""
+        return rec_id in self._open
+
     def show(self, shown: ShownImpression) -> list[Example]:
         """Open an impression (a repeated ``rec_id`` is ignored); returns examples of any impression
         closed early to respect ``max_open``."""

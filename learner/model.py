@@ -334,7 +334,11 @@ class RankingModel(nn.Module):
 
     def encode_items(self, indices: Sequence[int]) -> torch.Tensor:
         """Encode catalogue items with the current adapter; gradients follow the caller's grad mode."""
-        texts = [self.item_texts[i] for i in indices]
+        return self.encode_texts([self.item_texts[i] for i in indices])
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Encode free texts (a search query) with the current adapter, as items are; gradients follow the
+        caller's grad mode."""
         return encode_texts(self.encoder, self.tokenizer, texts, max_length=self.config.max_length,
                             pooling=self.pooling, device=self.device)
 

@@ -41,6 +41,7 @@ from learner.baskets import Basket
 from learner.examples import NegativeSampler
 from learner.gate import GateDecision, PublishGate, WindowMetrics
 from learner.model import Example, RankingModel
+from learner.query_clicks import QueryClicks
 from learner.ranker_config import RankerConfig
 from learner.ranking_metrics import ndcg_from_ranks
 from learner.rich_features import FEATURE_NAMES, RichFeatures
@@ -230,6 +231,9 @@ class OnlineRanker:
         self._sampler = NegativeSampler(self.config.sampled_negatives, popular_fraction=0.5, seed=self.config.seed)
         self._rng = np.random.default_rng(self.config.seed)
         self._replay = Reservoir(self.config.head_reservoir, seed=self.config.seed)
+        #: Search choices, joined by the caller (it sees the impressions): trained with the text tower.
+        self.queries = QueryClicks(capacity=self.config.query_reservoir, seed=self.config.seed)
+        self.query_steps = 0
         self.window: list[HeldOut] = []
         self._probe_stack: Stacked | None = None
         self._pop_column = FEATURE_NAMES.index("pop_30d")
@@ -242,7 +246,10 @@ class OnlineRanker:
 
     #: What :meth:`learning_state` carries besides the trainer's state and the head optimizer's moments.
     _STATE = ("window", "probe", "versions", "windows", "refused", "head_steps", "text_steps", "timings",
-              "_accepted", "_accepted_text_version", "_encoder_moved", "_sampler", "_rng", "_replay")
+              "_accepted", "_accepted_text_version", "_encoder_moved", "_sampler", "_rng", "_replay", "queries",
+              "query_steps")
+    #: Checkpoints written before the ranker learned from searches lack these: they start empty.
+    _SINCE_SEARCH = ("queries", "query_steps")
 
     def learning_state(self) -> dict:
         """The window being held out, the replay reservoir, the accepted weights, the random generators and the
@@ -253,7 +260,8 @@ class OnlineRanker:
     def load_learning_state(self, state: dict) -> None:
         """Put back :meth:`learning_state` (after the model's own state is loaded)."""
         for name in self._STATE:
-            setattr(self, name, state[name])
+            if name in state or name not in self._SINCE_SEARCH:
+                setattr(self, name, state[name])
         self.trainer.load_learning_state(state["trainer"])
         self._head_optimizer = self._new_head_optimizer()
         self._head_optimizer.load_state_dict(state["head_optimizer"])
@@ -471,6 +479,13 @@ class OnlineRanker:
             self.trainer.train_step(batch)
             self.text_steps += 1
             moved = self._encoder_moved = True
+        for _ in range(self.config.query_steps):
+            batch = self.queries.sample(self.config.query_batch)
+            if not batch:
+                break
+            self.trainer.query_step(batch, temperature=self.config.query_temperature)
+            self.query_steps += 1
+            moved = self._encoder_moved = True
         self.timings["text"] += time.perf_counter() - started
         if moved:
             self._refresh()
@@ -513,7 +528,8 @@ class OnlineRanker:
         return {
             "versions": self.versions, "windows": self.windows, "refused": self.refused,
             "head_steps": self.head_steps, "text_steps": self.text_steps,
-            "probe_baskets": len(probe.baskets) if probe else 0,
+            "searches": self.queries.searches, "search_choices": self.queries.examples.seen,
+            "query_steps": self.query_steps, "probe_baskets": len(probe.baskets) if probe else 0,
             "retention": probe.retention(1) if probe else None,
             "retention_text": probe.retention(2) if probe else None,
             "probe": [{"version": v, "ndcg@10": round(f, 4), "text_ndcg@10": round(t, 4)}

@@ -36,6 +36,13 @@ class RankerConfig:
     text_positives: int = 2
     hard_negatives: int = 5
     sampled_negatives: int = 10
+    #: Search choices (:mod:`learner.query_clicks`): with each text-tower training, ``query_steps`` micro-batches
+    #: of ``query_batch`` examples sampled from the last ``query_reservoir`` searches' choices; the softmax over
+    #: the query's cosines to the results runs at ``query_temperature``.
+    query_steps: int = 2
+    query_batch: int = 32
+    query_reservoir: int = 4096
+    query_temperature: float = 0.05
     lora_lr: float = 5e-4
     #: Encoder learning rate of the full fine-tune variant (every encoder weight trains, no LoRA).
     full_finetune_lr: float = 5e-5

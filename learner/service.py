@@ -23,8 +23,9 @@ offset it covers, and the worker commits offsets only up to there. A restarted s
 checkpoint and the worker skips the records it already holds, so a restart continues exactly where
 the checkpoint left off: same features, window, reservoir, weights and random generators. Records
 are learned strictly in input order and a window is decided the moment it is full, so the state after
-a given input does not depend on how it was cut into micro-batches. Impressions are accepted and not
-used for training: the window's listwise loss needs what was bought, not what was shown.
+a given input does not depend on how it was cut into micro-batches. Impressions of ``/recommend`` are
+accepted and not used for training (the window's listwise loss needs what was bought, not what was shown);
+those of ``/search``, joined with the results shoppers chose, train the text tower (:mod:`learner.query_clicks`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from learner.adapter_store import (
 )
 from learner.baskets import Basket
 from learner.encoder import Base, load_base, tiny_bert
+from learner.examples import positive_weight
 from learner.gate import GateDecision
 from learner.model import ModelConfig, pick_device
 from learner.ranker import OnlineRanker, RetentionProbe
@@ -262,7 +264,11 @@ class LearnerService:
                     self._learn(record, sources[n] if sources is not None else None)
                 elif isinstance(record, ExplanationFeedback):
                     self._learn_feedback(record)
+                elif isinstance(record, Impression):
+                    self._learn_search(record)
             self.add_items(items)
+            if self._observed_ts is not None:
+                self.ranker.queries.expire(self._observed_ts)
             return self._outcome(len(records), held_before, trained_before)
 
     def advance_to(self, ts: float, *, hold: str | None = None) -> StepOutcome:
@@ -270,6 +276,7 @@ class LearnerService:
         with self._lock:
             self._begin_step(hold)
             held_before, trained_before = self.status.examples, self.status.trained
+            self.ranker.queries.expire(ts)
             self.features.advance_to(ts)
             return self._outcome(0, held_before, trained_before)
 
@@ -279,6 +286,18 @@ class LearnerService:
         self.features.learn_interaction(event.user_id, event.item_id, event.type, event.ts,
                                         basket_id=event.session_id, source=source)
         self._observed_ts = event.ts if self._observed_ts is None else max(self._observed_ts, event.ts)
+        if event.rec_id is not None and (weight := positive_weight(event.type)) > 0:
+            self.ranker.queries.respond(event.rec_id, self.features.index.index_of(event.item_id), weight,
+                                        ts=event.ts)
+
+    def _learn_search(self, impression: Impression) -> None:
+        """A search's results wait for the shopper's choice (:mod:`learner.query_clicks`); other impressions
+        teach nothing here (the window's listwise loss needs what was bought, not what was shown)."""
+        if impression.route != "search" or not impression.query:
+            return
+        index = self.features.index
+        shown = tuple(i for i in (index.index_of(item.item_id) for item in impression.items) if i >= 0)
+        self.ranker.queries.show(impression.rec_id, impression.query, shown, ts=impression.ts)
 
     def _learn_feedback(self, feedback: ExplanationFeedback) -> None:
         """"Not helpful, irrelevant": from now on the item is a weighted negative for that shopper (its
@@ -477,7 +496,9 @@ class LearnerService:
 
     def _status(self) -> dict:
         """The counters, and why publishing is held (None: it is not)."""
-        return {**self.status.as_dict(), "held": self._hold}
+        queries = self.ranker.queries
+        return {**self.status.as_dict(), "held": self._hold, "searches": queries.searches,
+                "search_choices": queries.examples.seen, "query_steps": self.ranker.query_steps}
 
     # ------------------------------------------------------------------ helpers
 

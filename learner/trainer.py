@@ -17,12 +17,15 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from learner.model import Batch, Example, RankingModel
+
+if TYPE_CHECKING:
+    from learner.query_clicks import QueryExample
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +193,43 @@ class MicroBatchTrainer:
         self._optimizer.zero_grad(set_to_none=True)
         table = self.model.item_table(fresh)
         loss = ranking_loss(self.model(batch, table).float(), batch, self.config.loss)
+        result = self._apply(loss, table, fresh, mixed, replayed, started)
+        if not math.isnan(result.grad_norm):  # a skipped (poisoned) batch is not remembered either
+            for example in examples:
+                self.reservoir.offer(example)
+        return result
+
+    def query_step(self, examples: Sequence[QueryExample], temperature: float = 0.05) -> StepResult:
+        """One optimizer step of the text tower on search choices (:mod:`learner.query_clicks`): each query,
+        encoded by the tower, against the chosen result and the results passed over — a softmax over their
+        cosines at ``temperature``. The head has no part in it; the pull toward the anchor applies as in
+        :meth:`train_step`. Not replayed: the examples are already a sample of every search seen."""
+        started = time.perf_counter()
+        order = dict.fromkeys(e.positive for e in examples)
+        order.update(dict.fromkeys(i for e in examples for i in e.negatives))
+        fresh = list(order)[: self.config.max_encoded_items]
+        width = 1 + max(len(e.negatives) for e in examples)
+        candidates = torch.zeros(len(examples), width, dtype=torch.long, device=self.model.device)
+        mask = torch.zeros(len(examples), width, dtype=torch.bool, device=self.model.device)
+        for row, example in enumerate(examples):
+            items = (example.positive, *example.negatives)
+            candidates[row, : len(items)] = torch.tensor(items, dtype=torch.long)
+            mask[row, : len(items)] = True
+        weight = torch.tensor([e.weight for e in examples], dtype=torch.float32, device=self.model.device)
+
+        self._optimizer.zero_grad(set_to_none=True)
+        queries = nn.functional.normalize(self.model.encode_texts([e.query for e in examples]).float(), dim=-1)
+        table = self.model.item_table(fresh)
+        cosine = (table[candidates].float() * queries.unsqueeze(1)).sum(-1)
+        logits = (cosine / temperature).masked_fill(~mask, float("-inf"))
+        per_example = -torch.log_softmax(logits, dim=1)[:, 0]
+        loss = (per_example * weight).sum() / weight.sum().clamp(min=1e-12)
+        return self._apply(loss, table, fresh, list(examples), [], started)
+
+    def _apply(self, loss: torch.Tensor, table: torch.Tensor, fresh: list[int], mixed: list, replayed: list,
+               started: float) -> StepResult:
+        """The optimizer step shared by both objectives: the pull toward the anchor, clipping, and the cached
+        vectors of the items encoded with gradients brought up to date (one step behind)."""
         penalty = self.anchor_penalty()
         total = loss + self.config.anchor_l2 * penalty
         if not torch.isfinite(total):  # one poisoned batch must not wreck the adapter
@@ -201,12 +241,9 @@ class MicroBatchTrainer:
         self._optimizer.step()
         self.model.text_changed()
         if fresh:
-            with torch.no_grad():  # keep the cache roughly current for history vectors (one step behind)
+            with torch.no_grad():
                 index = torch.tensor(fresh, dtype=torch.long, device=self.model.device)
                 self.model.item_vectors[index] = table[index].detach()
-
-        for example in examples:
-            self.reservoir.offer(example)
         self.step += 1
         return self._result(loss, penalty, float(grad_norm), mixed, replayed, fresh, started)
 

@@ -10,6 +10,12 @@ Each searcher ranks the whole catalogue; the bought item's rank counts at its ex
 ties (no tie favours it); NDCG@10 and HR@10 with one relevant item. Then every model learns the
 basket's timestamp group (test, then train).
 
+Searches are also what the learner learns from (:mod:`learner.query_clicks`): each query asked is a search
+the shopper made before buying, whose results were recloop's top 10. That search's impression goes to the
+learner with the basket, and the purchase names it (``rec_id``) when the results showed the item — the
+shopper chose it there — so a version trained after it has seen which result the query meant (scored before,
+learned after, like every other event).
+
 Searchers:
 
 * ``bm25``: BM25 over title + description + category (:class:`learner.search.LexicalIndex`);
@@ -36,14 +42,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learner.baskets import DEFAULT_DATA_PATH, timestamp_groups
+from learner.baskets import DEFAULT_DATA_PATH, Basket, timestamp_groups
 from learner.encoder import Base, encode_texts, load_base, tiny_bert
 from learner.model import ModelConfig, RankingModel
 from learner.ranker_config import RankerConfig
 from learner.ranking_metrics import K, expected_rank
 from learner.search import LexicalIndex, personal_blend, search_scores, words
 from ops.evaluate import QUICK_EVERY_NTH, Catalogue, Protocol, is_evaluated
-from ops.served_recommender import ServedRecommender
+from ops.served_recommender import SearchShown, ServedRecommender
 from ops.shop_files import Shop, load_shop
 
 log = logging.getLogger(__name__)
@@ -127,6 +133,7 @@ def run_search_eval(base: Base, shop: Shop, *, quick: bool, recloop: ServedRecom
     catalogue = Catalogue()
     tallies = {name: SearchTally() for name in SEARCHERS}
     bought: dict[str, Counter[int]] = {}  # baskets per shopper per item, before now
+    searches: dict[tuple[str, int], SearchShown] = {}  # of the group at hand, for the learner
     eligible = 0
     advance = progress(len(shop.baskets)) if progress is not None else None
     for group in timestamp_groups(shop.baskets):
@@ -139,9 +146,10 @@ def run_search_eval(base: Base, shop: Shop, *, quick: bool, recloop: ServedRecom
             asked = [(item, query) for item in dict.fromkeys(basket.items)
                      if len(catalogue.positions([item])) and (query := queries.of(item)) is not None]
             if asked:
-                score_basket(basket.user_id, asked[:QUERIES_PER_BASKET], catalogue.candidates, lexical, frozen,
-                             recloop, bought[basket.user_id], tallies)
-        recloop.learn(group)
+                searches.update(score_basket(basket, asked[:QUERIES_PER_BASKET], catalogue.candidates, lexical,
+                                             frozen, recloop, bought[basket.user_id], tallies))
+        recloop.learn(group, searches)
+        searches = {}
         catalogue.learn(group)
         queries.add_to_catalogue(item for basket in group for item in basket.items)
         for basket in group:
@@ -153,15 +161,21 @@ def run_search_eval(base: Base, shop: Shop, *, quick: bool, recloop: ServedRecom
             "protocol": {**protocol.describe(), "quick": quick, "min_matching_items": MIN_MATCHING_ITEMS,
                          "queries_per_basket": QUERIES_PER_BASKET, "query": "last word of the item's title"},
             "recloop_versions_served": recloop.versions_served,
+            "recloop_learned_from_searches": {"searches": recloop.learner.ranker.queries.searches,
+                                              "choices": recloop.learner.ranker.queries.examples.seen,
+                                              "query_steps": recloop.learner.ranker.query_steps},
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def score_basket(user_id: str, asked: list[tuple[int, str]], candidates: np.ndarray, lexical: LexicalIndex,
+def score_basket(basket: Basket, asked: list[tuple[int, str]], candidates: np.ndarray, lexical: LexicalIndex,
                  frozen: FrozenText, recloop: ServedRecommender, bought: Counter[int],
-                 tallies: dict[str, SearchTally]) -> None:
-    """Rank the catalogue for each of one basket's queries with every searcher; tally the bought item's rank."""
+                 tallies: dict[str, SearchTally]) -> dict[tuple[str, int], SearchShown]:
+    """Rank the catalogue for each of one basket's queries with every searcher; tally the bought item's rank.
+    Returns what recloop's search showed for each query (its top 10), by ``(user_id, item)``."""
+    user_id = basket.user_id
     model_scores = recloop.model_score(user_id, candidates)  # the shopper's ranking: one per basket
     past = np.array([bought.get(int(item), 0) for item in candidates], dtype=np.float64)
+    shown: dict[tuple[str, int], SearchShown] = {}
     for item, query in asked:
         target = int(np.searchsorted(candidates, item))
         bm25 = lexical.scores(query)[candidates]
@@ -171,6 +185,10 @@ def score_basket(user_id: str, asked: list[tuple[int, str]], candidates: np.ndar
                     "recloop": search_scores(bm25, model_scores, text), "recloop_text": text}
         for name, scores in rankings.items():
             tallies[name].add(expected_rank(scores, target))
+        top = candidates[np.argsort(-rankings["recloop"], kind="stable")[:K]]
+        shown[(user_id, item)] = SearchShown(f"search|{user_id}|{basket.ts}|{item}", query,
+                                             tuple(int(i) for i in top))
+    return shown
 
 
 def run_search(*, quick: bool, tiny: bool = False, model_dir: Path | None = None,

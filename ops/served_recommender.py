@@ -26,6 +26,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +46,26 @@ from serving.new_items import NewItemSlate
 from serving.settings import ServingSettings
 from serving.state import ServingState, StateBuilder, StateHolder, Swap
 from serving.updates import StateUpdater
-from streams.records import Interaction, Item, encode
+from streams.records import Impression, Interaction, Item, RecommendedItem, encode
 
 log = logging.getLogger(__name__)
 
 #: How far past a timestamp group the watermark goes: less than the data's time resolution.
 WATERMARK_S = 1e-3
+
+
+@dataclass(frozen=True)
+class SearchShown:
+    """What a search showed a shopper: its id, the query and the items (harness ints), best first."""
+
+    rec_id: str
+    query: str
+    items: tuple[int, ...]
+
+
+def _chosen_from(shown: SearchShown | None, item: int) -> str | None:
+    """The search an item was bought from: the one that showed it, if any."""
+    return shown.rec_id if shown is not None and item in shown.items else None
 
 
 class _Counter:
@@ -98,14 +113,24 @@ class ServedRecommender:
 
     # ------------------------------------------------------------------ Recommender protocol
 
-    def learn(self, baskets: list[Basket]) -> None:
+    def learn(self, baskets: list[Basket], searches: dict[tuple[str, int], SearchShown] | None = None) -> None:
         """One timestamp group, as the stream would carry it: purchases, then event time moves past them, then
-        the items first sold in it join the catalogue (the next group may be recommended them)."""
+        the items first sold in it join the catalogue (the next group may be recommended them).
+
+        ``searches``: the searches shoppers of this group made first, by ``(user_id, item)``: the impression of
+        each goes to the learner before the purchases, and the purchase of the item names it (``rec_id``) when
+        the search showed the item — a choice from the search's results (:mod:`learner.query_clicks`)."""
         ts = baskets[0].ts
+        searches = searches or {}
+        impressions = [Impression(shown.rec_id, user, ts, "eval", tuple(
+            RecommendedItem(self._items[i][0], float(-rank)) for rank, i in enumerate(shown.items)),
+            source="search", query=shown.query) for (user, _), shown in searches.items()]
         events = [Interaction(f"{b.user_id}|{ts}|{n}", b.user_id, self._items[item][0], "purchase", ts,
-                              session_id=b.basket_id or None)
+                              session_id=b.basket_id or None, rec_id=_chosen_from(searches.get((b.user_id, item)),
+                                                                                 item))
                   for b in baskets for n, item in enumerate(b.items)]
-        for update in (*self.learner.process(events).updates, *self.learner.advance_to(ts + WATERMARK_S).updates):
+        outcome = self.learner.process([*impressions, *events])
+        for update in (*outcome.updates, *self.learner.advance_to(ts + WATERMARK_S).updates):
             self._publish(update)
         for event in events:
             self.live.learn_interaction(event)

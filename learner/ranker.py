@@ -483,7 +483,8 @@ class OnlineRanker:
             batch = self.queries.sample(self.config.query_batch)
             if not batch:
                 break
-            self.trainer.query_step(batch, temperature=self.config.query_temperature)
+            self.trainer.query_step(batch, temperature=self.config.query_temperature,
+                                    shown_negatives=self.config.query_shown_negatives)
             self.query_steps += 1
             moved = self._encoder_moved = True
         self.timings["text"] += time.perf_counter() - started

@@ -199,20 +199,29 @@ class MicroBatchTrainer:
                 self.reservoir.offer(example)
         return result
 
-    def query_step(self, examples: Sequence[QueryExample], temperature: float = 0.05) -> StepResult:
+    def query_step(self, examples: Sequence[QueryExample], temperature: float = 0.05,
+                   shown_negatives: bool = False) -> StepResult:
         """One optimizer step of the text tower on search choices (:mod:`learner.query_clicks`): each query,
-        encoded by the tower, against the chosen result and the results passed over — a softmax over their
-        cosines at ``temperature``. The head has no part in it; the pull toward the anchor applies as in
+        encoded by the tower, against the chosen result and the results chosen for the batch's *other* queries
+        (in-batch negatives: they keep the query close to what it means against the rest of the catalogue), and
+        with ``shown_negatives`` the results passed over too (items matching the same word: alone they push the
+        query away from everything the word matches, measured in :mod:`learner.ranker_config`) — a softmax over
+        their cosines at ``temperature``. The head has no part in it; the pull toward the anchor applies as in
         :meth:`train_step`. Not replayed: the examples are already a sample of every search seen."""
         started = time.perf_counter()
         order = dict.fromkeys(e.positive for e in examples)
-        order.update(dict.fromkeys(i for e in examples for i in e.negatives))
+        if shown_negatives:
+            order.update(dict.fromkeys(i for e in examples for i in e.negatives))
         fresh = list(order)[: self.config.max_encoded_items]
-        width = 1 + max(len(e.negatives) for e in examples)
+        rows = []
+        for example in examples:
+            others = (e.positive for e in examples if e.query != example.query and e.positive != example.positive)
+            rows.append((example.positive, *dict.fromkeys((*(example.negatives if shown_negatives else ()),
+                                                            *others))))
+        width = max(len(items) for items in rows)
         candidates = torch.zeros(len(examples), width, dtype=torch.long, device=self.model.device)
         mask = torch.zeros(len(examples), width, dtype=torch.bool, device=self.model.device)
-        for row, example in enumerate(examples):
-            items = (example.positive, *example.negatives)
+        for row, items in enumerate(rows):
             candidates[row, : len(items)] = torch.tensor(items, dtype=torch.long)
             mask[row, : len(items)] = True
         weight = torch.tensor([e.weight for e in examples], dtype=torch.float32, device=self.model.device)

@@ -34,29 +34,30 @@ def test_a_search_choice_is_an_example_against_the_results_passed_over():
     assert clicks.searches == 2 and not clicks.respond("r1", 4, 1.0, ts=70.0)  # closed
 
 
-def test_query_steps_pull_the_query_toward_the_chosen_result_and_leave_base_and_head_alone(base):
+def test_query_steps_pull_each_query_toward_its_choice_and_leave_base_and_head_alone(base):
     model = RankingModel(base, ModelConfig(feature_names=("a", "b", "c")))
     model.set_catalogue(TEXTS)
     trainer = MicroBatchTrainer(model, TrainerConfig(lora_lr=1e-2, anchor_l2=0.0))
     frozen_base = {name: t.clone() for name, t in base_state(model.encoder).items()}
     head = {n: p.detach().clone() for n, p in model.head.named_parameters()}
-    shown = (3, 13, 23, 33, 1, 11)  # the "bag"s of every colour, and two mugs
-    examples = [QueryExample("gift", 23, tuple(i for i in shown if i != 23))] * 16
+    chosen = {"red heart": 23, "blue lamp": 5, "green card": 17, "pink bell": 31, "red tin": 8, "blue jar": 2}
+    examples = [QueryExample(query, item, (item + 1,)) for query, item in chosen.items()] * 4
 
-    def rank_of_chosen() -> int:
+    def each_query_finds_its_choice() -> int:
         with torch.no_grad():
-            query = torch.nn.functional.normalize(model.encode_texts(["gift"]), dim=-1)[0]
+            queries = torch.nn.functional.normalize(model.encode_texts(list(chosen)), dim=-1)
             model.refresh_item_vectors()
-            cosine = model.item_vectors[list(shown)] @ query
-        return int((cosine > cosine[shown.index(23)]).sum())
+            cosine = queries @ model.item_vectors[list(chosen.values())].T
+        return int((cosine.argmax(1) == torch.arange(len(chosen))).sum())
 
-    before = rank_of_chosen()
-    losses = [trainer.query_step(examples, temperature=0.05).loss for _ in range(25)]
+    before = each_query_finds_its_choice()
+    losses = [trainer.query_step(examples, temperature=0.05).loss for _ in range(60)]
     assert losses[-1] < losses[0] / 2
-    assert rank_of_chosen() == 0 and before > 0
+    assert each_query_finds_its_choice() == len(chosen) > before
     assert all(torch.equal(t, frozen_base[name]) for name, t in base_state(model.encoder).items())
     assert all(torch.equal(p, head[n]) for n, p in model.head.named_parameters())
-    assert trainer.step == 25 and np.isfinite(losses).all()
+    assert trainer.step == 60 and np.isfinite(losses).all()
+    assert np.isfinite(trainer.query_step(examples, shown_negatives=True).loss)  # the passed-over results too
 
 
 def test_the_learner_learns_search_choices_and_keeps_them_in_its_checkpoint(base, tmp_path):

@@ -176,10 +176,12 @@ class MicroBatchTrainer:
 
     # ------------------------------------------------------------------ training
 
-    def _fresh_items(self, examples: Sequence[Example]) -> list[int]:
-        """Which candidates get encoded with gradients: positives first, then negatives, first seen first."""
+    def _fresh_items(self, examples: Sequence[Example | QueryExample], negatives: bool = True) -> list[int]:
+        """Which candidates get encoded with gradients: positives first, then (``negatives``) the negatives, first
+        seen first."""
         order = dict.fromkeys(e.positive for e in examples)
-        order.update(dict.fromkeys(i for e in examples for i in e.negatives))
+        if negatives:
+            order.update(dict.fromkeys(i for e in examples for i in e.negatives))
         return list(order)[: self.config.max_encoded_items]
 
     def train_step(self, examples: Sequence[Example]) -> StepResult:
@@ -209,10 +211,7 @@ class MicroBatchTrainer:
         their cosines at ``temperature``. The head has no part in it; the pull toward the anchor applies as in
         :meth:`train_step`. Not replayed: the examples are already a sample of every search seen."""
         started = time.perf_counter()
-        order = dict.fromkeys(e.positive for e in examples)
-        if shown_negatives:
-            order.update(dict.fromkeys(i for e in examples for i in e.negatives))
-        fresh = list(order)[: self.config.max_encoded_items]
+        fresh = self._fresh_items(examples, negatives=shown_negatives)
         rows = []
         for example in examples:
             others = (e.positive for e in examples if e.query != example.query and e.positive != example.positive)

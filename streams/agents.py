@@ -16,7 +16,7 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from streams.app import RecloopApp, group_instance_id
+from streams.app import RecloopApp, static_member_id
 from streams.ingest import IngestStats, SourcePosition
 from streams.ingest_consumer import IngestConsumer
 from streams.record_batches import Outbox
@@ -60,9 +60,7 @@ def register_ingest_agents(r: RecloopApp, stats: IngestStats, downstream: Downst
     downstream = downstream or Downstream()
     metrics = metrics or WorkerMetrics()
 
-    static = r.identity is not None and r.worker.static_membership
-    ingest = IngestConsumer(r, stats, metrics, downstream,
-                            group_instance_id=f"{group_instance_id(r.identity, r.worker)}-ingest" if static else None)
+    ingest = IngestConsumer(r, stats, metrics, downstream, group_instance_id=static_member_id(r, "ingest"))
 
     @r.app.task
     async def ingest_sources() -> None:

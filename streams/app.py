@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer
 
 from streams import topics
 from streams.faust_recovery import SeekFirstTableManager
@@ -70,6 +72,25 @@ def group_instance_id(identity: WorkerIdentity, worker: WorkerSettings) -> str:
     'shop_7-localhost-6066'
     """
     return safe_name(f"{identity.id}-{worker.web_host}-{worker.web_port}")
+
+
+def static_member_id(r: RecloopApp, consumer: str) -> str | None:
+    """The static membership id of one of the worker's own consumers (``consumer``: ``ingest``, ``learner``), or
+    None when the worker is not a static member (no identity, or ``RECLOOP_WORKER_STATIC_MEMBERSHIP`` off)."""
+    if r.identity is None or not r.worker.static_membership:
+        return None
+    return f"{group_instance_id(r.identity, r.worker)}-{consumer}"
+
+
+def group_consumer(kafka: KafkaSettings, group_id: str, group_instance_id: str | None,
+                   **options: Any) -> AIOKafkaConsumer:
+    """A consumer of one of the worker's own groups (its client id is the group's): offsets committed by hand, a
+    new group starts from the earliest record, messages up to the largest the topics accept, a dead member noticed
+    within 30 s. ``options``: more aiokafka settings."""
+    return AIOKafkaConsumer(**kafka.aiokafka_options(), group_id=group_id, group_instance_id=group_instance_id,
+                            client_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                            max_partition_fetch_bytes=MAX_MESSAGE_BYTES, session_timeout_ms=30_000,
+                            heartbeat_interval_ms=3_000, **options)
 
 
 def create_app(kafka: KafkaSettings | None = None, worker: WorkerSettings | None = None,

@@ -34,12 +34,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError
 
 from streams import topics
+from streams.app import group_consumer
 from streams.dedup import DedupWindow
 from streams.ingest import IngestStats, SourcePosition, validate
 from streams.record_batches import send_in_batches
 from streams.records import DeadLetter, ExplanationFeedback, Interaction, Item, encode
 from streams.seen_table import SEEN_TABLES, SeenTable, changelog_record, changelog_topic, read_changelog
-from streams.topics import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from streams.agents import Downstream, Handler, WorkerMetrics
@@ -260,9 +260,4 @@ class IngestConsumer(ConsumerRebalanceListener):
                 await topic.maybe_declare()
 
     def _new_consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            **self.r.kafka.aiokafka_options(), group_id=ingest_group_id(self.r.app.conf.id),
-            group_instance_id=self.group_instance_id, client_id=f"{self.r.app.conf.id}-ingest",
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-            session_timeout_ms=30_000, heartbeat_interval_ms=3_000)
+        return group_consumer(self.r.kafka, ingest_group_id(self.r.app.conf.id), self.group_instance_id)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError
 
+from streams.app import group_consumer
 from streams.topics import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
@@ -87,11 +88,7 @@ class LearnerInput(ConsumerRebalanceListener):
             self.inbox.extend(messages)
 
     def _new_consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            **self.kafka.aiokafka_options(), group_id=self.group_id, group_instance_id=self.group_instance_id,
-            client_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES, fetch_max_bytes=MAX_MESSAGE_BYTES,
-            session_timeout_ms=30_000, heartbeat_interval_ms=3_000)
+        return group_consumer(self.kafka, self.group_id, self.group_instance_id, fetch_max_bytes=MAX_MESSAGE_BYTES)
 
     async def commit(self, records: Sequence[Any]) -> None:
         """Commit past the last of ``records`` (a checkpoint holds them); refused quietly once the partition moved."""

@@ -69,7 +69,7 @@ from learner.explanation_bandit import is_irrelevant
 from learner.settings import LearnerConfigError, LearnerSettings
 from streams import topics
 from streams.agents import Downstream
-from streams.app import RecloopApp, group_instance_id
+from streams.app import RecloopApp, static_member_id
 from streams.inbox import AckLedger, Inbox
 from streams.ingest import SourcePosition, dead_letter, validate
 from streams.learner_input import LearnerInput, learner_group_id
@@ -259,6 +259,7 @@ class LearningHandles:
     settings: LearnerSettings
     topic: faust.TopicT
     inbox: Inbox
+    source: LearnerInput
     ledger: AckLedger = field(default_factory=AckLedger)
     status: dict = field(default_factory=lambda: {"state": "loading"})
     dead_lettered: int = 0
@@ -267,7 +268,8 @@ class LearningHandles:
         """The worker's ``/learner/`` page: the service's status and the Faust side's counters."""
         return {**self.status, "topic": self.topic.get_topic_name(), "unacked_events": len(self.ledger),
                 "pending_events": len(self.inbox), "paused": self.inbox.paused,
-                "times_paused": self.inbox.times_paused, "dead_lettered": self.dead_lettered}
+                "times_paused": self.inbox.times_paused, "dead_lettered": self.dead_lettered,
+                "owns_input": self.source.owner}
 
 
 def _raw_topic(r: RecloopApp, name: str, *, partitions: int | None = None, internal: bool = False,
@@ -323,11 +325,11 @@ class TrainingAgent:
     """
 
     def __init__(self, r: RecloopApp, handles: LearningHandles, router: LearnerRouter, key: bytes, *,
-                 model_updates: faust.TopicT, ops_metrics: faust.TopicT, source: LearnerInput) -> None:
+                 model_updates: faust.TopicT, ops_metrics: faust.TopicT) -> None:
         self.r, self.handles, self.router, self.key = r, handles, router, key
         self.settings = handles.settings
         self.model_updates, self.ops_metrics = model_updates, ops_metrics
-        self.inbox, self.source = handles.inbox, source
+        self.inbox, self.source = handles.inbox, handles.source
         self._loaded_through = -1  # input offsets at or below it are in the loaded checkpoint
         self._last_offset: int | None = None  # of the last record learned
         self._saved_offset: int | None = None  # of the last record in a checkpoint
@@ -560,13 +562,11 @@ def register_learning_agents(r: RecloopApp, downstream: Downstream,
     ops_metrics = _raw_topic(r, r.kafka.topic(topics.OPS_METRICS.name), partitions=1,
                              config=topics.OPS_METRICS.config())
     inbox = Inbox(high_water=settings.max_pending_events, low_water=settings.max_pending_events // 2)
-    handles = LearningHandles(settings, learner_topic, inbox)
-    router = LearnerRouter(r, handles, downstream.outbox)
-    static = r.identity is not None and r.worker.static_membership
     source = LearnerInput(r.kafka, learner_topic.get_topic_name(), inbox, group_id=learner_group_id(r.app.conf.id),
-                          group_instance_id=f"{group_instance_id(r.identity, r.worker)}-learner" if static else None)
-    trainer = TrainingAgent(r, handles, router, key, model_updates=model_updates, ops_metrics=ops_metrics,
-                            source=source)
+                          group_instance_id=static_member_id(r, "learner"))
+    handles = LearningHandles(settings, learner_topic, inbox, source)
+    router = LearnerRouter(r, handles, downstream.outbox)
+    trainer = TrainingAgent(r, handles, router, key, model_updates=model_updates, ops_metrics=ops_metrics)
     downstream.interaction.append(router.forward)
     downstream.item.append(router.forward)
     downstream.feedback.append(router.forward_feedback)

@@ -24,8 +24,7 @@ async def send_in_batches(producer: AIOKafkaProducer, topic: str, partition: int
             if batch is not None:  # full: send it, start the next one with this record
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
             batch = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                raise ValueError(f"a record of {len(value or b'')} bytes does not fit in an empty batch for {topic}")
+            batch.append(key=key, value=value, timestamp=None)  # a batch always takes its first record
     if batch is not None:
         futures.append(await producer.send_batch(batch, topic, partition=partition))
     return futures

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -234,6 +235,7 @@ class OnlineRanker:
         #: Search choices, joined by the caller (it sees the impressions): trained with the text tower.
         self.queries = QueryClicks(capacity=self.config.query_reservoir, seed=self.config.seed)
         self.query_steps = 0
+        self._discovered: Counter[int] = Counter()
         self.window: list[HeldOut] = []
         self._probe_stack: Stacked | None = None
         self._pop_column = FEATURE_NAMES.index("pop_30d")
@@ -247,9 +249,10 @@ class OnlineRanker:
     #: What :meth:`learning_state` carries besides the trainer's state and the head optimizer's moments.
     _STATE = ("window", "probe", "versions", "windows", "refused", "head_steps", "text_steps", "timings",
               "_accepted", "_accepted_text_version", "_encoder_moved", "_sampler", "_rng", "_replay", "queries",
-              "query_steps")
-    #: Checkpoints written before the ranker learned from searches lack these: they start empty.
-    _SINCE_SEARCH = ("queries", "query_steps")
+              "query_steps", "_discovered")
+    #: Checkpoints written before the ranker learned from searches, or counted discoveries, lack these: they start
+    #: empty.
+    _SINCE_SEARCH = ("queries", "query_steps", "_discovered")
 
     def learning_state(self) -> dict:
         """The window being held out, the replay reservoir, the accepted weights, the random generators and the
@@ -374,6 +377,9 @@ class OnlineRanker:
             log.info("window %d refused (%s)", self.windows, decision.reason)
             self.rollback()
         self._train_head(window)
+        for held in window:
+            known = set(held.history)
+            self._discovered.update(i for i in held.positives.tolist() if i not in known)
         text_trained = (self.config.train_text and self.config.use_text
                         and self.windows % self.config.text_every_windows == 0)
         if text_trained:
@@ -467,16 +473,47 @@ class OnlineRanker:
                                         features=held.rows[candidates]))
         return examples
 
+    def _log_q(self) -> dict[int, float]:
+        """Log-share of each item among the items shoppers discovered so far (add-one smoothed): how often
+        :meth:`text_pairs` draws it, hence how often it is another pair's negative."""
+        total = sum(self._discovered.values()) + len(self._discovered)
+        return {item: math.log((count + 1) / total) for item, count in self._discovered.items()}
+
+    def text_pairs(self, window: Sequence[HeldOut]) -> list[tuple[int, int]]:
+        """Pairs for :meth:`MicroBatchTrainer.pair_step`: each item new to the shopper that they bought (at most
+        ``text_positives`` per basket) with the item of their history nearest to it in text space now — the one
+        it most resembles of what they bought before."""
+        pairs = []
+        for held in window:
+            known = set(held.history)
+            positives = np.array([i for i in held.positives.tolist() if i not in known], dtype=np.int64)
+            if len(positives) > self.config.text_positives:
+                positives = self._rng.choice(positives, self.config.text_positives, replace=False)
+            if len(positives) == 0 or not held.history:
+                continue
+            history = torch.tensor(held.history, dtype=torch.long)
+            with torch.no_grad():
+                similarity = self.model.item_vectors[torch.from_numpy(positives)] @ self.model.item_vectors[history].T
+            nearest = history[similarity.argmax(1)].tolist()
+            pairs += list(zip(nearest, positives.tolist(), strict=True))
+        return pairs
+
     def _train_text(self, window: Sequence[HeldOut]) -> bool:
         started = time.perf_counter()
-        examples = self.text_examples(window)
+        if self.config.text_objective == "pairs":
+            examples = self.text_pairs(window)
+        else:
+            examples = self.text_examples(window)
         self._rng.shuffle(examples)
         moved = False
         for step in range(self.config.text_steps):
             batch = examples[step * self.config.text_batch : (step + 1) * self.config.text_batch]
             if not batch:
                 break
-            self.trainer.train_step(batch)
+            if self.config.text_objective == "pairs":
+                self.trainer.pair_step(batch, temperature=self.config.text_temperature, log_q=self._log_q())
+            else:
+                self.trainer.train_step(batch)
             self.text_steps += 1
             moved = self._encoder_moved = True
         for _ in range(self.config.query_steps):

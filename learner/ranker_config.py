@@ -36,6 +36,14 @@ class RankerConfig:
     text_positives: int = 2
     hard_negatives: int = 5
     sampled_negatives: int = 10
+    #: How the text tower learns: ``pairs`` (:meth:`MicroBatchTrainer.pair_step`), each item new to a shopper that
+    #: they bought beside the item of their history nearest to it, both encoded, against the batch's other pairs
+    #: (softmax at ``text_temperature``, corrected for how often an item is discovered); ``fused``, the examples
+    #: above through the head's score, where the cosine's small weight (~0.05) passes almost no gradient.
+    #: Quick eval, MiniLM, 2026-12-03 (BENCHMARKS.md, "The text tower's objective"): pairs keep the tower closest to
+    #: what it knew (``retention_text`` 0.989 vs 0.909), the ranking the same within noise.
+    text_objective: Literal["pairs", "fused"] = "pairs"
+    text_temperature: float = 0.05
     #: Search choices (:mod:`learner.query_clicks`): with each text-tower training, ``query_steps`` micro-batches
     #: of ``query_batch`` examples sampled from the last ``query_reservoir`` searches' choices; the softmax over
     #: the query's cosines runs at ``query_temperature``. Negatives: the results chosen for the batch's other

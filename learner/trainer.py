@@ -201,6 +201,38 @@ class MicroBatchTrainer:
                 self.reservoir.offer(example)
         return result
 
+    def pair_step(self, pairs: Sequence[tuple[int, int]], temperature: float = 0.05,
+                  log_q: dict[int, float] | None = None) -> StepResult:
+        """One optimizer step of the text tower alone on pairs of items one shopper bought — an item of their
+        history and the item new to them they bought next: both encoded with gradients, each drawn toward its
+        partner against every other pair's items (in-batch negatives, both directions, as CLIP trains its two
+        towers). Items bought by the same shoppers come closer in text space, so an item no one has bought yet
+        lands near the items its text resembles *as shoppers buy them*; moving both sides, unlike pulling items
+        toward fixed shopper vectors, keeps the space from collapsing toward its centre. ``log_q``: each item's
+        log-share among the items pairs are drawn from; subtracted from its logits as a negative, so an item is not
+        pushed away from everything merely for being chosen often (the sampling-bias correction of in-batch
+        softmax; without it the tower learnt to rank popular items lower). The pull toward the anchor applies as in
+        :meth:`train_step`; the head has no part in it."""
+        started = time.perf_counter()
+        fresh = list(dict.fromkeys(i for pair in pairs for i in pair))
+        self._optimizer.zero_grad(set_to_none=True)
+        table = self.model.item_table(fresh)
+        left = torch.tensor([a for a, _ in pairs], dtype=torch.long, device=self.model.device)
+        right = torch.tensor([b for _, b in pairs], dtype=torch.long, device=self.model.device)
+        logits = (table[left].float() @ table[right].float().T) / temperature
+        same = (left.unsqueeze(1) == left.unsqueeze(0)) | (right.unsqueeze(1) == right.unsqueeze(0))
+        off = same & ~torch.eye(len(pairs), dtype=torch.bool, device=logits.device)
+        target = torch.arange(len(pairs), device=logits.device)
+        if log_q is None:
+            forward = backward = logits
+        else:  # sampling-bias correction: an item is a negative as often as it is chosen
+            q_right = torch.tensor([log_q.get(b, 0.0) for _, b in pairs], device=logits.device)
+            q_left = torch.tensor([log_q.get(a, 0.0) for a, _ in pairs], device=logits.device)
+            forward, backward = logits - q_right.unsqueeze(0), logits - q_left.unsqueeze(1)
+        loss = (nn.functional.cross_entropy(forward.masked_fill(off, float("-inf")), target)
+                + nn.functional.cross_entropy(backward.masked_fill(off, float("-inf")).T, target)) / 2
+        return self._apply(loss, table, fresh, list(pairs), [], started)
+
     def query_step(self, examples: Sequence[QueryExample], temperature: float = 0.05,
                    shown_negatives: bool = False) -> StepResult:
         """One optimizer step of the text tower on search choices (:mod:`learner.query_clicks`): each query,

@@ -31,7 +31,7 @@ from learner.encoder import Base, load_base, tiny_bert
 from learner.ranker_config import RankerConfig
 from learner.text_baseline import FrozenBaseRecommender
 from ops.evaluate import ProgressFactory, Protocol, default_models, draw_model_panels, markdown_table, run_eval
-from ops.served_recommender import ServedRecommender, SlateView
+from ops.served_recommender import ServedRecommender, SlateView, TextView
 from ops.shop_files import Shop, load_shop
 from serving.new_items import NO_SLATE, NewItemSlate
 
@@ -65,6 +65,7 @@ def build_models(base: Base, shop: Shop, probe_until: float | None, config: Rank
                                   probe_until=probe_until) for name, change in variants.items()]
     frozen = FrozenBaseRecommender(base, texts)
     views = [SlateView(learners[0], name, slate) for name, slate in SLATE_VIEWS.items()]
+    views += [TextView(learner, f"{learner.name}_text_only") for learner in learners if learner.config.use_text]
     return [*(default_models() if baselines else []), frozen, *learners, *views]
 
 

@@ -94,13 +94,14 @@ class ServedRecommender:
                  config: RankerConfig | None = None, probe_until: float | None = None,
                  home: Path | None = None) -> None:
         self.name = name
+        self.config = config or RankerConfig()
         self._items = list(items)
         self._home = Path(tempfile.mkdtemp(prefix=f"recloop-eval-{name}-")) if home is None else home
         key = secrets.token_bytes(32)
         settings = LearnerSettings.model_construct(adapter_key=SecretStr(key.hex()), device="cpu", torch_threads=0)
         self.probe = RetentionProbe(probe_until) if probe_until is not None else None
         self.learner = LearnerService(settings, self._home, key=key.hex().encode(), base=base,
-                                      ranker_config=config or RankerConfig(), probe=self.probe)
+                                      ranker_config=self.config, probe=self.probe)
         self.live = LiveBehaviour()
         self.holder = StateHolder()
         self._counter = _Counter()
@@ -159,6 +160,14 @@ class ServedRecommender:
         ``-inf`` where not recommendable): what search blends with its text and lexical scores."""
         state, _, scores = self._inputs(user_id)
         return self._at(np.where(state.catalogue.recommendable[: state.n_items], scores, -np.inf), candidates)
+
+    def text_score(self, user_id: str, candidates: np.ndarray) -> np.ndarray:
+        """The served text tower alone: cosine of the shopper's text vector to each recommendable candidate's
+        (:meth:`~serving.state.ServingState.user_cosine`, the cosine the head reads); ``-inf`` for the rest."""
+        state, inputs, _ = self._inputs(user_id)
+        items = np.arange(state.n_items)
+        cosine = state.user_cosine(inputs.history, items)
+        return self._at(np.where(state.catalogue.recommendable[: state.n_items], cosine, -np.inf), candidates)
 
     def _inputs(self, user_id: str) -> tuple[ServingState, RankingInputs, np.ndarray]:
         """The state, the shopper's ranking inputs and the model's scores, kept while nothing changed (the slate
@@ -246,3 +255,19 @@ class SlateView:
 
     def score(self, user_id: str, candidates: np.ndarray) -> np.ndarray:
         return self.served.score(user_id, candidates, self.slate)
+
+
+class TextView:
+    """The served learner's text tower alone (:meth:`ServedRecommender.text_score`): what the trained tower finds
+    by itself, to set beside the frozen base (``frozen_base``) — above all on discovery. Learns nothing itself,
+    like :class:`SlateView`."""
+
+    def __init__(self, served: ServedRecommender, name: str) -> None:
+        self.served = served
+        self.name = name
+
+    def learn(self, baskets: list[Basket]) -> None:
+        """Nothing: :attr:`served` learns the group."""
+
+    def score(self, user_id: str, candidates: np.ndarray) -> np.ndarray:
+        return self.served.text_score(user_id, candidates)

@@ -129,3 +129,23 @@ def test_reservoir_keeps_a_uniform_bounded_sample():
     sample = reservoir.sample(100)
     assert len(reservoir) == 100 and len(set(sample)) == 100
     assert 2_000 < np.mean(sample) < 8_000
+
+
+def test_pair_steps_bring_items_bought_together_closer_and_leave_base_and_head_alone(base):
+    """Shoppers of each colour's heart buy that colour's lamp next: after pair steps each heart is nearest its own
+    colour's lamp among the four lamps, and the pairs' loss has fallen."""
+    trainer = make_trainer(base, lora_lr=1e-2, anchor_l2=0.0)
+    model = trainer.model
+    frozen_base = {name: t.clone() for name, t in base_state(model.encoder).items()}
+    head = {n: p.detach().clone() for n, p in model.head.named_parameters()}
+    index = {text.rsplit(" ", 1)[0]: i for i, text in enumerate(TEXTS)}
+    colours = "red blue green pink".split()
+    hearts, lamps = [index[f"{c} heart"] for c in colours], [index[f"{c} lamp"] for c in colours]
+    pairs = list(zip(hearts, lamps, strict=True)) + [(index[f"{c} mug"], index[f"{c} bell"]) for c in colours]
+
+    losses = [trainer.pair_step(pairs, temperature=0.05).loss for _ in range(40)]
+    assert losses[-1] < losses[0] / 2 and np.isfinite(losses).all()
+    model.refresh_item_vectors()
+    assert ((model.item_vectors[hearts] @ model.item_vectors[lamps].T).argmax(1) == torch.arange(4)).all()
+    assert all(torch.equal(t, frozen_base[name]) for name, t in base_state(model.encoder).items())
+    assert all(torch.equal(p, head[n]) for n, p in model.head.named_parameters())

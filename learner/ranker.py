@@ -16,10 +16,11 @@ serving ranks with the weights it publishes. It learns in prequential order (tes
    step, pulled toward the accepted head. Sampled negatives bias a head against repeat purchases: the
    shopper's own items sit near the top of the ranking and were drawn as negatives far more often than
    they occur (NDCG@10 .217 with sampled negatives vs .313 over the whole catalogue, same features).
-4. **Train the text tower**, sparingly: every ``text_every_windows`` windows, a few micro-batches of
-   examples where a shopper bought an item *new to them*, against hard negatives from the top of the
-   ranking and popularity-aware random ones (never their own past items); then the catalogue's item
-   vectors are re-encoded once, as every serving worker would otherwise have to.
+4. **Train the text tower**, sparingly: every ``text_every_windows`` windows, a few micro-batches of pairs of
+   items one shopper bought — an item *new to them* and the item of their history nearest to it in text space
+   (:meth:`OnlineRanker.text_pairs`), both encoded, each against the batch's other pairs' items
+   (:meth:`~learner.trainer.MicroBatchTrainer.pair_step`) — pulled toward the pretrained base; then the
+   catalogue's item vectors are re-encoded once, as every serving worker would otherwise have to.
 
 The head starts as the repeat baseline (column 0 with weight 1, a small text tie-breaker), so the
 model cannot start worse than repeat, and learns how to mix the other columns.
@@ -141,6 +142,12 @@ class HeldOut:
     n_targets: int  # all distinct items of the basket (unrankable ones count as misses)
     top: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # best-ranked then (hard negatives)
     scores: np.ndarray | None = None  # the candidate's scores (the weights do not change within a window)
+
+
+def new_to_shopper(held: HeldOut) -> np.ndarray:
+    """The items of a held-out basket the shopper had not bought before."""
+    known = set(held.history)
+    return np.array([i for i in held.positives.tolist() if i not in known], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -378,8 +385,7 @@ class OnlineRanker:
             self.rollback()
         self._train_head(window)
         for held in window:
-            known = set(held.history)
-            self._discovered.update(i for i in held.positives.tolist() if i not in known)
+            self._discovered.update(new_to_shopper(held).tolist())
         text_trained = (self.config.train_text and self.config.use_text
                         and self.windows % self.config.text_every_windows == 0)
         if text_trained:
@@ -453,9 +459,7 @@ class OnlineRanker:
         examples = []
         for held in window:
             known = set(held.history)
-            positives = np.array([i for i in held.positives.tolist() if i not in known], dtype=np.int64)
-            if len(positives) > self.config.text_positives:
-                positives = self._rng.choice(positives, self.config.text_positives, replace=False)
+            positives = self._discoveries(held)
             if len(positives) == 0:
                 continue
             bought = set(held.positives.tolist())
@@ -473,6 +477,13 @@ class OnlineRanker:
                                         features=held.rows[candidates]))
         return examples
 
+    def _discoveries(self, held: HeldOut) -> np.ndarray:
+        """The basket's items new to the shopper, at most ``text_positives`` of them (drawn at random)."""
+        positives = new_to_shopper(held)
+        if len(positives) > self.config.text_positives:
+            positives = self._rng.choice(positives, self.config.text_positives, replace=False)
+        return positives
+
     def _log_q(self) -> dict[int, float]:
         """Log-share of each item among the items shoppers discovered so far (add-one smoothed): how often
         :meth:`text_pairs` draws it, hence how often it is another pair's negative."""
@@ -485,10 +496,7 @@ class OnlineRanker:
         it most resembles of what they bought before."""
         pairs = []
         for held in window:
-            known = set(held.history)
-            positives = np.array([i for i in held.positives.tolist() if i not in known], dtype=np.int64)
-            if len(positives) > self.config.text_positives:
-                positives = self._rng.choice(positives, self.config.text_positives, replace=False)
+            positives = self._discoveries(held)
             if len(positives) == 0 or not held.history:
                 continue
             history = torch.tensor(held.history, dtype=torch.long)

@@ -424,15 +424,9 @@ class RankingModel(nn.Module):
     def forward(self, batch: Batch, table: torch.Tensor | None = None) -> torch.Tensor:
         """Scores ``[B, C]`` of a batch, reading item vectors from ``table`` (default: the cache)."""
         table = self.item_vectors if table is None else table
-        return self.head(batch.features, self.cosine(batch, table))
-
-    def batch_user_vectors(self, batch: Batch, table: torch.Tensor) -> torch.Tensor:
-        """``[B, D]`` the shoppers' text vectors (recency-weighted mean of their history's vectors in ``table``)."""
-        return nn.functional.normalize((table[batch.history] * batch.history_weight.unsqueeze(-1)).sum(1), dim=-1)
-
-    def cosine(self, batch: Batch, table: torch.Tensor) -> torch.Tensor:
-        """``[B, C]`` cosine of each shopper's text vector to each of their candidates' vectors in ``table``."""
-        return (table[batch.candidates] * self.batch_user_vectors(batch, table).unsqueeze(1)).sum(-1)
+        users = nn.functional.normalize((table[batch.history] * batch.history_weight.unsqueeze(-1)).sum(1), dim=-1)
+        cosine = (table[batch.candidates] * users.unsqueeze(1)).sum(-1)
+        return self.head(batch.features, cosine)
 
     @torch.no_grad()
     def user_vector(self, history: Sequence[int]) -> torch.Tensor:

@@ -513,13 +513,14 @@ class OnlineRanker:
         else:
             examples = self.text_examples(window)
         self._rng.shuffle(examples)
+        log_q = self._log_q() if self.config.text_objective == "pairs" else None
         moved = False
         for step in range(self.config.text_steps):
             batch = examples[step * self.config.text_batch : (step + 1) * self.config.text_batch]
             if not batch:
                 break
             if self.config.text_objective == "pairs":
-                self.trainer.pair_step(batch, temperature=self.config.text_temperature, log_q=self._log_q())
+                self.trainer.pair_step(batch, temperature=self.config.text_temperature, log_q=log_q)
             else:
                 self.trainer.train_step(batch)
             self.text_steps += 1

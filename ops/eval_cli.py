@@ -65,7 +65,8 @@ def build_models(base: Base, shop: Shop, probe_until: float | None, config: Rank
                                   probe_until=probe_until) for name, change in variants.items()]
     frozen = FrozenBaseRecommender(base, texts)
     views = [SlateView(learners[0], name, slate) for name, slate in SLATE_VIEWS.items()]
-    views += [TextView(learner, f"{learner.name}_text_only") for learner in learners if learner.config.use_text]
+    views += [TextView(learner, f"{learner.name}_text_only") for learner in learners
+              if learner.learner.ranker.config.use_text]
     return [*(default_models() if baselines else []), frozen, *learners, *views]
 
 

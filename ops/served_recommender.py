@@ -94,14 +94,13 @@ class ServedRecommender:
                  config: RankerConfig | None = None, probe_until: float | None = None,
                  home: Path | None = None) -> None:
         self.name = name
-        self.config = config or RankerConfig()
         self._items = list(items)
         self._home = Path(tempfile.mkdtemp(prefix=f"recloop-eval-{name}-")) if home is None else home
         key = secrets.token_bytes(32)
         settings = LearnerSettings.model_construct(adapter_key=SecretStr(key.hex()), device="cpu", torch_threads=0)
         self.probe = RetentionProbe(probe_until) if probe_until is not None else None
         self.learner = LearnerService(settings, self._home, key=key.hex().encode(), base=base,
-                                      ranker_config=self.config, probe=self.probe)
+                                      ranker_config=config or RankerConfig(), probe=self.probe)
         self.live = LiveBehaviour()
         self.holder = StateHolder()
         self._counter = _Counter()
@@ -147,7 +146,7 @@ class ServedRecommender:
         """Scores that rank ``candidates`` as serving does: first the top :data:`~learner.ranking_metrics.K` that
         ``GET /recommend`` serves (:meth:`~serving.state.ServingState.top_k`, with ``slate``, default serving's),
         in its order, then every other recommendable item by its model score; ``-inf`` for the rest."""
-        state, inputs, scores = self._inputs(user_id)
+        state, inputs, scores, _ = self._inputs(user_id)
         recommendable = state.catalogue.recommendable[: state.n_items]
         served = np.where(recommendable, scores.astype(np.float64), -np.inf)
         top, _, _ = state.top_k(inputs.history, inputs.rows, recommendable, K, slate, ages=inputs.ages)
@@ -158,28 +157,26 @@ class ServedRecommender:
     def model_score(self, user_id: str, candidates: np.ndarray) -> np.ndarray:
         """The model's score of each candidate (:meth:`~serving.state.ServingState.score_all`, no new-item stage;
         ``-inf`` where not recommendable): what search blends with its text and lexical scores."""
-        state, _, scores = self._inputs(user_id)
+        state, _, scores, _ = self._inputs(user_id)
         return self._at(np.where(state.catalogue.recommendable[: state.n_items], scores, -np.inf), candidates)
 
     def text_score(self, user_id: str, candidates: np.ndarray) -> np.ndarray:
         """The served text tower alone: cosine of the shopper's text vector to each recommendable candidate's
-        (:meth:`~serving.state.ServingState.user_cosine`, the cosine the head reads); ``-inf`` for the rest."""
-        state, inputs, _ = self._inputs(user_id)
-        items = np.arange(state.n_items)
-        cosine = state.user_cosine(inputs.history, items)
+        (the cosine the head reads, from :meth:`~serving.state.ServingState.score_all`); ``-inf`` for the rest."""
+        state, _, _, cosine = self._inputs(user_id)
         return self._at(np.where(state.catalogue.recommendable[: state.n_items], cosine, -np.inf), candidates)
 
-    def _inputs(self, user_id: str) -> tuple[ServingState, RankingInputs, np.ndarray]:
-        """The state, the shopper's ranking inputs and the model's scores, kept while nothing changed (the slate
-        views of one shopper's basket rank the same inputs)."""
+    def _inputs(self, user_id: str) -> tuple[ServingState, RankingInputs, np.ndarray, np.ndarray]:
+        """The state, the shopper's ranking inputs, the model's scores and the text cosines, kept while nothing
+        changed (the slate and text views of one shopper's basket rank the same inputs)."""
         state = self._state()
         key = (user_id, self.live.generation, self.live.features.clock, sum(self.live.counts.values()))
         if self._last is not None and self._last[0] is state and self._last[1] == key:
             return state, *self._last[2:]
         inputs = self.live.ranking_inputs(state, user_id, self._max_history)
-        scores, _ = state.score_all(inputs.history, inputs.rows)
-        self._last = (state, key, inputs, scores.numpy())
-        return state, inputs, self._last[3]
+        scores, cosine = state.score_all(inputs.history, inputs.rows)
+        self._last = (state, key, inputs, scores.numpy(), cosine.numpy())
+        return state, *self._last[2:]
 
     def _at(self, served: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         index = self._positions(candidates)

@@ -27,7 +27,8 @@ def test_recloop_eval_quick_tiny_prints_the_json_and_recloop_ranks_best(tmp_path
     result = json.loads(done.stdout)
 
     models = result["models"]
-    assert {"popularity", "repeat", "item_knn", "repeat_knn", "biased_mf", "frozen_base", "recloop"} <= set(models)
+    assert {"popularity", "repeat", "item_knn", "repeat_knn", "biased_mf", "frozen_base", "recloop",
+            "recloop_text_only"} <= set(models)
     baskets = {metrics["baskets"] for metrics in models.values()}
     assert len(baskets) == 1 and baskets.pop() > 1000  # every 4th eligible basket, the same for every model
     for metrics in models.values():

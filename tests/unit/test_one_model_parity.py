@@ -83,6 +83,14 @@ def test_eval_recommender_and_a_serving_worker_return_the_same_top_10(base, monk
             return changed
 
         same_top_10()
+        # the text view of the evaluation (recloop_text_only) is the serving worker's text cosine, to the noise of
+        # item vectors encoded in other batches (measured: up to 2e-4; another tower or shopper vector is far off)
+        state = updater.holder.current
+        positions = np.array([serving.features.index.index_of(items[i][0]) for i in candidates])
+        for user in sampled[:5]:
+            inputs = serving.ranking_inputs(state, user, ServingSettings.model_fields["max_history"].default)
+            cosine = state.score_all(inputs.history, inputs.rows)[1].numpy()[positions]
+            np.testing.assert_allclose(evaluated.text_score(user, candidates), cosine, atol=1e-3)
         # a stage that fires for most shoppers: every item first sold in the last 2 days may take the 2 places
         # (also with the tiny encoder, whose items all look alike and would switch the stage off)
         firing = NewItemSlate(days=2.0, min_similarity=-1.0, max_mean_similarity=1.0)
